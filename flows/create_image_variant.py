@@ -1,0 +1,58 @@
+"""The ``create_image_variant`` flow: one scene variant of an actor's portrait, kept for reuse."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from castflow import pipeline
+from castflow.db import queries
+from castflow.runtime import get_runtime
+from castflow.stages import normalise_text
+from tasks import video as t
+
+MAX_PROMPT_CHARS = 2_000
+
+
+class VariantResult(BaseModel):
+    """A stored image variant."""
+
+    variant_id: str
+    actor: str
+    prompt: str
+    seed: int
+    image_key: str
+    image_url: str
+    reused: bool
+
+
+@flow(name="create-image-variant", validate_parameters=True)
+def create_image_variant(
+    actor: Annotated[str, Field(description="Actor key.")],
+    prompt: Annotated[str, Field(description="Scene prompt for the edit, e.g. 'in a sunny kitchen'.")],
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="The same seed gives the same image.")] = 0,
+) -> VariantResult:
+    """Edit an actor's portrait into a scene and store it as a reusable image variant."""
+    rt = get_runtime()
+    text = normalise_text(prompt)
+    if not text:
+        raise pipeline.UserError("prompt is empty")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise pipeline.UserError(f"prompt is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    ref = pipeline.actor_ref(rt, actor)
+    future = t.retrying(t.scene_variant, rt.settings).submit(ref, text, seed)
+    outcome = future.result()
+    with rt.session() as s:
+        variant = queries.get_image_variant_by_stage_key(s, stage_key=outcome.stage_key)
+        assert variant is not None
+        return VariantResult(
+            variant_id=str(variant.id),
+            actor=ref.key,
+            prompt=variant.prompt,
+            seed=variant.seed,
+            image_key=variant.image_key,
+            image_url=rt.storage.url(variant.image_key),
+            reused=outcome.reused or future.state.name == "Cached",
+        )

@@ -1,0 +1,84 @@
+"""The ``generate_video`` flow: scene variant and speech concurrently, then lip-sync, QC, publish, record."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from prefect import flow
+from prefect.futures import PrefectFuture, wait
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from castflow import pipeline
+from castflow.models import StageOutcome, VideoRequest, VideoResult
+from castflow.runtime import get_runtime
+from tasks import video as t
+
+
+def _runner() -> TaskRunner[PrefectFuture[Any]]:
+    # Bounded: scene variant, speech, then lip-sync; the default pool is unbounded.
+    return cast("TaskRunner[PrefectFuture[Any]]", ThreadPoolTaskRunner(max_workers=4))
+
+
+def _outcome(future: PrefectFuture[StageOutcome]) -> StageOutcome:
+    """The stage's outcome; a Prefect cache hit counts as reused (it cost nothing this time)."""
+    outcome = future.result()
+    if future.state.name == "Cached" and not outcome.reused:
+        return outcome.model_copy(update={"reused": True})
+    return outcome
+
+
+def _given_image(prepared: pipeline.PreparedVideo) -> StageOutcome:
+    image = prepared.variant or prepared.actor.image
+    return StageOutcome(stage="scene_variant", stage_key=image.sha256, output=image, reused=True)
+
+
+@flow(
+    name="generate-video",
+    task_runner=_runner(),
+    validate_parameters=True,
+)
+def generate_video(request: VideoRequest) -> VideoResult:
+    """Make one lip-synced video of an actor saying a script (or playing an audio file) in a scene."""
+    rt = get_runtime()
+    prepared = pipeline.prepare_video(rt, request)  # bad input fails here, before any spend
+    pipeline.record_start(rt, prepared)
+    stage = "prepare"
+    try:
+        futures: dict[str, PrefectFuture[StageOutcome]] = {}
+        if request.scene:
+            futures["scene_variant"] = t.retrying(t.scene_variant, rt.settings).submit(
+                prepared.actor, request.scene, request.seed
+            )
+        if prepared.script is not None:
+            futures["speech"] = t.retrying(t.speech, rt.settings).submit(prepared.actor, prepared.script)
+        else:
+            assert prepared.audio_path is not None
+            assert prepared.audio_sha256 is not None
+            futures["audio_ingest"] = t.retrying(t.ingest_audio, rt.settings).submit(
+                str(prepared.audio_path), prepared.audio_sha256
+            )
+        wait(list(futures.values()))  # both finish (and are recorded) even when one fails
+        results: dict[str, Any] = {}
+        for stage, fut in futures.items():
+            results[stage] = _outcome(fut)
+        image = results.get("scene_variant") or _given_image(prepared)
+        audio = results.get("speech") or results["audio_ingest"]
+        assert audio.output.seconds is not None
+        stage = "lipsync"
+        video = _outcome(
+            t.lipsync.submit(
+                image.output, audio.output, request.resolution, request.seed, prepared.actor.mouth
+            )
+        )
+        stage = "qc"
+        t.quality_check(video, audio.output.seconds, request.resolution)
+        stage = "publish"
+        key = pipeline.video_key(prepared.actor.key, prepared.request_key, request.resolution)
+        url = t.retrying(t.publish, rt.settings)(video, key)
+        stage = "record"
+        return t.retrying(t.record, rt.settings)(prepared, image, audio, video, key, url)
+    except Exception as exc:
+        failed = exc.stage if isinstance(exc, pipeline.StageFailed) else stage
+        message = exc.message if isinstance(exc, pipeline.StageFailed) else str(exc)
+        pipeline.record_failure(rt, prepared, stage=failed, error=message)
+        raise

@@ -1,0 +1,393 @@
+"""The ``castflow`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from castflow.settings import Settings, get_settings, reset_settings
+
+if TYPE_CHECKING:
+    from castflow.models import VideoResult
+    from castflow.runtime import Runtime
+
+app = typer.Typer(
+    help="castflow: lip-synced AI-actor videos from scripts and campaign sheets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+actors_app = typer.Typer(help="The actor library.", no_args_is_help=True)
+variant_app = typer.Typer(help="Image variants (an actor's portrait in a scene).", no_args_is_help=True)
+db_app = typer.Typer(help="castflow's database.", no_args_is_help=True)
+app.add_typer(actors_app, name="actors")
+app.add_typer(variant_app, name="variant")
+app.add_typer(db_app, name="db")
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """Reported as one line on stderr, exit status 2."""
+
+
+@app.callback()
+def _main(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Data folder (default: $CASTFLOW_DATA_DIR or ./.castflow)."),
+    ] = None,
+) -> None:
+    if data_dir is not None:
+        os.environ["CASTFLOW_DATA_DIR"] = str(data_dir)
+        reset_settings()
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CliError(f"invalid configuration: {problems}") from exc
+
+
+def _runtime() -> Runtime:
+    from castflow.runtime import ConfigError, get_runtime
+
+    _settings()
+    try:
+        return get_runtime()
+    except ConfigError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def prefect_environment(settings: Settings) -> None:
+    """Make in-process flow runs quiet and reliable unless the user configured Prefect themselves.
+
+    Without ``PREFECT_API_URL`` Prefect starts a temporary server per process; it keeps its database
+    and result cache under our data dir, logs only warnings, sends no telemetry and gets enough time to
+    run its migrations on a slow first start.
+    """
+    defaults = {
+        "PREFECT_HOME": str(settings.data_dir / "prefect"),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS": str(settings.pipeline.max_workers),
+    }
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+
+
+@contextmanager
+def _flows() -> Iterator[None]:
+    prefect_environment(_settings())
+    yield
+
+
+def _run(fn: Callable[[], T]) -> T:
+    from castflow.actors import ActorFileError
+    from castflow.pipeline import UserError
+
+    try:
+        return fn()
+    except (UserError, ActorFileError, CliError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+# ---- video --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def video(
+    actor: Annotated[str, typer.Argument(help="Actor key.")],
+    script: Annotated[str | None, typer.Option("--script", "-s", help="What the actor says.")] = None,
+    audio: Annotated[
+        Path | None, typer.Option("--audio", "-a", help="Audio file to lip-sync instead.")
+    ] = None,
+    scene: Annotated[str | None, typer.Option("--scene", help="Scene prompt for the image edit.")] = None,
+    variant: Annotated[str | None, typer.Option("--variant", help="Reuse this image variant id.")] = None,
+    resolution: Annotated[str, typer.Option("--resolution", "-r", help="480p or 720p.")] = "480p",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the edit and lip-sync.")] = 0,
+) -> None:
+    """Make one video of ACTOR saying --script (or playing --audio)."""
+    from castflow.models import VideoRequest
+
+    def go() -> None:
+        try:
+            request = VideoRequest(
+                actor=actor,
+                script=script,
+                audio=str(audio) if audio else None,
+                scene=scene,
+                image_variant_id=variant,
+                resolution=resolution,
+                seed=seed,
+            )
+        except ValidationError as exc:
+            raise CliError(_validation_message(exc)) from exc
+        result = _generate(request)
+        _print_result(result)
+        if result.status != "succeeded":
+            raise typer.Exit(1)
+
+    _run(go)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _generate(request: Any) -> VideoResult:
+    """Validate (nothing written on bad input), then run the generate_video flow in this process."""
+    from castflow import pipeline
+    from castflow.db import queries
+    from castflow.models import VideoResult
+
+    rt = _runtime()
+    prepared = pipeline.prepare_video(rt, request)
+    with _flows():
+        from flows.generate_video import generate_video
+
+        state = generate_video(request, return_state=True)
+    if state.is_completed():
+        result = state.result()
+        assert isinstance(result, VideoResult)
+        return result
+    with rt.session() as s:
+        row = queries.get_video(s, request_key=prepared.request_key)
+        return VideoResult(
+            video_id=str(row.id) if row else "-",
+            actor=request.actor,
+            status="failed",
+            failed_stage=row.failed_stage if row else None,
+            error=(row.error if row else None) or state.message,
+        )
+
+
+def _print_result(result: VideoResult) -> None:
+    if result.status == "succeeded":
+        reused = f", {result.reused_stages} stage(s) reused" if result.reused_stages else ""
+        typer.echo(
+            f"ok   {result.actor:<8} {result.video_seconds or 0:5.2f} s  ${result.cost_usd:.4f}{reused}  "
+            f"{result.video_url}"
+        )
+    else:
+        typer.echo(f"FAIL {result.actor:<8} at {result.failed_stage}: {result.error}")
+
+
+# ---- demo ---------------------------------------------------------------------------------------------
+
+DEMO_SCRIPTS = [
+    (
+        "maya",
+        "Okay, real talk. I tried this serum for two weeks and my skin has never looked this good.",
+        "on a sunny beach at golden hour",
+    ),
+    (
+        "leo",
+        "Mornings used to be chaos. Now I make a proper coffee in thirty seconds. Game changer.",
+        "in a cosy kitchen with morning light",
+    ),
+]
+
+
+@app.command()
+def demo() -> None:
+    """Render the sample videos for the sample actors on the embedded defaults."""
+
+    def go() -> None:
+        from castflow.actors import ensure_sample_actors
+        from castflow.models import VideoRequest
+
+        rt = _runtime()
+        ensure_sample_actors(rt)
+        audio = _demo_audio(rt)
+        requests = [VideoRequest(actor=a, script=s, scene=sc) for a, s, sc in DEMO_SCRIPTS]
+        requests.append(VideoRequest(actor="ava", audio=str(audio), scene="in a modern office with plants"))
+        typer.echo(f"castflow demo: {len(requests)} videos, data in {rt.settings.data_dir}")
+        failed = 0
+        for req in requests:
+            result = _generate(req)
+            _print_result(result)
+            failed += result.status != "succeeded"
+        typer.echo(f"videos are in {rt.storage.root / 'videos'}")
+        if failed:
+            raise typer.Exit(1)
+
+    _run(go)
+
+
+def _demo_audio(rt: Runtime) -> Path:
+    """An 'uploaded' audio file for the demo's audio-source video (spoken by eSpeak NG)."""
+    import shutil
+    import tempfile
+
+    from castflow.models import Voice
+
+    dest = rt.settings.data_dir / "samples" / "ava-voiceover.wav"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            made = rt.speech["local"].synthesize(
+                "This is an uploaded voice-over. Castflow lip-syncs any audio you give it.",
+                Voice(provider="local", model="espeak-ng", voice_id="en-us+f2"),
+                workdir=Path(tmp),
+            )
+            shutil.copyfile(made.path, dest)
+    return dest
+
+
+# ---- actors -------------------------------------------------------------------------------------------
+
+
+@actors_app.command("import")
+def actors_import(file: Annotated[Path, typer.Argument(help="Actor file (.yaml, .yml or .csv).")]) -> None:
+    """Import (or update) the actors of FILE."""
+
+    def go() -> None:
+        from castflow.actors import import_actors, parse_actor_file
+
+        if not file.is_file():
+            raise CliError(f"actor file {file} does not exist")
+        specs = parse_actor_file(file)
+        keys = import_actors(_runtime(), specs, base_dir=file.resolve().parent)
+        typer.echo(f"imported {len(keys)} actor(s): {', '.join(keys)}")
+
+    _run(go)
+
+
+@actors_app.command("list")
+def actors_list() -> None:
+    """List the actors."""
+
+    def go() -> None:
+        from castflow.db import queries
+
+        rt = _runtime()
+        with rt.session() as s:
+            rows = queries.list_actors(s)
+            if not rows:
+                typer.echo("no actors yet: `castflow actors import FILE` or `castflow demo`")
+            for a in rows:
+                typer.echo(
+                    f"{a.key:<12} {a.name:<20} {a.voice_provider}/{a.voice_model}:{a.voice_id}  {a.image_key}"
+                )
+
+    _run(go)
+
+
+# ---- variants -----------------------------------------------------------------------------------------
+
+
+@variant_app.command("create")
+def variant_create(
+    actor: Annotated[str, typer.Argument(help="Actor key.")],
+    prompt: Annotated[str, typer.Argument(help="Scene prompt.")],
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**31 - 1)] = 0,
+) -> None:
+    """Create an image variant of ACTOR in the scene PROMPT."""
+
+    def go() -> None:
+        from castflow import pipeline
+
+        rt = _runtime()
+        pipeline.actor_ref(rt, actor)  # unknown actor: one line, before Prefect starts
+        if not prompt.strip():
+            raise CliError("prompt is empty")
+        with _flows():
+            from flows.create_image_variant import create_image_variant
+
+            result = create_image_variant(actor=actor, prompt=prompt, seed=seed)
+        typer.echo(
+            f"{result.variant_id}  {result.actor}  {result.image_url}{'  (reused)' if result.reused else ''}"
+        )
+
+    _run(go)
+
+
+@variant_app.command("list")
+def variant_list(actor: Annotated[str, typer.Option("--actor", help="Actor key.")]) -> None:
+    """List an actor's image variants, newest first."""
+
+    def go() -> None:
+        from castflow import pipeline
+        from castflow.db import queries
+
+        rt = _runtime()
+        pipeline.actor_ref(rt, actor)
+        with rt.session() as s:
+            rows = queries.list_image_variants(s, actor_key=actor)
+            if not rows:
+                typer.echo(f"no variants for {actor}")
+            for v in rows:
+                typer.echo(f"{v.id}  seed={v.seed:<6} {v.prompt[:60]!r}  {rt.storage.url(v.image_key)}")
+
+    _run(go)
+
+
+# ---- db -----------------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Migrate the database to REVISION (default: the latest)."""
+
+    def go() -> None:
+        from castflow.db import migrate
+        from castflow.db.session import get_engine
+
+        settings = _settings()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = get_engine(settings.database_url)
+        migrate.upgrade(engine, revision)
+        typer.echo(f"database at revision {migrate.current_revision(engine)}")
+
+    _run(go)
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. base.")]) -> None:
+    """Migrate the database down to REVISION."""
+
+    def go() -> None:
+        from castflow.db import migrate
+        from castflow.db.session import get_engine
+
+        engine = get_engine(_settings().database_url)
+        migrate.downgrade(engine, revision)
+        typer.echo(f"database at revision {migrate.current_revision(engine) or 'base'}")
+
+    _run(go)
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's revision."""
+
+    def go() -> None:
+        from castflow.db import migrate
+        from castflow.db.session import get_engine
+
+        engine = get_engine(_settings().database_url)
+        typer.echo(f"{migrate.current_revision(engine) or 'base'} (head: {migrate.head_revision(engine)})")
+
+    _run(go)
+
+
+def main() -> None:
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""castflow's own database: tables, sessions, migrations and queries."""

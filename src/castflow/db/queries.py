@@ -1,0 +1,235 @@
+"""Data access as a small API: keyword-only functions, the session passed in, parameterised SQL only."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from castflow.db.tables import Actor, ImageVariant, StageRun, StageStatus, Video, VideoStatus, utcnow
+
+
+def _insert(session: Session, table: sa.Table) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"no upsert for dialect {dialect}")
+
+
+# ---- actors -----------------------------------------------------------------------------------------
+
+
+def upsert_actor(session: Session, *, key: str, values: dict[str, Any]) -> Actor:
+    """Insert or update the actor with ``key``; returns the stored row."""
+    now = utcnow()
+    row = {"id": uuid.uuid4(), "key": key, "created_at": now, "updated_at": now, **values}
+    ins = _insert(session, Actor.__table__)  # type: ignore[arg-type]
+    stmt = ins.values(**row).on_conflict_do_update(
+        index_elements=["key"], set_={**{c: ins.excluded[c] for c in values}, "updated_at": now}
+    )
+    session.execute(stmt)
+    actor = get_actor(session, key=key)
+    assert actor is not None
+    return actor
+
+
+def get_actor(session: Session, *, key: str) -> Actor | None:
+    return session.scalars(sa.select(Actor).where(Actor.key == key)).one_or_none()
+
+
+def list_actors(session: Session) -> Sequence[Actor]:
+    return session.scalars(sa.select(Actor).order_by(Actor.key)).all()
+
+
+# ---- stage runs ---------------------------------------------------------------------------------------
+
+
+def get_stage_run(session: Session, *, stage_key: str) -> StageRun | None:
+    return session.scalars(sa.select(StageRun).where(StageRun.stage_key == stage_key)).one_or_none()
+
+
+def start_stage_run(
+    session: Session, *, stage_key: str, stage: str, provider: str, model: str, meta: dict[str, Any]
+) -> StageRun:
+    """Claim a stage: create its row (status running) or count one more attempt on the existing row."""
+    now = utcnow()
+    ins = _insert(session, StageRun.__table__)  # type: ignore[arg-type]
+    stmt = ins.values(
+        id=uuid.uuid4(),
+        stage_key=stage_key,
+        stage=stage,
+        provider=provider,
+        model=model,
+        status=StageStatus.running.value,
+        attempts=1,
+        billed_units=0.0,
+        cost_usd=0.0,
+        meta=meta,
+        created_at=now,
+        updated_at=now,
+    ).on_conflict_do_update(
+        index_elements=["stage_key"],
+        set_={
+            "attempts": StageRun.__table__.c.attempts + 1,
+            "status": StageStatus.running.value,
+            "error": None,
+            "updated_at": now,
+        },
+    )
+    session.execute(stmt)
+    run = get_stage_run(session, stage_key=stage_key)
+    assert run is not None
+    return run
+
+
+def set_request_id(session: Session, *, stage_key: str, request_id: str) -> None:
+    """Record the provider's request id before waiting on it (never pay twice after a crash)."""
+    session.execute(
+        sa.update(StageRun)
+        .where(StageRun.stage_key == stage_key)
+        .values(request_id=request_id, updated_at=utcnow())
+    )
+
+
+def finish_stage_run(
+    session: Session,
+    *,
+    stage_key: str,
+    output_key: str,
+    output_hash: str,
+    billed_units: float,
+    unit: str,
+    cost_usd: float,
+    run_seconds: float,
+    queue_seconds: float | None = None,
+    request_id: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    values: dict[str, Any] = {
+        "status": StageStatus.succeeded,
+        "output_key": output_key,
+        "output_hash": output_hash,
+        "billed_units": billed_units,
+        "unit": unit,
+        "cost_usd": cost_usd,
+        "run_seconds": run_seconds,
+        "queue_seconds": queue_seconds,
+        "error": None,
+        "updated_at": utcnow(),
+    }
+    if request_id is not None:
+        values["request_id"] = request_id
+    if meta is not None:
+        values["meta"] = meta
+    session.execute(sa.update(StageRun).where(StageRun.stage_key == stage_key).values(**values))
+
+
+def fail_stage_run(session: Session, *, stage_key: str, error: str) -> None:
+    session.execute(
+        sa.update(StageRun)
+        .where(StageRun.stage_key == stage_key)
+        .values(status=StageStatus.failed, error=error[:4000], updated_at=utcnow())
+    )
+
+
+# ---- image variants --------------------------------------------------------------------------------
+
+
+def record_image_variant(
+    session: Session,
+    *,
+    actor_id: uuid.UUID,
+    prompt: str,
+    seed: int,
+    provider: str,
+    model: str,
+    stage_key: str,
+    image_key: str,
+    image_hash: str,
+    cost_usd: float,
+) -> ImageVariant:
+    """Idempotent per stage key: the same edit of the same portrait is one variant."""
+    now = utcnow()
+    ins = _insert(session, ImageVariant.__table__)  # type: ignore[arg-type]
+    session.execute(
+        ins.values(
+            id=uuid.uuid4(),
+            actor_id=actor_id,
+            prompt=prompt,
+            seed=seed,
+            provider=provider,
+            model=model,
+            stage_key=stage_key,
+            image_key=image_key,
+            image_hash=image_hash,
+            cost_usd=cost_usd,
+            created_at=now,
+            updated_at=now,
+        ).on_conflict_do_nothing(index_elements=["stage_key"])
+    )
+    variant = session.scalars(sa.select(ImageVariant).where(ImageVariant.stage_key == stage_key)).one()
+    return variant
+
+
+def list_image_variants(session: Session, *, actor_key: str) -> Sequence[ImageVariant]:
+    """An actor's variants, newest first (the sketch's GET …/image-variants?actorKey=, parameterised)."""
+    stmt = (
+        sa.select(ImageVariant)
+        .join(Actor, Actor.id == ImageVariant.actor_id)
+        .where(Actor.key == actor_key)
+        .order_by(ImageVariant.created_at.desc(), ImageVariant.id)
+    )
+    return session.scalars(stmt).all()
+
+
+def get_image_variant_by_stage_key(session: Session, *, stage_key: str) -> ImageVariant | None:
+    return session.scalars(sa.select(ImageVariant).where(ImageVariant.stage_key == stage_key)).one_or_none()
+
+
+def get_image_variant(session: Session, *, variant_id: str) -> ImageVariant | None:
+    try:
+        vid = uuid.UUID(variant_id)
+    except ValueError:
+        return None
+    return session.get(ImageVariant, vid)
+
+
+# ---- videos -----------------------------------------------------------------------------------------
+
+
+def upsert_video(session: Session, *, request_key: str, values: dict[str, Any]) -> Video:
+    """Create the video row for ``request_key`` or update it; idempotent per request key."""
+    now = utcnow()
+    ins = _insert(session, Video.__table__)  # type: ignore[arg-type]
+    session.execute(
+        ins.values(
+            id=uuid.uuid4(), request_key=request_key, created_at=now, updated_at=now, **values
+        ).on_conflict_do_update(index_elements=["request_key"], set_={**values, "updated_at": now})
+    )
+    video = session.scalars(sa.select(Video).where(Video.request_key == request_key)).one()
+    return video
+
+
+def get_video(session: Session, *, request_key: str) -> Video | None:
+    return session.scalars(sa.select(Video).where(Video.request_key == request_key)).one_or_none()
+
+
+def finish_video(
+    session: Session, *, request_key: str, status: VideoStatus, finished_at: datetime, **values: Any
+) -> None:
+    session.execute(
+        sa.update(Video)
+        .where(Video.request_key == request_key)
+        .values(status=status, finished_at=finished_at, updated_at=utcnow(), **values)
+    )
+
+
+IntegrityError = sa_exc.IntegrityError

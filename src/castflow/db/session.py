@@ -1,0 +1,74 @@
+"""Engines and sessions: SQLite tuned for concurrent writers, PostgreSQL through psycopg 3."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str, *, busy_timeout_ms: int = 30_000, echo: bool = False) -> sa.Engine:
+    """Create an engine; on SQLite every transaction takes the write lock up front.
+
+    ``BEGIN IMMEDIATE`` plus WAL and a busy timeout is what keeps concurrent tasks from ever seeing
+    ``database is locked``: a deferred transaction that reads first and writes later cannot wait for the
+    lock (SQLite refuses the upgrade at once), an immediate one queues on the busy timeout instead.
+    """
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url,
+            echo=echo,
+            connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+_ENGINES: dict[tuple[str, int, bool], sa.Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(url: str, *, busy_timeout_ms: int = 30_000, echo: bool = False) -> sa.Engine:
+    """One engine per URL per process."""
+    key = (url, busy_timeout_ms, echo)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = make_engine(url, busy_timeout_ms=busy_timeout_ms, echo=echo)
+        return _ENGINES[key]
+
+
+def dispose_engines() -> None:
+    """Close every cached engine (tests, and before a fork)."""
+    with _ENGINES_LOCK:
+        for engine in _ENGINES.values():
+            engine.dispose()
+        _ENGINES.clear()
+
+
+@contextmanager
+def session_scope(engine: sa.Engine) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    with factory() as session, session.begin():
+        yield session

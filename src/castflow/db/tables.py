@@ -1,0 +1,197 @@
+"""SQLAlchemy 2 tables of castflow; portable between SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite drops the zone otherwise)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StageStatus(enum.StrEnum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class VideoStatus(enum.StrEnum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+
+
+class CampaignStatus(enum.StrEnum):
+    pending = "pending"
+    running = "running"
+    finished = "finished"
+    failed = "failed"
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSONType}
+
+
+def _enum(e: type[enum.Enum]) -> sa.Enum:
+    return sa.Enum(e, native_enum=False, length=16, values_callable=lambda x: [m.value for m in x])
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Project(TimestampMixin, Base):
+    __tablename__ = "project"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    title: Mapped[str] = mapped_column(sa.String(200))
+    team: Mapped[str | None] = mapped_column(sa.String(200))
+    owner: Mapped[str | None] = mapped_column(sa.String(200))
+
+
+class Actor(TimestampMixin, Base):
+    __tablename__ = "actor"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    image_key: Mapped[str] = mapped_column(sa.String(500))
+    image_hash: Mapped[str] = mapped_column(sa.String(64))
+    voice_provider: Mapped[str] = mapped_column(sa.String(64))
+    voice_model: Mapped[str] = mapped_column(sa.String(200))
+    voice_id: Mapped[str] = mapped_column(sa.String(200))
+    # Where the mouth is, as fractions of the portrait (x, y, width); only known for drawn portraits.
+    mouth: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    defaults: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    variants: Mapped[list[ImageVariant]] = relationship(back_populates="actor", lazy="raise")
+
+
+class ImageVariant(TimestampMixin, Base):
+    __tablename__ = "image_variant"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    actor_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("actor.id", ondelete="CASCADE"), index=True)
+    prompt: Mapped[str] = mapped_column(sa.Text)
+    seed: Mapped[int] = mapped_column(sa.BigInteger)
+    strength: Mapped[float | None]
+    provider: Mapped[str] = mapped_column(sa.String(64))
+    model: Mapped[str] = mapped_column(sa.String(200))
+    stage_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    image_key: Mapped[str] = mapped_column(sa.String(500))
+    image_hash: Mapped[str] = mapped_column(sa.String(64))
+    cost_usd: Mapped[float] = mapped_column(default=0.0)
+
+    actor: Mapped[Actor] = relationship(back_populates="variants", lazy="raise")
+
+
+class Campaign(TimestampMixin, Base):
+    __tablename__ = "campaign"
+    __table_args__ = (sa.UniqueConstraint("name", "sheet_hash", name="uq_campaign_name_sheet"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    project_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("project.id", ondelete="SET NULL"))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    sheet_name: Mapped[str] = mapped_column(sa.String(500))
+    sheet_hash: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[CampaignStatus] = mapped_column(_enum(CampaignStatus), default=CampaignStatus.pending)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    budget_usd: Mapped[float | None]
+    totals: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    finished_at: Mapped[datetime | None]
+
+
+class Video(TimestampMixin, Base):
+    __tablename__ = "video"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    # One row per (campaign, row id); single videos use a key derived from their inputs.
+    request_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    campaign_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("campaign.id", ondelete="CASCADE"), index=True
+    )
+    row_id: Mapped[str | None] = mapped_column(sa.String(200))
+    actor_key: Mapped[str] = mapped_column(sa.String(64), index=True)
+    script: Mapped[str | None] = mapped_column(sa.Text)
+    audio_source: Mapped[str | None] = mapped_column(sa.String(1000))
+    scene: Mapped[str | None] = mapped_column(sa.Text)
+    image_variant_id: Mapped[uuid.UUID | None]
+    resolution: Mapped[str] = mapped_column(sa.String(16))
+    seed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    status: Mapped[VideoStatus] = mapped_column(_enum(VideoStatus), default=VideoStatus.pending)
+    failed_stage: Mapped[str | None] = mapped_column(sa.String(32))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    image_key: Mapped[str | None] = mapped_column(sa.String(500))
+    audio_key: Mapped[str | None] = mapped_column(sa.String(500))
+    video_key: Mapped[str | None] = mapped_column(sa.String(500))
+    video_url: Mapped[str | None] = mapped_column(sa.String(2000))
+    captions_key: Mapped[str | None] = mapped_column(sa.String(500))
+    audio_seconds: Mapped[float | None]
+    video_seconds: Mapped[float | None]
+    cost_usd: Mapped[float] = mapped_column(default=0.0)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    finished_at: Mapped[datetime | None]
+
+
+class StageRun(TimestampMixin, Base):
+    __tablename__ = "stage_run"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    stage_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    stage: Mapped[str] = mapped_column(sa.String(32), index=True)
+    provider: Mapped[str] = mapped_column(sa.String(64))
+    model: Mapped[str] = mapped_column(sa.String(200))
+    request_id: Mapped[str | None] = mapped_column(sa.String(200))
+    status: Mapped[StageStatus] = mapped_column(_enum(StageStatus), default=StageStatus.running)
+    attempts: Mapped[int] = mapped_column(default=0)
+    billed_units: Mapped[float] = mapped_column(default=0.0)
+    unit: Mapped[str | None] = mapped_column(sa.String(32))
+    cost_usd: Mapped[float] = mapped_column(default=0.0)
+    queue_seconds: Mapped[float | None]
+    run_seconds: Mapped[float | None]
+    output_key: Mapped[str | None] = mapped_column(sa.String(500))
+    output_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    error: Mapped[str | None] = mapped_column(sa.Text)

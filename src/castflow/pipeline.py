@@ -1,0 +1,477 @@
+"""The steps of one video as plain functions (no Prefect): validate, stages, QC, publish, record.
+
+Every paid-type stage goes through :func:`run_stage`: the database decides whether the stage is already
+done (by stage key), the provider is called only otherwise, and the outcome is recorded on the
+``stage_run`` row of that key.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from castflow import media
+from castflow.db import queries
+from castflow.db.tables import StageStatus, VideoStatus, utcnow
+from castflow.models import (
+    ActorRef,
+    MediaRef,
+    Mouth,
+    StageName,
+    StageOutcome,
+    VideoRequest,
+    VideoResult,
+    Voice,
+)
+from castflow.providers.base import PermanentError, ProviderError, ProviderResult
+from castflow.runtime import Runtime
+from castflow.settings import FRAME_SIZES
+from castflow.stages import normalise_text, sha256_file, stage_key
+
+
+class UserError(Exception):
+    """Bad input: reported in one line, nothing written, no money spent."""
+
+
+class StageFailed(Exception):
+    """A stage of a video failed; carries the stage name for the record."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.message = message
+
+
+_EXT = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "audio/wav": ".wav",
+    "audio/mpeg": ".mp3",
+    "video/mp4": ".mp4",
+}
+
+
+def _ext(content_type: str) -> str:
+    return _EXT.get(content_type) or mimetypes.guess_extension(content_type) or ".bin"
+
+
+# ---- inputs -------------------------------------------------------------------------------------------
+
+
+def actor_ref(rt: Runtime, key: str) -> ActorRef:
+    """The actor with ``key`` as the pipeline sees it; a UserError when there is none."""
+    with rt.session() as s:
+        actor = queries.get_actor(s, key=key)
+        if actor is None:
+            known = ", ".join(a.key for a in queries.list_actors(s)) or "none imported"
+            raise UserError(f"unknown actor {key!r} (known: {known})")
+        if not rt.storage.exists(actor.image_key):
+            raise UserError(f"actor {key!r}: portrait {actor.image_key} is missing from storage")
+        return ActorRef(
+            key=actor.key,
+            name=actor.name,
+            image=MediaRef(
+                key=actor.image_key, sha256=actor.image_hash, content_type=_image_type(actor.image_key)
+            ),
+            voice=Voice(provider=actor.voice_provider, model=actor.voice_model, voice_id=actor.voice_id),
+            mouth=Mouth.model_validate(actor.mouth) if actor.mouth else None,
+        )
+
+
+def _image_type(key: str) -> str:
+    return mimetypes.guess_type(key)[0] or "image/png"
+
+
+@dataclass(frozen=True)
+class PreparedVideo:
+    """A validated request with everything resolved that the DAG needs."""
+
+    request: VideoRequest
+    request_key: str
+    actor: ActorRef
+    script: str | None
+    audio_path: Path | None
+    audio_sha256: str | None
+    variant: MediaRef | None  # an existing image variant to reuse
+
+
+def prepare_video(rt: Runtime, req: VideoRequest) -> PreparedVideo:
+    """Validate a request before any spend; raises UserError naming what is wrong."""
+    cfg = rt.settings.pipeline
+    actor = actor_ref(rt, req.actor)
+    script = None
+    audio_path = None
+    audio_sha = None
+    if req.script is not None and req.script.strip():
+        script = normalise_text(req.script)
+        if len(script) > cfg.max_script_chars:
+            raise UserError(f"script is {len(script)} characters long; the limit is {cfg.max_script_chars}")
+        if actor.voice.provider not in rt.speech:
+            raise UserError(
+                f"actor {actor.key!r} speaks with provider {actor.voice.provider!r}, which is not configured "
+                f"(configured: {', '.join(sorted(rt.speech))})"
+            )
+    else:
+        audio_path = req.audio_path
+        assert audio_path is not None  # the model guarantees one source
+        if not audio_path.is_file():
+            raise UserError(f"audio file {audio_path} does not exist")
+        try:
+            info = media.decode_audio(audio_path, max_seconds=cfg.max_audio_seconds)
+        except media.MediaError as exc:
+            raise UserError(f"audio file {audio_path.name}: {exc}") from exc
+        if info.seconds < 0.2:
+            raise UserError(f"audio file {audio_path.name} is too short ({info.seconds:.2f} s)")
+        audio_sha = sha256_file(audio_path)
+    variant = None
+    if req.image_variant_id:
+        with rt.session() as s:
+            row = queries.get_image_variant(s, variant_id=req.image_variant_id)
+            if row is None:
+                raise UserError(f"unknown image variant {req.image_variant_id!r}")
+            if row.actor_id is None or str(row.actor_id) != str(_actor_id(rt, actor.key)):
+                raise UserError(f"image variant {req.image_variant_id} belongs to another actor")
+            variant = MediaRef(
+                key=row.image_key, sha256=row.image_hash, content_type=_image_type(row.image_key)
+            )
+    request_key = "video:" + stage_key(
+        "video",
+        provider="-",
+        model="-",
+        actor=actor.key,
+        script=script,
+        audio=audio_sha,
+        scene=normalise_text(req.scene) if req.scene else None,
+        variant=req.image_variant_id,
+        resolution=req.resolution,
+        seed=req.seed,
+    )
+    return PreparedVideo(req, request_key, actor, script, audio_path, audio_sha, variant)
+
+
+def _actor_id(rt: Runtime, key: str) -> object:
+    with rt.session() as s:
+        actor = queries.get_actor(s, key=key)
+        return actor.id if actor else None
+
+
+# ---- stages -------------------------------------------------------------------------------------------
+
+
+def run_stage(
+    rt: Runtime,
+    *,
+    stage: StageName,
+    key: str,
+    provider: str,
+    model: str,
+    call: Callable[[Path], ProviderResult],
+    meta: dict[str, object] | None = None,
+) -> StageOutcome:
+    """Run one stage once per stage key: reuse a finished run, otherwise call the provider and record it."""
+    with rt.session() as s:
+        done = queries.get_stage_run(s, stage_key=key)
+        if (
+            done is not None
+            and done.status is StageStatus.succeeded
+            and done.output_key
+            and done.output_hash
+            and rt.storage.exists(done.output_key)
+        ):
+            return StageOutcome(
+                stage=stage,
+                stage_key=key,
+                reused=True,
+                cost_usd=done.cost_usd,
+                output=MediaRef(
+                    key=done.output_key,
+                    sha256=done.output_hash,
+                    content_type=str(done.meta.get("content_type", "application/octet-stream")),
+                    seconds=_float_or_none(done.meta.get("seconds")),
+                ),
+            )
+        queries.start_stage_run(
+            s, stage_key=key, stage=stage, provider=provider, model=model, meta=dict(meta or {})
+        )
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"castflow-{stage}-") as tmp:
+            result = call(Path(tmp))
+            digest = sha256_file(result.path)
+            out_key = f"stages/{stage}/{key[:2]}/{key}{_ext(result.content_type)}"
+            rt.storage.put_file(out_key, result.path, result.content_type)
+    except ProviderError as exc:
+        with rt.session() as s:
+            queries.fail_stage_run(s, stage_key=key, error=str(exc))
+        raise
+    except Exception as exc:
+        with rt.session() as s:
+            queries.fail_stage_run(s, stage_key=key, error=f"{type(exc).__name__}: {exc}")
+        raise
+    elapsed = time.monotonic() - started
+    out_meta = {**(meta or {}), **result.meta, "content_type": result.content_type, "seconds": result.seconds}
+    with rt.session() as s:
+        queries.finish_stage_run(
+            s,
+            stage_key=key,
+            output_key=out_key,
+            output_hash=digest,
+            billed_units=result.billing.units,
+            unit=result.billing.unit,
+            cost_usd=result.billing.cost_usd,
+            run_seconds=elapsed,
+            request_id=result.request_id,
+            meta=out_meta,
+        )
+    return StageOutcome(
+        stage=stage,
+        stage_key=key,
+        cost_usd=result.billing.cost_usd,
+        output=MediaRef(key=out_key, sha256=digest, content_type=result.content_type, seconds=result.seconds),
+    )
+
+
+def _float_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def scene_variant_key(rt: Runtime, image: MediaRef, prompt: str, seed: int) -> str:
+    return stage_key(
+        "scene_variant",
+        provider=rt.image.name,
+        model=rt.image.model,
+        image=image.sha256,
+        prompt=normalise_text(prompt),
+        seed=seed,
+    )
+
+
+def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> StageOutcome:
+    """The actor's portrait edited into the scene ``prompt`` (also recorded as an image variant)."""
+    key = scene_variant_key(rt, actor.image, prompt, seed)
+    source = rt.storage.local_path(actor.image.key)
+    outcome = run_stage(
+        rt,
+        stage="scene_variant",
+        key=key,
+        provider=rt.image.name,
+        model=rt.image.model,
+        call=lambda wd: rt.image.edit(source, normalise_text(prompt), seed=seed, workdir=wd),
+        meta={"actor": actor.key},
+    )
+    with rt.session() as s:
+        db_actor = queries.get_actor(s, key=actor.key)
+        assert db_actor is not None
+        queries.record_image_variant(
+            s,
+            actor_id=db_actor.id,
+            prompt=normalise_text(prompt),
+            seed=seed,
+            provider=rt.image.name,
+            model=rt.image.model,
+            stage_key=key,
+            image_key=outcome.output.key,
+            image_hash=outcome.output.sha256,
+            cost_usd=outcome.cost_usd,
+        )
+    return outcome
+
+
+def speech_key(voice: Voice, text: str) -> str:
+    return stage_key(
+        "speech", provider=voice.provider, model=voice.model, voice=voice.voice_id, text=normalise_text(text)
+    )
+
+
+def speech(rt: Runtime, actor: ActorRef, script: str) -> StageOutcome:
+    """The script spoken in the actor's voice."""
+    synth = rt.speech.get(actor.voice.provider)
+    if synth is None:
+        raise PermanentError(f"speech provider {actor.voice.provider!r} is not configured")
+    text = normalise_text(script)
+    return run_stage(
+        rt,
+        stage="speech",
+        key=speech_key(actor.voice, text),
+        provider=actor.voice.provider,
+        model=actor.voice.model,
+        call=lambda wd: synth.synthesize(text, actor.voice, workdir=wd),
+        meta={"actor": actor.key, "characters": len(text)},
+    )
+
+
+def audio_ingest_key(sha256: str) -> str:
+    return stage_key("audio_ingest", provider="upload", model="-", audio=sha256)
+
+
+def ingest_audio(rt: Runtime, path: Path, sha256: str) -> StageOutcome:
+    """A given audio file copied into storage (content-addressed), with its true duration."""
+
+    def call(_wd: Path) -> ProviderResult:
+        sound = media.decode_audio(path, max_seconds=rt.settings.pipeline.max_audio_seconds)
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        from castflow.providers.base import Billing
+
+        return ProviderResult(path, ctype, Billing(0, "files"), seconds=sound.seconds)
+
+    return run_stage(
+        rt, stage="audio_ingest", key=audio_ingest_key(sha256), provider="upload", model="-", call=call
+    )
+
+
+def lipsync_key(rt: Runtime, image: MediaRef, audio: MediaRef, resolution: str, seed: int) -> str:
+    return stage_key(
+        "lipsync",
+        provider=rt.lipsync.name,
+        model=rt.lipsync.model,
+        image=image.sha256,
+        audio=audio.sha256,
+        resolution=resolution,
+        seed=seed,
+        fps=rt.settings.pipeline.fps,
+    )
+
+
+def lipsync(
+    rt: Runtime, image: MediaRef, audio: MediaRef, *, resolution: str, seed: int, mouth: Mouth | None
+) -> StageOutcome:
+    """The talking video: one image plus one audio."""
+    image_path = rt.storage.local_path(image.key)
+    audio_path = rt.storage.local_path(audio.key)
+    return run_stage(
+        rt,
+        stage="lipsync",
+        key=lipsync_key(rt, image, audio, resolution, seed),
+        provider=rt.lipsync.name,
+        model=rt.lipsync.model,
+        call=lambda wd: rt.lipsync.render(
+            image_path, audio_path, resolution=resolution, seed=seed, mouth=mouth, workdir=wd
+        ),
+        meta={"resolution": resolution},
+    )
+
+
+def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, resolution: str) -> None:
+    """Probe the lip-sync output; a failure marks the lip-sync run failed (so a rerun renders again)."""
+    problems = media.check_video(
+        rt.storage.local_path(video.output.key),
+        audio_seconds=audio_seconds,
+        fps=rt.settings.pipeline.fps,
+        size=FRAME_SIZES[resolution],
+        tolerance=rt.settings.pipeline.qc_duration_tolerance_s,
+    )
+    if problems:
+        message = "; ".join(problems)
+        with rt.session() as s:
+            queries.fail_stage_run(s, stage_key=video.stage_key, error=f"quality check failed: {message}")
+        raise StageFailed("qc", message)
+
+
+def video_key(actor: str, request_key: str, resolution: str) -> str:
+    return f"videos/{actor}/{request_key.removeprefix('video:')[:24]}_{resolution}.mp4"
+
+
+def publish(rt: Runtime, video: StageOutcome, key: str) -> str:
+    """Copy the checked video to its deterministic key; returns its URL."""
+    if rt.storage.exists(key) and sha256_file(rt.storage.local_path(key)) == video.output.sha256:
+        return rt.storage.url(key)
+    return rt.storage.put_file(key, rt.storage.local_path(video.output.key), "video/mp4")
+
+
+# ---- records -----------------------------------------------------------------------------------------
+
+
+def record_start(rt: Runtime, prepared: PreparedVideo) -> str:
+    """Create (or reset) the video row as running; returns its id."""
+    req = prepared.request
+    with rt.session() as s:
+        row = queries.upsert_video(
+            s,
+            request_key=prepared.request_key,
+            values={
+                "actor_key": prepared.actor.key,
+                "script": prepared.script,
+                "audio_source": str(prepared.audio_path) if prepared.audio_path else None,
+                "scene": req.scene,
+                "resolution": req.resolution,
+                "seed": req.seed,
+                "image_variant_id": _uuid_or_none(req.image_variant_id),
+                "status": VideoStatus.running,
+                "failed_stage": None,
+                "error": None,
+            },
+        )
+        return str(row.id)
+
+
+def _uuid_or_none(value: str | None) -> object:
+    import uuid
+
+    return uuid.UUID(value) if value else None
+
+
+def record_success(
+    rt: Runtime,
+    prepared: PreparedVideo,
+    *,
+    image: StageOutcome,
+    audio: StageOutcome,
+    video: StageOutcome,
+    key: str,
+    url: str,
+) -> VideoResult:
+    info = media.probe(rt.storage.local_path(key))
+    cost = sum(o.cost_usd for o in (image, audio, video) if not o.reused)
+    reused = sum(1 for o in (image, audio, video) if o.reused)
+    with rt.session() as s:
+        queries.finish_video(
+            s,
+            request_key=prepared.request_key,
+            status=VideoStatus.succeeded,
+            finished_at=utcnow(),
+            image_key=image.output.key,
+            audio_key=audio.output.key,
+            video_key=key,
+            video_url=url,
+            audio_seconds=audio.output.seconds,
+            video_seconds=info.duration,
+            cost_usd=cost,
+            failed_stage=None,
+            error=None,
+        )
+        row = queries.get_video(s, request_key=prepared.request_key)
+        assert row is not None
+        video_id = str(row.id)
+    return VideoResult(
+        video_id=video_id,
+        actor=prepared.actor.key,
+        status="succeeded",
+        video_key=key,
+        video_url=url,
+        audio_seconds=audio.output.seconds,
+        video_seconds=info.duration,
+        cost_usd=cost,
+        reused_stages=reused,
+    )
+
+
+def record_failure(rt: Runtime, prepared: PreparedVideo, *, stage: str, error: str) -> VideoResult:
+    with rt.session() as s:
+        queries.finish_video(
+            s,
+            request_key=prepared.request_key,
+            status=VideoStatus.failed,
+            finished_at=utcnow(),
+            failed_stage=stage,
+            error=error[:4000],
+        )
+        row = queries.get_video(s, request_key=prepared.request_key)
+        assert row is not None
+        video_id = str(row.id)
+    return VideoResult(
+        video_id=video_id, actor=prepared.actor.key, status="failed", failed_stage=stage, error=error
+    )

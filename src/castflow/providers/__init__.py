@@ -1,0 +1,1 @@
+"""Provider roles (image edit, speech, lip-sync), their errors and implementations."""

@@ -1,0 +1,80 @@
+"""Protocols every provider implements, and the one error tree of castflow's providers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from castflow.models import Mouth, Voice
+
+
+class ProviderError(Exception):
+    """A provider call failed; ``transient`` says whether trying again may help."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, provider: str = "", request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.request_id = request_id
+
+
+class TransientError(ProviderError):
+    """Timeouts, connection errors, 429, 5xx: worth retrying with backoff."""
+
+    transient = True
+
+
+class PermanentError(ProviderError):
+    """Validation, content policy, bad input: retrying would only spend money."""
+
+
+@dataclass(frozen=True)
+class Billing:
+    """What a call is billed on: units and their name (images, characters, seconds)."""
+
+    units: float
+    unit: str
+    cost_usd: float = 0.0
+
+
+@dataclass
+class ProviderResult:
+    """A finished provider job: the local output file and the facts worth recording."""
+
+    path: Path
+    content_type: str
+    billing: Billing
+    request_id: str | None = None
+    seconds: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class ImageEditor(Protocol):
+    name: str
+    model: str
+
+    def edit(self, image: Path, prompt: str, *, seed: int, workdir: Path) -> ProviderResult: ...
+
+
+class SpeechSynth(Protocol):
+    name: str
+
+    def synthesize(self, text: str, voice: Voice, *, workdir: Path) -> ProviderResult: ...
+
+
+class LipSyncer(Protocol):
+    name: str
+    model: str
+
+    def render(
+        self,
+        image: Path,
+        audio: Path,
+        *,
+        resolution: str,
+        seed: int,
+        mouth: Mouth | None,
+        workdir: Path,
+    ) -> ProviderResult: ...

@@ -1,0 +1,253 @@
+"""Embedded-default providers: offline, deterministic, no keys, no system packages."""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw
+
+from castflow import media
+from castflow.models import Mouth, Voice
+from castflow.portraits import compose_scene
+from castflow.providers.base import Billing, PermanentError, ProviderResult
+from castflow.settings import FRAME_SIZES
+
+
+class LocalImageEditor:
+    """Scene variants with Pillow: a painted scene behind (or around) the actor, same geometry."""
+
+    name = "local"
+    model = "pillow-scene-v1"
+
+    def edit(self, image: Path, prompt: str, *, seed: int, workdir: Path) -> ProviderResult:
+        try:
+            with Image.open(image) as src:
+                src.load()
+                portrait = src.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise PermanentError(f"cannot read image {image.name}: {exc}", provider=self.name) from exc
+        out = workdir / "variant.png"
+        compose_scene(portrait, prompt, seed).save(out, format="PNG", optimize=False)
+        return ProviderResult(out, "image/png", Billing(1, "images"), meta={"size": list(portrait.size)})
+
+
+class _Espeak:
+    """eSpeak NG from the espeakng-loader wheel, via ctypes. The library is global state: one lock."""
+
+    AUDIO_OUTPUT_RETRIEVAL = 1
+    POS_CHARACTER = 1
+    CHARS_UTF8 = 1
+
+    def __init__(self) -> None:
+        import espeakng_loader
+
+        self._lock = threading.Lock()
+        self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self._lib.espeak_Initialize.restype = ctypes.c_int
+        self._lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self._lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        data = espeakng_loader.get_data_path().encode()
+        self.rate = self._lib.espeak_Initialize(self.AUDIO_OUTPUT_RETRIEVAL, 0, data, 0)
+        if self.rate <= 0:
+            raise RuntimeError("eSpeak NG failed to initialise")
+        self._samples = array.array("h")
+        callback_type = ctypes.CFUNCTYPE(
+            ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+        )
+        self._callback = callback_type(self._on_audio)  # keep a reference: C holds the pointer
+        self._lib.espeak_SetSynthCallback(self._callback)
+
+    def _on_audio(self, wav: Any, count: int, _events: Any) -> int:
+        if count > 0:
+            self._samples.extend(wav[:count])
+        return 0
+
+    def speak(self, text: str, voice: str, words_per_minute: int) -> npt.NDArray[np.int16]:
+        with self._lock:
+            if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise PermanentError(f"unknown eSpeak NG voice {voice!r}", provider="local")
+            self._lib.espeak_SetParameter(1, words_per_minute, 0)  # espeakRATE
+            self._samples = array.array("h")
+            data = text.encode("utf-8")
+            status = self._lib.espeak_Synth(
+                data, len(data) + 1, 0, self.POS_CHARACTER, 0, self.CHARS_UTF8, None, None
+            )
+            self._lib.espeak_Synchronize()
+            if status != 0:
+                raise PermanentError(f"eSpeak NG synthesis failed (status {status})", provider="local")
+            return np.frombuffer(self._samples.tobytes(), dtype=np.int16).copy()
+
+
+_ESPEAK: _Espeak | None = None
+_ESPEAK_LOCK = threading.Lock()
+
+
+def _espeak() -> _Espeak:
+    global _ESPEAK
+    with _ESPEAK_LOCK:
+        if _ESPEAK is None:
+            _ESPEAK = _Espeak()
+        return _ESPEAK
+
+
+class EspeakSpeech:
+    """Real, intelligible speech from eSpeak NG. Voice ids are eSpeak voices, e.g. ``en-us+f3``."""
+
+    name = "local"
+    model = "espeak-ng"
+
+    def __init__(self, words_per_minute: int = 165) -> None:
+        self.words_per_minute = words_per_minute
+
+    def synthesize(self, text: str, voice: Voice, *, workdir: Path) -> ProviderResult:
+        engine = _espeak()
+        pcm = engine.speak(text, voice.voice_id, self.words_per_minute)
+        if len(pcm) == 0:
+            raise PermanentError("eSpeak NG produced no audio for this text", provider=self.name)
+        pad = np.zeros(int(engine.rate * 0.15), dtype=np.int16)  # a breath of silence at both ends
+        pcm = np.concatenate([pad, pcm, pad])
+        out = workdir / "speech.wav"
+        media.write_wav(out, pcm, engine.rate)
+        seconds = len(pcm) / engine.rate
+        return ProviderResult(
+            out,
+            "audio/wav",
+            Billing(len(text), "characters"),
+            seconds=seconds,
+            meta={"sample_rate": engine.rate},
+        )
+
+
+class PreviewLipSync:
+    """Lip-sync preview: the image animated by the audio's loudness, 25 fps, muxed with the audio.
+
+    With a known mouth (the drawn sample actors) the mouth opens with the speech; on any other portrait
+    the picture breathes gently (a small zoom and sway following the loudness).
+    """
+
+    name = "local"
+    model = "preview-envelope-v1"
+
+    def __init__(self, fps: int = 25, max_audio_seconds: float = 600.0) -> None:
+        self.fps = fps
+        self.max_audio_seconds = max_audio_seconds
+
+    def render(
+        self,
+        image: Path,
+        audio: Path,
+        *,
+        resolution: str,
+        seed: int,
+        mouth: Mouth | None,
+        workdir: Path,
+    ) -> ProviderResult:
+        size = FRAME_SIZES[resolution]
+        try:
+            sound = media.decode_audio(audio, max_seconds=self.max_audio_seconds)
+        except media.MediaError as exc:
+            raise PermanentError(str(exc), provider=self.name) from exc
+        try:
+            with Image.open(image) as src:
+                src.load()
+                picture = src.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise PermanentError(f"cannot read image {image.name}: {exc}", provider=self.name) from exc
+        frames = media.frame_count(sound.seconds, self.fps)
+        envelope = media.loudness_envelope(sound, self.fps, frames)
+        base, transform = cover_fit(picture, size)
+        out = workdir / "lipsync.mp4"
+        if mouth is not None:
+            frame_iter = _mouth_frames(base, envelope, transform(mouth))
+        else:
+            frame_iter = _breathing_frames(base, envelope, self.fps)
+        media.encode_video(out, frame_iter, size=size, fps=self.fps, audio=sound)
+        return ProviderResult(
+            out,
+            "video/mp4",
+            Billing(sound.seconds, "seconds"),
+            seconds=sound.seconds,
+            meta={"frames": frames, "resolution": resolution},
+        )
+
+
+MouthBox = tuple[float, float, float]
+
+
+def cover_fit(picture: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, Any]:
+    """Scale and centre-crop ``picture`` to fill ``size``; returns it and a Mouth → pixel mapping."""
+    w, h = picture.size
+    scale = max(size[0] / w, size[1] / h)
+    sw, sh = max(size[0], round(w * scale)), max(size[1], round(h * scale))
+    left, top = (sw - size[0]) // 2, (sh - size[1]) // 2
+    fitted = picture.resize((sw, sh), Image.Resampling.LANCZOS).crop(
+        (left, top, left + size[0], top + size[1])
+    )
+
+    def transform(m: Mouth) -> MouthBox:
+        return (m.x * sw - left, m.y * sh - top, m.width * sw)
+
+    return fitted, transform
+
+
+def _mouth_frames(
+    base: Image.Image, envelope: npt.NDArray[np.float32], box: MouthBox
+) -> Iterator[npt.NDArray[np.uint8]]:
+    mx, my, mw = box
+    lip = base.getpixel((int(mx), int(my)))
+    lip_colour = lip if isinstance(lip, tuple) else (170, 80, 90)
+    base_arr = np.asarray(base)
+    pad = int(mw)
+    x0, y0 = max(0, int(mx - pad)), max(0, int(my - pad * 0.5))
+    x1, y1 = min(base.width, int(mx + pad)), min(base.height, int(my + pad * 1.2))
+    for level in envelope:
+        frame = base_arr.copy()
+        if level > 0.02:
+            patch = base.crop((x0, y0, x1, y1))
+            d = ImageDraw.Draw(patch)
+            cx, cy = mx - x0, my - y0
+            open_h = mw * 0.55 * float(level)
+            half_w = mw * (0.5 - 0.08 * float(level))
+            d.ellipse((cx - half_w - 3, cy - 4, cx + half_w + 3, cy + open_h + 4), fill=lip_colour[:3])
+            d.ellipse((cx - half_w, cy - 1, cx + half_w, cy + open_h), fill=(70, 20, 30))
+            if open_h > mw * 0.12:  # teeth show when the mouth is well open
+                d.rectangle(
+                    (cx - half_w * 0.6, cy - 1, cx + half_w * 0.6, cy + open_h * 0.22), fill=(245, 245, 240)
+                )
+            frame[y0:y1, x0:x1] = np.asarray(patch)
+        yield frame
+
+
+def _breathing_frames(
+    base: Image.Image, envelope: npt.NDArray[np.float32], fps: int
+) -> Iterator[npt.NDArray[np.uint8]]:
+    w, h = base.size
+    for i, level in enumerate(envelope):
+        zoom = 1.0 + 0.012 + 0.02 * float(level)
+        sway = math.sin(2 * math.pi * i / (fps * 3.0)) * 0.004 * w
+        cw, ch = w / zoom, h / zoom
+        left = (w - cw) / 2 + sway
+        top = (h - ch) / 2 - 0.01 * h * float(level)
+        frame = base.transform(
+            (w, h), Image.Transform.EXTENT, (left, top, left + cw, top + ch), Image.Resampling.BILINEAR
+        )
+        yield np.asarray(frame)

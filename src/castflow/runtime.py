@@ -1,0 +1,94 @@
+"""The wiring of one castflow process: settings → database, storage and providers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from castflow.db import migrate
+from castflow.db.session import get_engine, session_scope
+from castflow.providers.base import ImageEditor, LipSyncer, SpeechSynth
+from castflow.providers.local import EspeakSpeech, LocalImageEditor, PreviewLipSync
+from castflow.settings import Settings, get_settings
+from castflow.storage.local import LocalStorage
+
+
+class ConfigError(Exception):
+    """The configuration cannot work (e.g. a database that is not migrated)."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: sa.Engine
+    storage: LocalStorage
+    image: ImageEditor
+    speech: dict[str, SpeechSynth]
+    lipsync: LipSyncer
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.engine) as session:
+            yield session
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Build the runtime from settings and make sure the database is at the current schema."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = get_engine(
+        settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms, echo=settings.database.echo
+    )
+    ensure_schema(engine, auto=settings.is_embedded_db)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        storage=LocalStorage(settings.storage_root),
+        image=LocalImageEditor(),
+        speech={"local": EspeakSpeech()},
+        lipsync=PreviewLipSync(
+            fps=settings.pipeline.fps, max_audio_seconds=settings.pipeline.max_audio_seconds
+        ),
+    )
+
+
+_MIGRATE_LOCK = threading.Lock()
+
+
+def ensure_schema(engine: sa.Engine, *, auto: bool) -> None:
+    """Migrate the embedded database automatically; refuse to run on an out-of-date server database."""
+    with _MIGRATE_LOCK:
+        if migrate.is_current(engine):
+            return
+        if auto:
+            migrate.upgrade(engine)
+            return
+    current = migrate.current_revision(engine)
+    raise ConfigError(
+        f"database schema is at {current or 'nothing'}, castflow needs {migrate.head_revision(engine)}: "
+        "run `castflow db upgrade`"
+    )
+
+
+_RUNTIME: Runtime | None = None
+_RUNTIME_LOCK = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process-wide runtime built from the current settings (rebuilt when settings are reset)."""
+    global _RUNTIME
+    settings = get_settings()
+    with _RUNTIME_LOCK:
+        if _RUNTIME is None or _RUNTIME.settings is not settings:
+            _RUNTIME = build_runtime(settings)
+        return _RUNTIME
+
+
+def reset_runtime() -> None:
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        _RUNTIME = None

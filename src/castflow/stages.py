@@ -1,0 +1,39 @@
+"""Stage keys (the idempotency key of every paid step) and the price table used to cost them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from typing import Any
+
+# Bump to regenerate every stage deliberately (a change in what a stage produces for the same inputs).
+CACHE_VERSION = "1"
+
+_WS = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """The form of a script or prompt that decides the output: NFC, trimmed, single spaces."""
+    return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+
+def stage_key(stage: str, *, provider: str, model: str, **inputs: Any) -> str:
+    """SHA-256 over the canonical JSON of everything that changes a stage's output.
+
+    Callers pass normalised text, content hashes of input media (never paths) and settings such as
+    voice, seed and resolution. Keys are stable across processes and machines.
+    """
+    payload = {"v": CACHE_VERSION, "stage": stage, "provider": provider, "model": model, "inputs": inputs}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def sha256_file(path: str | bytes | Any, chunk: int = 1 << 20) -> str:
+    """Content hash of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

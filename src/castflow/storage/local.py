@@ -1,0 +1,53 @@
+"""Local-folder storage: the embedded default. Keys are relative paths; URLs are ``file://``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+
+class InvalidKey(ValueError):
+    """A storage key that would escape the storage root or is not a plain relative path."""
+
+
+class LocalStorage:
+    """Files under one root folder; writes are atomic (temp file, then rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        pure = PurePosixPath(key)
+        if not key or pure.is_absolute() or any(part in ("", ".", "..") for part in pure.parts):
+            raise InvalidKey(f"invalid storage key {key!r}")
+        return self.root.joinpath(*pure.parts)
+
+    def put_file(self, key: str, source: Path, content_type: str) -> str:
+        dest = self.path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".put-")
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return self.url(key)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def url(self, key: str) -> str:
+        return self.path(key).as_uri()
+
+    def fetch(self, key: str, dest: Path) -> Path:
+        shutil.copyfile(self.path(key), dest)
+        return dest
+
+    def local_path(self, key: str) -> Path:
+        """The file behind ``key`` (local storage only: lets providers read without a copy)."""
+        return self.path(key)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from castflow.models import MediaRef, Voice
+from castflow.pipeline import lipsync_key, scene_variant_key, speech_key
+from castflow.runtime import Runtime
+from castflow.stages import normalise_text, stage_key
+
+BASE = {"stage": "speech", "provider": "fal", "model": "m1", "text": "hello", "voice": "v1", "seed": 1}
+
+
+def _key(**changes: object) -> str:
+    args = {**BASE, **changes}
+    stage = args.pop("stage")
+    return stage_key(str(stage), **args)  # type: ignore[arg-type]
+
+
+def test_key_is_stable_in_process_and_across_processes() -> None:
+    here = _key()
+    assert here == _key()
+    assert len(here) == 64
+    code = (
+        "from castflow.stages import stage_key;"
+        "print(stage_key('speech', provider='fal', model='m1', text='hello', voice='v1', seed=1))"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == here
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"stage": "lipsync"},
+        {"provider": "local"},
+        {"model": "m2"},
+        {"text": "hello!"},
+        {"voice": "v2"},
+        {"seed": 2},
+        {"resolution": "720p"},
+    ],
+)
+def test_key_changes_with_every_input(change: dict[str, object]) -> None:
+    assert _key(**change) != _key()
+
+
+def test_argument_order_does_not_matter() -> None:
+    assert stage_key("s", provider="p", model="m", a=1, b=2) == stage_key(
+        "s", model="m", provider="p", b=2, a=1
+    )
+
+
+def test_text_normalisation_ignores_spacing_and_unicode_form() -> None:
+    assert normalise_text("  Hello \n  world\t") == "Hello world"
+    assert normalise_text("Cafe\u0301") == normalise_text("Café")
+    assert speech_key(Voice(provider="p", model="m", voice_id="v"), " hi  there ") == speech_key(
+        Voice(provider="p", model="m", voice_id="v"), "hi there"
+    )
+
+
+def test_pipeline_keys_follow_their_inputs(rt: Runtime) -> None:
+    voice = Voice(provider="local", model="espeak-ng", voice_id="en-us")
+    assert speech_key(voice, "hi") != speech_key(voice.model_copy(update={"voice_id": "en"}), "hi")
+    assert speech_key(voice, "hi") != speech_key(voice.model_copy(update={"model": "x"}), "hi")
+    assert speech_key(voice, "hi") != speech_key(voice, "hi.")
+    img = MediaRef(key="a.png", sha256="1" * 64, content_type="image/png")
+    img2 = MediaRef(key="a.png", sha256="2" * 64, content_type="image/png")
+    aud = MediaRef(key="a.wav", sha256="3" * 64, content_type="audio/wav")
+    # Keys depend on content hashes, not on storage keys or paths.
+    assert scene_variant_key(rt, img, "beach", 0) == scene_variant_key(
+        rt, img.model_copy(update={"key": "elsewhere.png"}), "beach", 0
+    )
+    assert scene_variant_key(rt, img, "beach", 0) != scene_variant_key(rt, img2, "beach", 0)
+    assert scene_variant_key(rt, img, "beach", 0) != scene_variant_key(rt, img, "beach", 1)
+    assert scene_variant_key(rt, img, "beach", 0) != scene_variant_key(rt, img, "kitchen", 0)
+    base = lipsync_key(rt, img, aud, "480p", 0)
+    assert base != lipsync_key(rt, img2, aud, "480p", 0)
+    assert base != lipsync_key(rt, img, aud.model_copy(update={"sha256": "4" * 64}), "480p", 0)
+    assert base != lipsync_key(rt, img, aud, "720p", 0)
+    assert base != lipsync_key(rt, img, aud, "480p", 7)
