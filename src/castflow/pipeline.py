@@ -133,7 +133,8 @@ def prepare_video(rt: Runtime, req: VideoRequest) -> PreparedVideo:
             row = queries.get_image_variant(s, variant_id=req.image_variant_id)
             if row is None:
                 raise UserError(f"unknown image variant {req.image_variant_id!r}")
-            if row.actor_id is None or str(row.actor_id) != str(_actor_id(rt, actor.key)):
+            owner = queries.get_actor(s, key=actor.key)
+            if owner is None or row.actor_id != owner.id:
                 raise UserError(f"image variant {req.image_variant_id} belongs to another actor")
             variant = MediaRef(
                 key=row.image_key, sha256=row.image_hash, content_type=_image_type(row.image_key)
@@ -151,12 +152,6 @@ def prepare_video(rt: Runtime, req: VideoRequest) -> PreparedVideo:
         seed=req.seed,
     )
     return PreparedVideo(req, request_key, actor, script, audio_path, audio_sha, variant)
-
-
-def _actor_id(rt: Runtime, key: str) -> object:
-    with rt.session() as s:
-        actor = queries.get_actor(s, key=key)
-        return actor.id if actor else None
 
 
 # ---- stages -------------------------------------------------------------------------------------------
