@@ -108,7 +108,7 @@ def parse_actor_file(path: Path) -> list[ActorSpec]:
             continue
         if spec.key in seen:
             errors.append(
-                f"{path.name} {where}, key: duplicate actor key {spec.key!r} (first at entry {seen[spec.key]})"
+                f"{path.name} {where}, key: duplicate actor key {spec.key!r} (first at {label.format(n=seen[spec.key])})"
             )
             continue
         seen[spec.key] = i + offset

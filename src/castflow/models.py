@@ -17,9 +17,11 @@ class Frozen(BaseModel):
 class Voice(Frozen):
     """An actor's fixed voice: which provider and model speak, with which voice id."""
 
-    provider: str = Field(description="Speech provider, e.g. 'local' or 'fal'.")
-    model: str = Field(description="Model id, e.g. 'espeak-ng' or 'fal-ai/elevenlabs/tts/multilingual-v2'.")
-    voice_id: str = Field(description="The provider's voice id.")
+    provider: str = Field(min_length=1, description="Speech provider, e.g. 'local' or 'fal'.")
+    model: str = Field(
+        min_length=1, description="Model id, e.g. 'espeak-ng' or 'fal-ai/elevenlabs/tts/multilingual-v2'."
+    )
+    voice_id: str = Field(min_length=1, description="The provider's voice id.")
 
 
 class Mouth(Frozen):

@@ -1,0 +1,3 @@
+from castflow.cli import main
+
+main()
