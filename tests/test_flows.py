@@ -205,3 +205,22 @@ def test_create_image_variant_then_reuse_it_in_a_video(rt: Runtime, counted: dic
     with rt.session() as s:
         video = s.scalars(sa.select(Video)).one()
         assert video.image_key == made.image_key
+
+
+@pytest.mark.postgres
+def test_video_end_to_end_on_postgres(pg_rt: Runtime) -> None:
+    ensure_sample_actors(pg_rt)
+    assert pg_rt.engine.dialect.name == "postgresql"
+    request = VideoRequest(actor="leo", script="Postgres keeps the records.", scene="office")
+    first = generate_video(request)
+    again = generate_video(request)
+    assert first.status == again.status == "succeeded"
+    assert again.reused_stages == 3
+    with pg_rt.session() as s:
+        video = s.scalars(sa.select(Video)).one()
+        assert video.status is VideoStatus.succeeded
+        assert video.finished_at is not None
+        assert video.finished_at.tzinfo is not None
+        runs = s.scalars(sa.select(StageRun)).all()
+        assert sorted(r.stage for r in runs) == ["lipsync", "scene_variant", "speech"]
+        assert all(r.attempts == 1 for r in runs)
