@@ -42,7 +42,7 @@ class LocalImageEditor:
 class _Espeak:
     """eSpeak NG from the espeakng-loader wheel, via ctypes. The library is global state: one lock."""
 
-    AUDIO_OUTPUT_RETRIEVAL = 1
+    AUDIO_OUTPUT_SYNCHRONOUS = 2  # synthesis runs in the calling thread, callback included
     POS_CHARACTER = 1
     CHARS_UTF8 = 1
 
@@ -66,7 +66,7 @@ class _Espeak:
         ]
         self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         data = espeakng_loader.get_data_path().encode()
-        self.rate = self._lib.espeak_Initialize(self.AUDIO_OUTPUT_RETRIEVAL, 0, data, 0)
+        self.rate = self._lib.espeak_Initialize(self.AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
         if self.rate <= 0:
             raise RuntimeError("eSpeak NG failed to initialise")
         self._samples = array.array("h")
