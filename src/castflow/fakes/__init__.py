@@ -1,0 +1,1 @@
+"""Loopback fakes of the paid providers, speaking their real protocols."""

@@ -1,0 +1,384 @@
+"""A loopback fake of fal.ai's queue API and CDN, speaking the protocol of ../shared/specs/fal.md.
+
+It returns real media made by the embedded providers, so QC runs on its outputs. Knobs set queue and
+run times and inject faults (429/5xx answers, failed jobs), for the tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+from castflow.models import Voice
+from castflow.providers.local import EspeakSpeech, LocalImageEditor
+
+VALID_KEY = "fake-key-id:fake-key-secret"
+EDIT_MODELS = ("fal-ai/nano-banana/edit",)
+TTS_MODELS = (
+    "fal-ai/elevenlabs/tts/multilingual-v2",
+    "fal-ai/elevenlabs/tts/turbo-v2.5",
+    "fal-ai/minimax/speech-2.8-hd",
+)
+# fal voice names → eSpeak NG voices, so different fal voices sound different in the fake.
+VOICES = {"Rachel": "en-us+f3", "Aria": "en-us+f4", "Roger": "en+m3", "Wise_Woman": "en-us+f2"}
+
+
+@dataclass
+class Knobs:
+    queue_seconds: float = 0.0
+    run_seconds: float = 0.0
+    fail_jobs: list[tuple[str, str]] = field(default_factory=list)  # (error, error_type) for the next jobs
+    status_errors: list[int] = field(default_factory=list)  # HTTP codes answered by the next status calls
+    submit_errors: list[int] = field(default_factory=list)  # HTTP codes answered by the next submits
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    payload: dict[str, Any]
+    created: float
+    knobs_queue: float
+    knobs_run: float
+    error: tuple[str, str] | None = None
+    output: dict[str, Any] | None = None
+    cancelled: bool = False
+
+
+class FakeFal:
+    """Start with :meth:`running`; ``url`` serves as queue, rest and CDN host at once."""
+
+    def __init__(self) -> None:
+        self.knobs = Knobs()
+        self.jobs: dict[str, Job] = {}
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self.calls: dict[str, int] = {
+            "submit": 0,
+            "status": 0,
+            "result": 0,
+            "cancel": 0,
+            "upload": 0,
+            "token": 0,
+        }
+        self.lock = threading.Lock()
+        self._work = Path(tempfile.mkdtemp(prefix="fake-fal-"))
+        self._server: ThreadingHTTPServer | None = None
+        self.url = ""
+
+    @contextmanager
+    def running(self) -> Iterator[FakeFal]:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # ---- model execution ------------------------------------------------------------------------
+
+    def _state(self, job: Job) -> str:
+        age = time.monotonic() - job.created
+        if job.cancelled:
+            return "COMPLETED"
+        if age < job.knobs_queue:
+            return "IN_QUEUE"
+        if age < job.knobs_queue + job.knobs_run:
+            return "IN_PROGRESS"
+        return "COMPLETED"
+
+    def _finish(self, job: Job) -> None:
+        if job.output is not None or job.error is not None:
+            return
+        if job.cancelled:
+            job.error = ("Request was cancelled", "client_cancelled")
+            return
+        work = Path(tempfile.mkdtemp(dir=self._work))
+        if job.model in EDIT_MODELS:
+            src = work / "input.png"
+            src.write_bytes(self._download(job.payload["image_urls"][0]))
+            out = LocalImageEditor().edit(
+                src, str(job.payload["prompt"]), seed=int(job.payload.get("seed", 0)), workdir=work
+            )
+            url = self._store(out.path.read_bytes(), "image/png", "output.png")
+            job.output = {
+                "images": [{"url": url, "content_type": "image/png", "file_name": "output.png"}],
+                "description": "",
+            }
+        else:
+            text = str(job.payload.get("text") or job.payload.get("prompt"))
+            voice_name = job.payload.get("voice") or (job.payload.get("voice_setting") or {}).get(
+                "voice_id", "Rachel"
+            )
+            voice = Voice(provider="local", model="espeak-ng", voice_id=VOICES.get(voice_name, "en-us"))
+            out = EspeakSpeech().synthesize(text, voice, workdir=work)
+            url = self._store(out.path.read_bytes(), "audio/wav", "speech.wav")
+            job.output = {"audio": {"url": url, "content_type": "audio/wav", "file_name": "speech.wav"}}
+            if "minimax" in job.model:
+                job.output["duration_ms"] = int((out.seconds or 0) * 1000)
+
+    def _download(self, url: str) -> bytes:
+        if url.startswith(self.url):
+            return self.files[urlparse(url).path][0]
+        return httpx.get(url, timeout=30).content
+
+    def _store(self, data: bytes, content_type: str, name: str) -> str:
+        path = f"/files/b/{uuid.uuid4().hex}/{name}"
+        with self.lock:
+            self.files[path] = (data, content_type)
+        return self.url + path
+
+
+def _validate(model: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+
+    def missing(name: str) -> None:
+        errors.append({"loc": ["body", name], "msg": "Field required", "type": "missing"})
+
+    if model in EDIT_MODELS:
+        if not payload.get("prompt"):
+            missing("prompt")
+        if not payload.get("image_urls"):
+            missing("image_urls")
+        fmt = payload.get("output_format", "png")
+        if fmt not in ("jpeg", "png", "webp"):
+            errors.append(
+                {
+                    "loc": ["body", "output_format"],
+                    "msg": "Input should be 'jpeg', 'png' or 'webp'",
+                    "type": "literal_error",
+                    "input": fmt,
+                }
+            )
+    elif "minimax" in model:
+        if not payload.get("prompt"):
+            missing("prompt")
+    elif not payload.get("text"):
+        missing("text")
+    return errors
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeFal
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _send(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        if not isinstance(body, bytes):
+            self.send_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            return self.rfile.read(length)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return b""
+
+    def _authorised(self) -> bool:
+        if self.headers.get("Authorization") != f"Key {VALID_KEY}":
+            self._send(401, {"detail": "No user found for Key ID and Secret"})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        fake = self.fake
+        path = urlparse(self.path).path
+        if path.startswith("/files/"):
+            item = fake.files.get(path)
+            if item is None:
+                self._send(404, {"detail": "Not found"})
+                return
+            self._send(200, item[0], {"Content-Type": item[1]})
+            return
+        if not self._authorised():
+            return
+        parts = path.strip("/").split("/")
+        if len(parts) >= 4 and parts[2] == "requests":
+            job = fake.jobs.get(parts[3])
+            if job is None or "/".join(parts[:2]) != "/".join(job.model.split("/")[:2]):
+                self._send(404, {"detail": "Request not found"})
+                return
+            if len(parts) == 5 and parts[4] == "status":
+                self._status(job)
+                return
+            if len(parts) == 4:
+                self._result(job)
+                return
+        self._send(405 if "requests" in parts else 404, {"detail": f"Path {path} not found"})
+
+    def _status(self, job: Job) -> None:
+        fake = self.fake
+        with fake.lock:
+            fake.calls["status"] += 1
+            injected = fake.knobs.status_errors.pop(0) if fake.knobs.status_errors else None
+        if injected:
+            self._send(injected, {"detail": "injected", "error_type": "internal_error"})
+            return
+        state = fake._state(job)
+        base = {
+            "status": state,
+            "request_id": job.id,
+            "response_url": f"{fake.url}/{_app(job.model)}/requests/{job.id}",
+        }
+        if state == "IN_QUEUE":
+            self._send(202, {**base, "queue_position": 0})
+        elif state == "IN_PROGRESS":
+            self._send(202, {**base, "logs": []})
+        else:
+            fake._finish(job)
+            body = {**base, "logs": [], "metrics": {"inference_time": job.knobs_run}}
+            if job.error:
+                body.update(error=job.error[0], error_type=job.error[1])
+            self._send(200, body)
+
+    def _result(self, job: Job) -> None:
+        fake = self.fake
+        with fake.lock:
+            fake.calls["result"] += 1
+        if fake._state(job) != "COMPLETED":
+            self._send(400, {"detail": "Request is still in progress"})
+            return
+        fake._finish(job)
+        if job.error:
+            self._send(422, {"detail": [{"loc": ["body"], "msg": job.error[0], "type": job.error[1]}]})
+            return
+        self._send(200, job.output, {"x-fal-request-id": job.id, "x-fal-billable-units": "1"})
+
+    def do_PUT(self) -> None:
+        fake = self.fake
+        if not self._authorised():
+            return
+        parts = urlparse(self.path).path.strip("/").split("/")
+        if len(parts) == 5 and parts[2] == "requests" and parts[4] == "cancel":
+            job = fake.jobs.get(parts[3])
+            with fake.lock:
+                fake.calls["cancel"] += 1
+            if job is None:
+                self._send(404, {"status": "NOT_FOUND"})
+            elif fake._state(job) == "COMPLETED":
+                self._send(400, {"status": "ALREADY_COMPLETED"})
+            else:
+                job.cancelled = True
+                self._send(202, {"status": "CANCELLATION_REQUESTED"})
+            return
+        self._send(404, {"detail": "Not found"})
+
+    def do_POST(self) -> None:
+        fake = self.fake
+        url = urlparse(self.path)
+        path = url.path
+        body = self._body()
+        if path == "/storage/auth/token":
+            if not self._authorised():
+                return
+            with fake.lock:
+                fake.calls["token"] += 1
+            self._send(
+                200,
+                {
+                    "token": uuid.uuid4().hex,
+                    "token_type": "Bearer",
+                    "base_url": fake.url,
+                    "created_at": "2026-01-01T00:00:00+00:00",
+                    "expires_at": "2099-01-01T00:00:00+00:00",
+                },
+            )
+            return
+        if path == "/files/upload":
+            if not (self.headers.get("Authorization") or "").startswith("Bearer "):
+                self._send(401, {"detail": "Unauthorized"})
+                return
+            with fake.lock:
+                fake.calls["upload"] += 1
+            name = self.headers.get("X-Fal-File-Name") or "file.bin"
+            self._send(
+                200,
+                {
+                    "access_url": fake._store(body, self.headers.get("Content-Type", ""), name),
+                    "uploaded": True,
+                },
+            )
+            return
+        if not self._authorised():
+            return
+        model = path.strip("/")
+        if model not in EDIT_MODELS + TTS_MODELS:
+            self._send(404, {"detail": f"Path {path} not found"})
+            return
+        with fake.lock:
+            fake.calls["submit"] += 1
+            injected = fake.knobs.submit_errors.pop(0) if fake.knobs.submit_errors else None
+        if injected:
+            self._send(injected, {"detail": "injected", "error_type": "runner_scheduling_failure"})
+            return
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            self._send(422, {"detail": "Invalid JSON"})
+            return
+        errors = _validate(model, payload)
+        if errors:
+            self._send(422, {"detail": errors}, {"x-fal-billable-units": "0"})
+            return
+        job = Job(
+            uuid.uuid4().hex,
+            model,
+            payload,
+            time.monotonic(),
+            fake.knobs.queue_seconds,
+            fake.knobs.run_seconds,
+        )
+        with fake.lock:
+            if fake.knobs.fail_jobs:
+                job.error = fake.knobs.fail_jobs.pop(0)
+            fake.jobs[job.id] = job
+        base = f"{fake.url}/{_app(model)}/requests/{job.id}"
+        self._send(
+            200,
+            {
+                "status": "IN_QUEUE",
+                "request_id": job.id,
+                "gateway_request_id": job.id,
+                "response_url": base,
+                "status_url": f"{base}/status",
+                "cancel_url": f"{base}/cancel",
+                "queue_position": 0,
+            },
+        )
+
+
+def _app(model: str) -> str:
+    return "/".join(model.split("/")[:2])

@@ -1,0 +1,128 @@
+"""One HTTP retry policy for every provider: transport blips, 429 (Retry-After honoured) and 5xx.
+
+Only requests that are safe to repeat are retried here (status, result, cancel, uploads of the same
+bytes). A submit that may have reached the provider is never retried blindly: that could pay twice.
+Failures that survive these retries surface as :class:`TransientError` for the task layer, which retries
+the *job*; the same failure is never retried in both places because the task sees it only once this
+layer has given up.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+
+from castflow.providers.base import PermanentError, ProviderError, TransientError
+
+T = TypeVar("T")
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class RetryableHTTPError(Exception):
+    """An HTTP answer worth another try; carries the response for Retry-After."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    total_seconds: float = 120.0
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """The Retry-After header as seconds (delta or HTTP date), if present and sane."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableHTTPError):
+            hinted = retry_after_seconds(exc.response)
+            if hinted is not None:
+                return min(hinted, policy.max_delay)
+        backoff = min(policy.max_delay, policy.base_delay * 2 ** (state.attempt_number - 1))
+        return random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not security
+
+    return wait
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, RetryableHTTPError | httpx.TransportError)
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *, provider: str) -> T:
+    """Run an idempotent request with retries; what still fails becomes a TransientError."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_is_retryable),
+        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.total_seconds),
+        wait=_wait(policy),
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                return await call()
+    except RetryableHTTPError as exc:
+        raise TransientError(
+            f"{provider}: HTTP {exc.response.status_code} after retries: {short_body(exc.response)}",
+            provider=provider,
+        ) from exc
+    except httpx.TransportError as exc:
+        raise TransientError(f"{provider}: {type(exc).__name__} after retries", provider=provider) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def short_body(response: httpx.Response, limit: int = 300) -> str:
+    """A response body for an error message, trimmed (never includes request headers)."""
+    try:
+        text = response.text
+    except httpx.ResponseNotRead:
+        return ""
+    return text[:limit]
+
+
+def raise_for_status(
+    response: httpx.Response, *, provider: str, permanent_message: str | None = None
+) -> None:
+    """Map an HTTP answer onto castflow's errors: retryable statuses raise RetryableHTTPError."""
+    if response.is_success:
+        return
+    if response.status_code in RETRYABLE_STATUS:
+        raise RetryableHTTPError(response)
+    message = permanent_message or f"{provider}: HTTP {response.status_code}: {short_body(response)}"
+    raise PermanentError(message, provider=provider)
+
+
+__all__ = [
+    "PermanentError",
+    "ProviderError",
+    "RetryPolicy",
+    "RetryableHTTPError",
+    "TransientError",
+    "raise_for_status",
+    "retry_after_seconds",
+    "with_retries",
+]
