@@ -238,12 +238,15 @@ def _demo_audio(rt: Runtime) -> Path:
     import tempfile
 
     from castflow.models import Voice
+    from castflow.providers.local import EspeakSpeech
 
     dest = rt.settings.data_dir / "samples" / "ava-voiceover.wav"
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            made = rt.speech["local"].synthesize(
+            local = rt.speech["local"]
+            assert isinstance(local, EspeakSpeech)
+            made = local.synthesize(
                 "This is an uploaded voice-over. Castflow lip-syncs any audio you give it.",
                 Voice(provider="local", model="espeak-ng", voice_id="en-us+f2"),
                 workdir=Path(tmp),

@@ -27,7 +27,14 @@ from castflow.models import (
     VideoResult,
     Voice,
 )
-from castflow.providers.base import PermanentError, ProviderError, ProviderResult
+from castflow.providers.base import (
+    PermanentError,
+    ProviderError,
+    ProviderResult,
+    QueueImageEditor,
+    QueueSpeechSynth,
+    TransientError,
+)
 from castflow.runtime import Runtime
 from castflow.settings import FRAME_SIZES
 from castflow.stages import normalise_text, sha256_file, stage_key
@@ -164,10 +171,18 @@ def run_stage(
     key: str,
     provider: str,
     model: str,
-    call: Callable[[Path], ProviderResult],
+    call: Callable[[Path], ProviderResult] | None = None,
+    submit: Callable[[], str] | None = None,
+    collect: Callable[[str, Path], ProviderResult] | None = None,
     meta: dict[str, object] | None = None,
 ) -> StageOutcome:
-    """Run one stage once per stage key: reuse a finished run, otherwise call the provider and record it."""
+    """Run one stage once per stage key: reuse a finished run, otherwise call the provider and record it.
+
+    Synchronous providers give ``call``. Queue providers give ``submit`` (returns the provider's request
+    id, recorded before any waiting) and ``collect``: a run that finds its stage still running with a
+    recorded request id re-attaches to that request instead of submitting (and paying) again.
+    """
+    assert (call is None) != (submit is None and collect is None), "give call, or submit and collect"
     with rt.session() as s:
         done = queries.get_stage_run(s, stage_key=key)
         if (
@@ -189,16 +204,32 @@ def run_stage(
                     seconds=_float_or_none(done.meta.get("seconds")),
                 ),
             )
+        in_flight = done.request_id if done is not None and done.status is StageStatus.running else None
         queries.start_stage_run(
             s, stage_key=key, stage=stage, provider=provider, model=model, meta=dict(meta or {})
         )
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix=f"castflow-{stage}-") as tmp:
-            result = call(Path(tmp))
+            if call is not None:
+                result = call(Path(tmp))
+            else:
+                assert submit is not None
+                assert collect is not None
+                request_id = in_flight
+                if request_id is None:
+                    request_id = submit()
+                    with rt.session() as s:
+                        queries.set_request_id(s, stage_key=key, request_id=request_id)
+                result = collect(request_id, Path(tmp))
             digest = sha256_file(result.path)
             out_key = f"stages/{stage}/{key[:2]}/{key}{_ext(result.content_type)}"
             rt.storage.put_file(out_key, result.path, result.content_type)
+    except TransientError as exc:
+        # Keep the stage running with its request id: the retry re-attaches to the same paid job.
+        with rt.session() as s:
+            queries.note_stage_error(s, stage_key=key, error=str(exc))
+        raise
     except ProviderError as exc:
         with rt.session() as s:
             queries.fail_stage_run(s, stage_key=key, error=str(exc))
@@ -249,15 +280,29 @@ def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> Stage
     """The actor's portrait edited into the scene ``prompt`` (also recorded as an image variant)."""
     key = scene_variant_key(rt, actor.image, prompt, seed)
     source = rt.storage.local_path(actor.image.key)
-    outcome = run_stage(
-        rt,
-        stage="scene_variant",
-        key=key,
-        provider=rt.image.name,
-        model=rt.image.model,
-        call=lambda wd: rt.image.edit(source, normalise_text(prompt), seed=seed, workdir=wd),
-        meta={"actor": actor.key},
-    )
+    text = normalise_text(prompt)
+    editor = rt.image
+    if isinstance(editor, QueueImageEditor):
+        outcome = run_stage(
+            rt,
+            stage="scene_variant",
+            key=key,
+            provider=editor.name,
+            model=editor.model,
+            submit=lambda: editor.submit_edit(source, text, seed=seed),
+            collect=lambda rid, wd: editor.collect(rid, workdir=wd),
+            meta={"actor": actor.key},
+        )
+    else:
+        outcome = run_stage(
+            rt,
+            stage="scene_variant",
+            key=key,
+            provider=editor.name,
+            model=editor.model,
+            call=lambda wd: editor.edit(source, text, seed=seed, workdir=wd),
+            meta={"actor": actor.key},
+        )
     with rt.session() as s:
         db_actor = queries.get_actor(s, key=actor.key)
         assert db_actor is not None
@@ -288,14 +333,28 @@ def speech(rt: Runtime, actor: ActorRef, script: str) -> StageOutcome:
     if synth is None:
         raise PermanentError(f"speech provider {actor.voice.provider!r} is not configured")
     text = normalise_text(script)
+    key = speech_key(actor.voice, text)
+    meta: dict[str, object] = {"actor": actor.key, "characters": len(text)}
+    voice = actor.voice
+    if isinstance(synth, QueueSpeechSynth):
+        return run_stage(
+            rt,
+            stage="speech",
+            key=key,
+            provider=voice.provider,
+            model=voice.model,
+            meta=meta,
+            submit=lambda: synth.submit_speech(text, voice),
+            collect=lambda rid, wd: synth.collect(rid, text, voice, workdir=wd),
+        )
     return run_stage(
         rt,
         stage="speech",
-        key=speech_key(actor.voice, text),
-        provider=actor.voice.provider,
-        model=actor.voice.model,
-        call=lambda wd: synth.synthesize(text, actor.voice, workdir=wd),
-        meta={"actor": actor.key, "characters": len(text)},
+        key=key,
+        provider=voice.provider,
+        model=voice.model,
+        meta=meta,
+        call=lambda wd: synth.synthesize(text, voice, workdir=wd),
     )
 
 

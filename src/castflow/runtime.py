@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from castflow.db import migrate
 from castflow.db.session import get_engine, session_scope
-from castflow.providers.base import ImageEditor, LipSyncer, SpeechSynth
+from castflow.providers.base import ImageEditor, LipSyncer, QueueImageEditor, QueueSpeechSynth, SpeechSynth
+from castflow.providers.fal import FalClient, FalImageEditor, FalSpeech
 from castflow.providers.local import EspeakSpeech, LocalImageEditor, PreviewLipSync
 from castflow.settings import Settings, get_settings
 from castflow.storage.local import LocalStorage
@@ -27,8 +28,8 @@ class Runtime:
     settings: Settings
     engine: sa.Engine
     storage: LocalStorage
-    image: ImageEditor
-    speech: dict[str, SpeechSynth]
+    image: ImageEditor | QueueImageEditor
+    speech: dict[str, SpeechSynth | QueueSpeechSynth]
     lipsync: LipSyncer
 
     @contextmanager
@@ -44,12 +45,32 @@ def build_runtime(settings: Settings) -> Runtime:
         settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms, echo=settings.database.echo
     )
     ensure_schema(engine, auto=settings.is_embedded_db)
+    speech: dict[str, SpeechSynth | QueueSpeechSynth] = {"local": EspeakSpeech()}
+    image: ImageEditor | QueueImageEditor = LocalImageEditor()
+    if settings.providers.fal_key is not None:
+        fal = FalClient(
+            settings.providers.fal_key,
+            queue_url=settings.fal.queue_url,
+            rest_url=settings.fal.rest_url,
+            cdn_url=settings.fal.cdn_url,
+        )
+        speech["fal"] = FalSpeech(
+            fal, prices=settings.prices.tts_per_1k_chars, deadline_s=settings.fal.speech_deadline_s
+        )
+        if settings.providers.image == "fal":
+            image = FalImageEditor(
+                fal,
+                model=settings.fal.image_model,
+                aspect_ratio=settings.fal.aspect_ratio,
+                price_per_image=settings.prices.image_edit(settings.fal.image_model),
+                deadline_s=settings.fal.image_deadline_s,
+            )
     return Runtime(
         settings=settings,
         engine=engine,
         storage=LocalStorage(settings.storage_root),
-        image=LocalImageEditor(),
-        speech={"local": EspeakSpeech()},
+        image=image,
+        speech=speech,
         lipsync=PreviewLipSync(
             fps=settings.pipeline.fps, max_audio_seconds=settings.pipeline.max_audio_seconds
         ),

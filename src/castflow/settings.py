@@ -34,13 +34,49 @@ class StorageSettings(BaseModel):
 
 
 class ProviderSettings(BaseModel):
-    """Which implementation plays each role."""
+    """Which implementation plays each role (speech follows each actor's voice provider)."""
 
-    image: Literal["local"] = "local"
+    image: Literal["local", "fal"] = "local"
     speech: Literal["local"] = "local"
     lipsync: Literal["local"] = "local"
     fal_key: SecretStr | None = None
     wavespeed_key: SecretStr | None = None
+
+
+class FalSettings(BaseModel):
+    """fal.ai hosts and models (the hosts are settings so the loopback fake can stand in)."""
+
+    queue_url: str = "https://queue.fal.run"
+    rest_url: str = "https://rest.fal.ai"
+    cdn_url: str = "https://v3.fal.media"
+    image_model: str = "fal-ai/nano-banana/edit"
+    aspect_ratio: str = "9:16"
+    image_deadline_s: float = Field(default=600, gt=0)
+    speech_deadline_s: float = Field(default=600, gt=0)
+
+
+class PriceSettings(BaseModel):
+    """Price table (USD) used to cost each stage; defaults from the providers' published prices."""
+
+    image_edit_per_image: dict[str, float] = {
+        "fal-ai/nano-banana/edit": 0.039,
+        "fal-ai/nano-banana-2/edit": 0.08,
+        "fal-ai/nano-banana-pro/edit": 0.15,
+    }
+    tts_per_1k_chars: dict[str, float] = {
+        "fal-ai/elevenlabs/tts/multilingual-v2": 0.10,
+        "fal-ai/elevenlabs/tts/turbo-v2.5": 0.05,
+        "fal-ai/elevenlabs/tts/eleven-v3": 0.10,
+        "fal-ai/minimax/speech-2.8-hd": 0.10,
+    }
+    lipsync_per_second: dict[str, float] = {"480p": 0.03, "720p": 0.06}
+    lipsync_min_seconds: float = 5.0
+
+    def image_edit(self, model: str) -> float:
+        return self.image_edit_per_image.get(model, 0.0)
+
+    def tts(self, model: str, characters: int) -> float:
+        return round(self.tts_per_1k_chars.get(model, 0.0) * characters / 1000, 6)
 
 
 class PipelineSettings(BaseModel):
@@ -72,6 +108,8 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     storage: StorageSettings = StorageSettings()
     providers: ProviderSettings = ProviderSettings()
+    fal: FalSettings = FalSettings()
+    prices: PriceSettings = PriceSettings()
     pipeline: PipelineSettings = PipelineSettings()
 
     @field_validator("data_dir")
@@ -85,6 +123,12 @@ class Settings(BaseSettings):
             self.storage.root = self.data_dir / "storage"
         else:
             self.storage.root = self.storage.root.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _keys_for_providers(self) -> Settings:
+        if self.providers.image == "fal" and self.providers.fal_key is None:
+            raise ValueError("providers.image is 'fal' but CASTFLOW_PROVIDERS__FAL_KEY is not set")
         return self
 
     @property

@@ -132,6 +132,15 @@ def finish_stage_run(
     session.execute(sa.update(StageRun).where(StageRun.stage_key == stage_key).values(**values))
 
 
+def note_stage_error(session: Session, *, stage_key: str, error: str) -> None:
+    """Record a transient error on a stage that stays running (its request may still finish)."""
+    session.execute(
+        sa.update(StageRun)
+        .where(StageRun.stage_key == stage_key)
+        .values(error=error[:4000], updated_at=utcnow())
+    )
+
+
 def fail_stage_run(session: Session, *, stage_key: str, error: str) -> None:
     session.execute(
         sa.update(StageRun)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from castflow.models import Mouth, Voice
 
@@ -56,6 +56,27 @@ class ImageEditor(Protocol):
     model: str
 
     def edit(self, image: Path, prompt: str, *, seed: int, workdir: Path) -> ProviderResult: ...
+
+
+@runtime_checkable
+class QueueImageEditor(Protocol):
+    """An image editor behind a queue: submit returns the request id, collect waits for it."""
+
+    name: str
+    model: str
+
+    def submit_edit(self, image: Path, prompt: str, *, seed: int) -> str: ...
+
+    def collect(self, request_id: str, *, workdir: Path) -> ProviderResult: ...
+
+
+@runtime_checkable
+class QueueSpeechSynth(Protocol):
+    name: str
+
+    def submit_speech(self, text: str, voice: Voice) -> str: ...
+
+    def collect(self, request_id: str, text: str, voice: Voice, *, workdir: Path) -> ProviderResult: ...
 
 
 class SpeechSynth(Protocol):

@@ -19,7 +19,9 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from castflow.providers.base import PermanentError, TransientError
+from castflow import media
+from castflow.models import Voice
+from castflow.providers.base import Billing, PermanentError, ProviderResult, TransientError
 from castflow.providers.http import (
     RetryableHTTPError,
     RetryPolicy,
@@ -325,3 +327,140 @@ def _job_error(status: FalStatus, handle: FalHandle) -> Exception:
     if status.error_type in _TRANSIENT_ERROR_TYPES:
         return TransientError(message, provider=PROVIDER, request_id=handle.request_id)
     return PermanentError(message, provider=PROVIDER, request_id=handle.request_id)
+
+
+# ---- castflow roles on fal -------------------------------------------------------------------------
+
+
+async def _download(
+    url: str, dest: Path, transport: httpx.AsyncBaseTransport | None, policy: RetryPolicy
+) -> Path:
+    """Fetch a provider output to a local file, streaming (fal result URLs expire: copy them promptly)."""
+
+    async def call() -> Path:
+        async with (
+            httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(300, connect=10)) as client,
+            client.stream("GET", url) as resp,
+        ):
+            if not resp.is_success:
+                await resp.aread()
+                raise_for_status(resp, provider=PROVIDER)
+            with open(dest, "wb") as fh:
+                async for chunk in resp.aiter_bytes(1 << 20):
+                    fh.write(chunk)
+        return dest
+
+    return await with_retries(call, policy, provider=PROVIDER)
+
+
+class FalImageEditor:
+    """Scene variants with nano banana edit: the portrait uploaded to fal's CDN, 9:16 PNG out."""
+
+    name = PROVIDER
+
+    def __init__(
+        self, client: FalClient, *, model: str, aspect_ratio: str, price_per_image: float, deadline_s: float
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.aspect_ratio = aspect_ratio
+        self.price = price_per_image
+        self.deadline_s = deadline_s
+
+    def submit_edit(self, image: Path, prompt: str, *, seed: int) -> str:
+        async def go() -> str:
+            url = await self.client.upload_file(image)
+            payload = {
+                "prompt": prompt,
+                "image_urls": [url],
+                "num_images": 1,
+                "aspect_ratio": self.aspect_ratio,
+                "output_format": "png",
+                "seed": seed,
+            }
+            return (await self.client.submit(self.model, payload)).request_id
+
+        return asyncio.run(go())
+
+    def collect(self, request_id: str, *, workdir: Path) -> ProviderResult:
+        async def go() -> ProviderResult:
+            handle = self.client.handle_for(self.model, request_id)
+            output, headers, status = await self.client.wait(handle, deadline_s=self.deadline_s)
+            images = output.get("images") or []
+            if not images or not images[0].get("url"):
+                raise PermanentError(
+                    "fal: the edit returned no image", provider=PROVIDER, request_id=request_id
+                )
+            path = await _download(
+                images[0]["url"], workdir / "variant.png", self.client._transport, self.client.policy
+            )
+            return ProviderResult(
+                path,
+                "image/png",
+                Billing(1, "images", self.price),
+                request_id=request_id,
+                meta={
+                    "inference_time": status.inference_time,
+                    "billable_units": headers.get("x-fal-billable-units"),
+                },
+            )
+
+        return asyncio.run(go())
+
+
+class FalSpeech:
+    """Text to speech on fal, in the actor's voice: ElevenLabs (``voice``) and MiniMax (``voice_setting``)."""
+
+    name = PROVIDER
+
+    def __init__(self, client: FalClient, *, prices: dict[str, float], deadline_s: float) -> None:
+        self.client = client
+        self.prices = prices
+        self.deadline_s = deadline_s
+
+    @staticmethod
+    def payload(model: str, text: str, voice_id: str) -> dict[str, Any]:
+        if "/minimax/" in model:
+            key = "text" if "speech-02" in model else "prompt"
+            return {key: text, "voice_setting": {"voice_id": voice_id}, "output_format": "url"}
+        return {"text": text, "voice": voice_id}
+
+    def submit_speech(self, text: str, voice: Voice) -> str:
+        async def go() -> str:
+            return (
+                await self.client.submit(voice.model, self.payload(voice.model, text, voice.voice_id))
+            ).request_id
+
+        return asyncio.run(go())
+
+    def collect(self, request_id: str, text: str, voice: Voice, *, workdir: Path) -> ProviderResult:
+        async def go() -> ProviderResult:
+            handle = self.client.handle_for(voice.model, request_id)
+            output, _headers, status = await self.client.wait(handle, deadline_s=self.deadline_s)
+            audio = output.get("audio") or {}
+            if not audio.get("url"):
+                raise PermanentError(
+                    "fal: the speech returned no audio", provider=PROVIDER, request_id=request_id
+                )
+            ctype = audio.get("content_type") or "audio/mpeg"
+            suffix = mimetypes.guess_extension(ctype) or ".mp3"
+            path = await _download(
+                audio["url"], workdir / f"speech{suffix}", self.client._transport, self.client.policy
+            )
+            try:
+                seconds = media.decode_audio(path).seconds
+            except media.MediaError as exc:
+                raise PermanentError(
+                    f"fal: speech output unreadable: {exc}", provider=PROVIDER, request_id=request_id
+                ) from exc
+            cost = round(self.prices.get(voice.model, 0.0) * len(text) / 1000, 6)
+            return ProviderResult(
+                path,
+                ctype,
+                Billing(len(text), "characters", cost),
+                request_id=request_id,
+                seconds=seconds,
+                meta={"inference_time": status.inference_time},
+            )
+
+        return asyncio.run(go())
