@@ -143,3 +143,16 @@ def test_video_with_fal_stages_end_to_end(fal_rt: Runtime, fake: FakeFal, prefec
     )
     assert again.cost_usd == 0
     assert fake.calls["submit"] == 2
+
+
+def test_the_key_never_reaches_the_database(fal_rt: Runtime, fake: FakeFal) -> None:
+    actor = pipeline.actor_ref(fal_rt, "nia")
+    fake.knobs.fail_jobs = [("Unsafe content detected", "content_policy_violation")]
+    with pytest.raises(Exception, match="Unsafe content"):
+        pipeline.scene_variant(fal_rt, actor, "somewhere", 1)
+    pipeline.speech(fal_rt, actor, "Fine words.")
+    secret = VALID_KEY.split(":")[1]
+    with fal_rt.engine.connect() as conn:
+        for table in ("stage_run", "actor", "image_variant", "video"):
+            for row in conn.execute(sa.text(f"SELECT * FROM {table}")):  # noqa: S608 - fixed table names
+                assert secret not in repr(tuple(row))
