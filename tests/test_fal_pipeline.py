@@ -156,3 +156,48 @@ def test_the_key_never_reaches_the_database(fal_rt: Runtime, fake: FakeFal) -> N
         for table in ("stage_run", "actor", "image_variant", "video"):
             for row in conn.execute(sa.text(f"SELECT * FROM {table}")):  # noqa: S608 - fixed table names
                 assert secret not in repr(tuple(row))
+
+
+def test_sigkill_while_waiting_then_rerun_submits_once(
+    fal_rt: Runtime, fake: FakeFal, data_dir: Path
+) -> None:
+    """A real crash: the process is SIGKILLed while it polls fal; the rerun re-attaches (one submit)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fake.knobs.queue_seconds = 60
+    code = (
+        "from castflow import pipeline\n"
+        "from castflow.runtime import get_runtime\n"
+        "rt = get_runtime()\n"
+        "pipeline.scene_variant(rt, pipeline.actor_ref(rt, 'nia'), 'rooftop', 5)\n"
+    )
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=data_dir.parent)
+    try:
+        deadline = time.monotonic() + 60
+        recorded = None
+        while time.monotonic() < deadline and recorded is None:
+            assert proc.poll() is None, "the worker ended before it was killed"
+            with fal_rt.session() as s:
+                run = s.scalars(sa.select(StageRun)).one_or_none()
+                recorded = run.request_id if run else None
+            time.sleep(0.1)
+        assert recorded, "the request id was not recorded while waiting"
+        time.sleep(0.3)  # let it poll a little
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert fake.calls["submit"] == 1
+    fake.jobs[recorded].knobs_queue = 0
+    outcome = pipeline.scene_variant(fal_rt, pipeline.actor_ref(fal_rt, "nia"), "rooftop", 5)
+    assert fake.calls["submit"] == 1
+    assert fal_rt.storage.exists(outcome.output.key)
+    with fal_rt.session() as s:
+        run = s.scalars(sa.select(StageRun)).one()
+        assert (run.request_id, run.status, run.attempts) == (recorded, StageStatus.succeeded, 2)
