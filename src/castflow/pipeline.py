@@ -7,6 +7,7 @@ done (by stage key), the provider is called only otherwise, and the outcome is r
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import tempfile
 import time
@@ -282,37 +283,32 @@ def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> Stage
     source = rt.storage.local_path(actor.image.key)
     text = normalise_text(prompt)
     editor = rt.image
+    stage = functools.partial(
+        run_stage,
+        rt,
+        stage="scene_variant",
+        key=key,
+        provider=editor.name,
+        model=editor.model,
+        meta={"actor": actor.key},
+    )
     if isinstance(editor, QueueImageEditor):
-        outcome = run_stage(
-            rt,
-            stage="scene_variant",
-            key=key,
-            provider=editor.name,
-            model=editor.model,
+        outcome = stage(
             submit=lambda: editor.submit_edit(source, text, seed=seed),
             collect=lambda rid, wd: editor.collect(rid, workdir=wd),
-            meta={"actor": actor.key},
         )
     else:
-        outcome = run_stage(
-            rt,
-            stage="scene_variant",
-            key=key,
-            provider=editor.name,
-            model=editor.model,
-            call=lambda wd: editor.edit(source, text, seed=seed, workdir=wd),
-            meta={"actor": actor.key},
-        )
+        outcome = stage(call=lambda wd: editor.edit(source, text, seed=seed, workdir=wd))
     with rt.session() as s:
         db_actor = queries.get_actor(s, key=actor.key)
         assert db_actor is not None
         queries.record_image_variant(
             s,
             actor_id=db_actor.id,
-            prompt=normalise_text(prompt),
+            prompt=text,
             seed=seed,
-            provider=rt.image.name,
-            model=rt.image.model,
+            provider=editor.name,
+            model=editor.model,
             stage_key=key,
             image_key=outcome.output.key,
             image_hash=outcome.output.sha256,
@@ -333,29 +329,22 @@ def speech(rt: Runtime, actor: ActorRef, script: str) -> StageOutcome:
     if synth is None:
         raise PermanentError(f"speech provider {actor.voice.provider!r} is not configured")
     text = normalise_text(script)
-    key = speech_key(actor.voice, text)
-    meta: dict[str, object] = {"actor": actor.key, "characters": len(text)}
     voice = actor.voice
+    stage = functools.partial(
+        run_stage,
+        rt,
+        stage="speech",
+        key=speech_key(voice, text),
+        provider=voice.provider,
+        model=voice.model,
+        meta={"actor": actor.key, "characters": len(text)},
+    )
     if isinstance(synth, QueueSpeechSynth):
-        return run_stage(
-            rt,
-            stage="speech",
-            key=key,
-            provider=voice.provider,
-            model=voice.model,
-            meta=meta,
+        return stage(
             submit=lambda: synth.submit_speech(text, voice),
             collect=lambda rid, wd: synth.collect(rid, text, voice, workdir=wd),
         )
-    return run_stage(
-        rt,
-        stage="speech",
-        key=key,
-        provider=voice.provider,
-        model=voice.model,
-        meta=meta,
-        call=lambda wd: synth.synthesize(text, voice, workdir=wd),
-    )
+    return stage(call=lambda wd: synth.synthesize(text, voice, workdir=wd))
 
 
 def audio_ingest_key(sha256: str) -> str:

@@ -207,6 +207,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return b""
 
+    def _injected(self, call: str, errors: list[int], error_type: str) -> bool:
+        """Count the call; answer it with the next injected HTTP error, if one is queued."""
+        with self.fake.lock:
+            self.fake.calls[call] += 1
+            code = errors.pop(0) if errors else None
+        if code:
+            self._send(code, {"detail": "injected", "error_type": error_type})
+        return code is not None
+
     def _authorised(self) -> bool:
         if self.headers.get("Authorization") != f"Key {VALID_KEY}":
             self._send(401, {"detail": "No user found for Key ID and Secret"})
@@ -241,11 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _status(self, job: Job) -> None:
         fake = self.fake
-        with fake.lock:
-            fake.calls["status"] += 1
-            injected = fake.knobs.status_errors.pop(0) if fake.knobs.status_errors else None
-        if injected:
-            self._send(injected, {"detail": "injected", "error_type": "internal_error"})
+        if self._injected("status", fake.knobs.status_errors, "internal_error"):
             return
         state = fake._state(job)
         base = {
@@ -338,11 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
         if model not in EDIT_MODELS + TTS_MODELS:
             self._send(404, {"detail": f"Path {path} not found"})
             return
-        with fake.lock:
-            fake.calls["submit"] += 1
-            injected = fake.knobs.submit_errors.pop(0) if fake.knobs.submit_errors else None
-        if injected:
-            self._send(injected, {"detail": "injected", "error_type": "runner_scheduling_failure"})
+        if self._injected("submit", fake.knobs.submit_errors, "runner_scheduling_failure"):
             return
         try:
             payload = json.loads(body or b"{}")
