@@ -26,11 +26,35 @@ class DatabaseSettings(BaseModel):
     busy_timeout_ms: int = Field(default=30_000, ge=1_000, description="SQLite busy timeout.")
 
 
+class SupabaseStorageSettings(BaseModel):
+    """Supabase Storage (the ``supabase`` storage backend). Buckets are chosen by the key's media type."""
+
+    url: str = Field(default="", description="Project URL, e.g. https://<ref>.supabase.co (or a fake's).")
+    service_role_key: SecretStr | None = None
+    audio_bucket: str = "ugc-audio"
+    video_bucket: str = "ugc-video"
+    image_bucket: str = "ugc-images"
+    other_bucket: str = Field(default="ugc-files", description="Keys that are not audio, video or image.")
+    url_mode: Literal["public", "signed"] = Field(
+        default="signed", description="public: the bucket is public; signed: time-limited signed URLs."
+    )
+    signed_url_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    tus_threshold_bytes: int = Field(
+        default=6 * 1024 * 1024, ge=0, description="Uploads above this size use TUS (resumable)."
+    )
+    tus_chunk_bytes: int = Field(default=6 * 1024 * 1024, ge=256 * 1024)
+    timeout_s: float = Field(default=300, gt=0)
+
+
 class StorageSettings(BaseModel):
     """Where finished media lives."""
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "supabase"] = "local"
     root: Path | None = Field(default=None, description="Local storage folder. Default: <data_dir>/storage.")
+    cache_dir: Path | None = Field(
+        default=None, description="Local copies of remote objects. Default: <data_dir>/cache."
+    )
+    supabase: SupabaseStorageSettings = SupabaseStorageSettings()
 
 
 class ProviderSettings(BaseModel):
@@ -38,7 +62,7 @@ class ProviderSettings(BaseModel):
 
     image: Literal["local", "fal"] = "local"
     speech: Literal["local"] = "local"
-    lipsync: Literal["local"] = "local"
+    lipsync: Literal["local", "wavespeed"] = "local"
     fal_key: SecretStr | None = None
     wavespeed_key: SecretStr | None = None
 
@@ -53,6 +77,46 @@ class FalSettings(BaseModel):
     aspect_ratio: str = "9:16"
     image_deadline_s: float = Field(default=600, gt=0)
     speech_deadline_s: float = Field(default=600, gt=0)
+
+
+class WaveSpeedSettings(BaseModel):
+    """WaveSpeed (InfiniteTalk lip-sync). The host is a setting so the loopback fake can stand in."""
+
+    base_url: str = "https://api.wavespeed.ai"
+    lipsync_model: str = "wavespeed-ai/infinitetalk"
+    # The spec (wavespeed.md section 3.2) has a doubt: SDKs use /predictions/{id}/result, newer docs show
+    # /predictions/{id}. "result" is the default; "bare" switches to the other form.
+    result_path: Literal["result", "bare"] = "result"
+    # Media upload (section 5): the documented multipart endpoint, or the SDK's direct-upload ticket + PUT.
+    upload_mode: Literal["binary", "ticket"] = "binary"
+    prompt: str | None = Field(default=None, description="Optional positive prompt sent with each render.")
+    # Deadline for a render: base + per_audio_second x audio seconds (the docs say 10-30 s of wall time
+    # per second of video; 60 s per second leaves room for queueing).
+    deadline_base_s: float = Field(default=600, gt=0)
+    deadline_per_audio_s: float = Field(default=60, ge=0)
+    poll_first_s: float = Field(default=5, gt=0, description="The docs ask for >= 5 s between checks.")
+    poll_cap_s: float = Field(default=30, gt=0)
+
+
+class WebhookSettings(BaseModel):
+    """Signed completion callbacks from fal and WaveSpeed (``castflow webhooks serve``).
+
+    Polling stays the default; when ``public_url`` is set, submits ask the providers to call it.
+    """
+
+    public_url: str | None = Field(
+        default=None, description="Public base URL that reaches `castflow webhooks serve`."
+    )
+    fal_jwks_url: str = Field(
+        default="https://rest.fal.ai/.well-known/jwks.json",
+        description="Older docs use rest.alpha.fal.ai; the spec marks the host as uncertain.",
+    )
+    jwks_cache_s: int = Field(default=24 * 3600, ge=60)
+    wavespeed_secret: SecretStr | None = Field(default=None, description="whsec_... from WaveSpeed.")
+    tolerance_s: int = Field(default=300, ge=1)
+    poll_cap_s: float = Field(
+        default=60, gt=0, description="Fallback polling interval cap while webhooks are expected."
+    )
 
 
 class PriceSettings(BaseModel):
@@ -109,6 +173,8 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     providers: ProviderSettings = ProviderSettings()
     fal: FalSettings = FalSettings()
+    wavespeed: WaveSpeedSettings = WaveSpeedSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     prices: PriceSettings = PriceSettings()
     pipeline: PipelineSettings = PipelineSettings()
 
@@ -123,12 +189,27 @@ class Settings(BaseSettings):
             self.storage.root = self.data_dir / "storage"
         else:
             self.storage.root = self.storage.root.expanduser().resolve()
+        if self.storage.cache_dir is None:
+            self.storage.cache_dir = self.data_dir / "cache"
+        else:
+            self.storage.cache_dir = self.storage.cache_dir.expanduser().resolve()
         return self
 
     @model_validator(mode="after")
     def _keys_for_providers(self) -> Settings:
         if self.providers.image == "fal" and self.providers.fal_key is None:
             raise ValueError("providers.image is 'fal' but CASTFLOW_PROVIDERS__FAL_KEY is not set")
+        if self.providers.lipsync == "wavespeed" and self.providers.wavespeed_key is None:
+            raise ValueError(
+                "providers.lipsync is 'wavespeed' but CASTFLOW_PROVIDERS__WAVESPEED_KEY is not set"
+            )
+        if self.storage.backend == "supabase":
+            sb = self.storage.supabase
+            if not sb.url or sb.service_role_key is None:
+                raise ValueError(
+                    "storage.backend is 'supabase' but CASTFLOW_STORAGE__SUPABASE__URL or "
+                    "CASTFLOW_STORAGE__SUPABASE__SERVICE_ROLE_KEY is not set"
+                )
         return self
 
     @property
@@ -139,6 +220,11 @@ class Settings(BaseSettings):
     def storage_root(self) -> Path:
         assert self.storage.root is not None  # filled by the validator
         return self.storage.root
+
+    @property
+    def cache_dir(self) -> Path:
+        assert self.storage.cache_dir is not None  # filled by the validator
+        return self.storage.cache_dir
 
     @property
     def is_embedded_db(self) -> bool:
