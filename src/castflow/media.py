@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import wave
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -184,7 +184,12 @@ def probe(path: Path) -> Probe:
 
 
 def check_video(
-    path: Path, *, audio_seconds: float, fps: int, size: tuple[int, int], tolerance: float
+    path: Path,
+    *,
+    audio_seconds: float,
+    fps: int,
+    size: tuple[int, int] | Callable[[int, int], str | None],
+    tolerance: float,
 ) -> list[str]:
     """Quality check of a lip-sync output; returns the problems found (empty when it passes)."""
     try:
@@ -197,7 +202,11 @@ def check_video(
     if not info.has_audio:
         problems.append("no audio stream")
     if info.has_video:
-        if (info.width, info.height) != size:
+        if callable(size):
+            wrong = size(info.width or 0, info.height or 0)
+            if wrong:
+                problems.append(wrong)
+        elif (info.width, info.height) != size:
             problems.append(f"frame size {info.width}x{info.height}, expected {size[0]}x{size[1]}")
         if info.fps is None or not math.isclose(info.fps, fps, abs_tol=0.01):
             problems.append(f"frame rate {info.fps}, expected {fps}")

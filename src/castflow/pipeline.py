@@ -33,11 +33,11 @@ from castflow.providers.base import (
     ProviderError,
     ProviderResult,
     QueueImageEditor,
+    QueueLipSyncer,
     QueueSpeechSynth,
     TransientError,
 )
 from castflow.runtime import Runtime
-from castflow.settings import FRAME_SIZES
 from castflow.stages import normalise_text, sha256_file, stage_key
 
 
@@ -227,9 +227,11 @@ def run_stage(
             out_key = f"stages/{stage}/{key[:2]}/{key}{_ext(result.content_type)}"
             rt.storage.put_file(out_key, result.path, result.content_type)
     except TransientError as exc:
-        # Keep the stage running with its request id: the retry re-attaches to the same paid job.
         with rt.session() as s:
-            queries.note_stage_error(s, stage_key=key, error=str(exc))
+            if exc.job_failed:  # the job is over: the retry submits a new one
+                queries.fail_stage_run(s, stage_key=key, error=str(exc))
+            else:  # keep the stage running with its request id: the retry re-attaches to the paid job
+                queries.note_stage_error(s, stage_key=key, error=str(exc))
         raise
     except ProviderError as exc:
         with rt.session() as s:
@@ -385,16 +387,28 @@ def lipsync(
     """The talking video: one image plus one audio."""
     image_path = rt.storage.local_path(image.key)
     audio_path = rt.storage.local_path(audio.key)
-    return run_stage(
+    syncer = rt.lipsync
+    stage = functools.partial(
+        run_stage,
         rt,
         stage="lipsync",
         key=lipsync_key(rt, image, audio, resolution, seed),
-        provider=rt.lipsync.name,
-        model=rt.lipsync.model,
-        call=lambda wd: rt.lipsync.render(
-            image_path, audio_path, resolution=resolution, seed=seed, mouth=mouth, workdir=wd
-        ),
+        provider=syncer.name,
+        model=syncer.model,
         meta={"resolution": resolution},
+    )
+    if isinstance(syncer, QueueLipSyncer):
+        seconds = audio.seconds if audio.seconds is not None else media.decode_audio(audio_path).seconds
+        return stage(
+            submit=lambda: syncer.submit_render(image_path, audio_path, resolution=resolution, seed=seed),
+            collect=lambda rid, wd: syncer.collect(
+                rid, audio_seconds=seconds, resolution=resolution, workdir=wd
+            ),
+        )
+    return stage(
+        call=lambda wd: syncer.render(
+            image_path, audio_path, resolution=resolution, seed=seed, mouth=mouth, workdir=wd
+        )
     )
 
 
@@ -404,7 +418,7 @@ def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, res
         rt.storage.local_path(video.output.key),
         audio_seconds=audio_seconds,
         fps=rt.settings.pipeline.fps,
-        size=FRAME_SIZES[resolution],
+        size=lambda w, h: rt.lipsync.size_problem(w, h, resolution),
         tolerance=rt.settings.pipeline.qc_duration_tolerance_s,
     )
     if problems:

@@ -12,9 +12,18 @@ from sqlalchemy.orm import Session
 
 from castflow.db import migrate
 from castflow.db.session import get_engine, session_scope
-from castflow.providers.base import ImageEditor, LipSyncer, QueueImageEditor, QueueSpeechSynth, SpeechSynth
+from castflow.providers.base import (
+    ImageEditor,
+    LipSyncer,
+    QueueImageEditor,
+    QueueLipSyncer,
+    QueueSpeechSynth,
+    SpeechSynth,
+)
 from castflow.providers.fal import FalClient, FalImageEditor, FalSpeech
+from castflow.providers.http import PollSchedule
 from castflow.providers.local import EspeakSpeech, LocalImageEditor, PreviewLipSync
+from castflow.providers.wavespeed import WaveSpeedClient, WaveSpeedLipSync
 from castflow.settings import Settings, get_settings
 from castflow.storage.local import LocalStorage
 
@@ -30,7 +39,7 @@ class Runtime:
     storage: LocalStorage
     image: ImageEditor | QueueImageEditor
     speech: dict[str, SpeechSynth | QueueSpeechSynth]
-    lipsync: LipSyncer
+    lipsync: LipSyncer | QueueLipSyncer
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -71,10 +80,32 @@ def build_runtime(settings: Settings) -> Runtime:
         storage=LocalStorage(settings.storage_root),
         image=image,
         speech=speech,
-        lipsync=PreviewLipSync(
-            fps=settings.pipeline.fps, max_audio_seconds=settings.pipeline.max_audio_seconds
-        ),
+        lipsync=build_lipsync(settings),
     )
+
+
+def build_lipsync(settings: Settings) -> LipSyncer | QueueLipSyncer:
+    """The lip-sync provider the settings choose (the embedded preview renderer by default)."""
+    key = settings.providers.wavespeed_key
+    if settings.providers.lipsync == "wavespeed" and key is not None:
+        ws = settings.wavespeed
+        client = WaveSpeedClient(
+            key,
+            base_url=ws.base_url,
+            result_path=ws.result_path,
+            upload_mode=ws.upload_mode,
+            poll=PollSchedule(first=ws.poll_first_s, factor=2.0, cap=ws.poll_cap_s),
+        )
+        return WaveSpeedLipSync(
+            client,
+            model=ws.lipsync_model,
+            prices=settings.prices.lipsync_per_second,
+            min_seconds=settings.prices.lipsync_min_seconds,
+            deadline_base_s=ws.deadline_base_s,
+            deadline_per_audio_s=ws.deadline_per_audio_s,
+            prompt=ws.prompt,
+        )
+    return PreviewLipSync(fps=settings.pipeline.fps, max_audio_seconds=settings.pipeline.max_audio_seconds)
 
 
 _MIGRATE_LOCK = threading.Lock()

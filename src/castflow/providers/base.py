@@ -14,10 +14,14 @@ class ProviderError(Exception):
 
     transient: bool = False
 
-    def __init__(self, message: str, *, provider: str = "", request_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, provider: str = "", request_id: str | None = None, job_failed: bool = False
+    ) -> None:
         super().__init__(message)
         self.provider = provider
         self.request_id = request_id
+        # The provider's job itself ended in failure: a retry must submit anew, not re-attach to it.
+        self.job_failed = job_failed
 
 
 class TransientError(ProviderError):
@@ -85,9 +89,29 @@ class SpeechSynth(Protocol):
     def synthesize(self, text: str, voice: Voice, *, workdir: Path) -> ProviderResult: ...
 
 
+@runtime_checkable
+class QueueLipSyncer(Protocol):
+    """A lip-sync service behind a queue: submit returns the request id, collect waits for it."""
+
+    name: str
+    model: str
+
+    def submit_render(self, image: Path, audio: Path, *, resolution: str, seed: int) -> str: ...
+
+    def collect(
+        self, request_id: str, *, audio_seconds: float, resolution: str, workdir: Path
+    ) -> ProviderResult: ...
+
+    def size_problem(self, width: int, height: int, resolution: str) -> str | None: ...
+
+
 class LipSyncer(Protocol):
     name: str
     model: str
+
+    def size_problem(self, width: int, height: int, resolution: str) -> str | None:
+        """Why a rendered frame size is wrong for ``resolution`` (None when it is right)."""
+        ...
 
     def render(
         self,

@@ -23,6 +23,7 @@ from castflow import media
 from castflow.models import Voice
 from castflow.providers.base import Billing, PermanentError, ProviderResult, TransientError
 from castflow.providers.http import (
+    PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
     raise_for_status,
@@ -51,21 +52,6 @@ class FalStatus:
     error: str | None = None
     error_type: str | None = None
     inference_time: float | None = None
-
-
-@dataclass(frozen=True)
-class PollSchedule:
-    """Exponential polling: 1, 2, 4, 8, 16, 16, ... seconds (at most 8 calls for a 60 s job)."""
-
-    first: float = 1.0
-    factor: float = 2.0
-    cap: float = 16.0
-
-    def delays(self) -> Any:
-        delay = self.first
-        while True:
-            yield delay
-            delay = min(self.cap, delay * self.factor)
 
 
 def app_path(model_id: str) -> str:
@@ -325,8 +311,8 @@ _TRANSIENT_ERROR_TYPES = {
 def _job_error(status: FalStatus, handle: FalHandle) -> Exception:
     message = f"fal: request {handle.request_id} failed: {status.error} ({status.error_type or 'no type'})"
     if status.error_type in _TRANSIENT_ERROR_TYPES:
-        return TransientError(message, provider=PROVIDER, request_id=handle.request_id)
-    return PermanentError(message, provider=PROVIDER, request_id=handle.request_id)
+        return TransientError(message, provider=PROVIDER, request_id=handle.request_id, job_failed=True)
+    return PermanentError(message, provider=PROVIDER, request_id=handle.request_id, job_failed=True)
 
 
 # ---- castflow roles on fal -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -40,6 +40,22 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 30.0
     total_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    """Exponential polling delays: first, first x factor, ... capped (fal: 1, 2, 4, 8, 16, 16, ... s,
+    at most 8 status calls for a 60 s job)."""
+
+    first: float = 1.0
+    factor: float = 2.0
+    cap: float = 16.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first
+        while True:
+            yield delay
+            delay = min(self.cap, delay * self.factor)
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -118,6 +134,7 @@ def raise_for_status(
 
 __all__ = [
     "PermanentError",
+    "PollSchedule",
     "ProviderError",
     "RetryPolicy",
     "RetryableHTTPError",

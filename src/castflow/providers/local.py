@@ -147,9 +147,21 @@ class PreviewLipSync:
     name = "local"
     model = "preview-envelope-v1"
 
-    def __init__(self, fps: int = 25, max_audio_seconds: float = 600.0) -> None:
+    def __init__(
+        self,
+        fps: int = 25,
+        max_audio_seconds: float = 600.0,
+        sizes: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         self.fps = fps
         self.max_audio_seconds = max_audio_seconds
+        self.sizes = sizes or FRAME_SIZES
+
+    def size_problem(self, width: int, height: int, resolution: str) -> str | None:
+        expected = self.sizes[resolution]
+        if (width, height) != expected:
+            return f"frame size {width}x{height}, expected {expected[0]}x{expected[1]}"
+        return None
 
     def render(
         self,
@@ -161,7 +173,7 @@ class PreviewLipSync:
         mouth: Mouth | None,
         workdir: Path,
     ) -> ProviderResult:
-        size = FRAME_SIZES[resolution]
+        size = self.sizes[resolution]
         try:
             sound = media.decode_audio(audio, max_seconds=self.max_audio_seconds)
         except media.MediaError as exc:

@@ -1,0 +1,416 @@
+"""A loopback fake of WaveSpeed's v3 API, speaking the protocol of ../shared/specs/wavespeed.md section 8.
+
+Submit (``POST /api/v3/{model}``, optional ``?webhook=``), result (``/predictions/{id}/result`` and the
+bare ``/predictions/{id}``), media upload (multipart ``/media/upload/binary`` and the SDK's ticket +
+PUT), the webhook secret, and signed webhook deliveries. Renders are real MP4s made by the embedded
+preview renderer at InfiniteTalk's portrait bucket sizes, so QC runs on them.
+
+Knobs: time in queue, processing time per second of audio, an account concurrency cap (tasks beyond it
+wait in ``created``, as on WaveSpeed), failed/cancelled/timed-out jobs, injected HTTP errors on submit
+and result, and webhook tampering.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+
+from castflow import media
+from castflow.fakes._base import JsonHandler, LoopbackServer, multipart_file
+from castflow.providers.local import PreviewLipSync
+
+VALID_KEY = "fake-wavespeed-key"
+MODELS = ("wavespeed-ai/infinitetalk", "wavespeed-ai/infinitetalk-fast")
+# InfiniteTalk's 9:16 buckets as (width, height) (spec section 9).
+SIZES = {"480p": (448, 832), "720p": (704, 1280)}
+
+
+@dataclass
+class Outcome:
+    """How a scripted job ends instead of completing."""
+
+    status: str = "failed"  # failed | cancelled | timeout
+    code: int = 1403
+    error: str = "Task execution failed"
+
+
+@dataclass
+class Knobs:
+    queue_seconds: float = 0.0
+    seconds_per_audio_second: float = 0.0
+    concurrency: int = 0  # 0: no account cap
+    fail_jobs: list[Outcome] = field(default_factory=list)
+    submit_errors: list[int] = field(default_factory=list)
+    result_errors: list[int] = field(default_factory=list)
+    webhook_tamper: bool = False  # sign deliveries with a wrong secret
+    webhook_repeat: int = 1  # deliver each webhook this many times (idempotency tests)
+
+
+@dataclass
+class Task:
+    id: str
+    model: str
+    payload: dict[str, Any]
+    created_at: str
+    webhook: str | None = None
+    status: str = "created"
+    outputs: list[str] = field(default_factory=list)
+    error: str = ""
+    code: int | None = None
+    execution_ms: int = 0
+    outcome: Outcome | None = None
+
+
+class FakeWaveSpeed(LoopbackServer):
+    """Start with :meth:`running`; ``url`` is the API base, file host and upload host at once."""
+
+    def __init__(self, knobs: Knobs | None = None) -> None:
+        super().__init__()
+        self.handler = _Handler
+        self.knobs = knobs or Knobs()
+        self.tasks: dict[str, Task] = {}
+        self.calls: dict[str, int] = {
+            "submit": 0,
+            "result": 0,
+            "upload": 0,
+            "ticket": 0,
+            "put": 0,
+            "webhook": 0,
+        }
+        self.webhook_secret = "whsec_" + secrets.token_urlsafe(24)
+        self.lock = threading.Lock()
+        self.running_now = 0
+        self.peak_running = 0
+        self._dir = Path(tempfile.mkdtemp(prefix="fake-wavespeed-"))
+        self._files: dict[str, tuple[Path, str]] = {}
+        self._tickets: dict[str, tuple[str, str]] = {}  # token → (file path, content type)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def stopped(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    # ---- files ----------------------------------------------------------------------------------
+
+    def store(self, data: bytes, content_type: str, name: str) -> str:
+        token = uuid.uuid4().hex
+        path = self._dir / f"{token}-{Path(name).name}"
+        path.write_bytes(data)
+        with self.lock:
+            self._files[f"/files/{token}/{Path(name).name}"] = (path, content_type)
+        return f"{self.url}/files/{token}/{Path(name).name}"
+
+    def _fetch(self, url: str, dest: Path) -> Path:
+        item = self._files.get(urlparse(url).path) if url.startswith(self.url) else None
+        if item is not None:
+            shutil.copyfile(item[0], dest)
+        else:
+            with httpx.stream("GET", url, timeout=60) as resp:
+                resp.raise_for_status()
+                with open(dest, "wb") as fh:
+                    for chunk in resp.iter_bytes(1 << 20):
+                        fh.write(chunk)
+        return dest
+
+    # ---- jobs -----------------------------------------------------------------------------------
+
+    def _start(self, task: Task) -> None:
+        with self.lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.knobs.concurrency or 64, thread_name_prefix="fake-ws"
+                )
+            pool = self._pool
+        pool.submit(self._run, task)
+
+    def _run(self, task: Task) -> None:
+        started = time.monotonic()
+        with self.lock:
+            self.running_now += 1
+            self.peak_running = max(self.peak_running, self.running_now)
+        try:
+            time.sleep(self.knobs.queue_seconds)
+            task.status = "processing"
+            if task.outcome is not None:
+                task.status, task.code, task.error = (
+                    task.outcome.status,
+                    task.outcome.code,
+                    task.outcome.error,
+                )
+                return
+            try:
+                seconds = self._render(task)
+            except Exception as exc:  # the model failing on its input is a failed task, not a crash
+                task.status, task.code, task.error = "failed", 1402, f"Failed to process media: {exc}"
+                return
+            left = self.knobs.seconds_per_audio_second * seconds - (time.monotonic() - started)
+            if left > 0:
+                time.sleep(left)
+            task.execution_ms = int((time.monotonic() - started) * 1000)
+            task.status = "completed"
+        finally:
+            with self.lock:
+                self.running_now -= 1
+            if task.webhook:
+                self._deliver(task)
+
+    def _render(self, task: Task) -> float:
+        work = Path(tempfile.mkdtemp(dir=self._dir))
+        image = self._fetch(str(task.payload["image"]), work / "image.png")
+        audio = self._fetch(str(task.payload["audio"]), work / "audio.wav")
+        resolution = str(task.payload.get("resolution", "480p"))
+        seconds = media.decode_audio(audio).seconds
+        out = PreviewLipSync(sizes=SIZES).render(
+            image, audio, resolution=resolution, seed=0, mouth=None, workdir=work
+        )
+        url = self.store(out.path.read_bytes(), "video/mp4", f"{task.id}.mp4")
+        shutil.rmtree(work, ignore_errors=True)
+        task.outputs = [url]
+        return seconds
+
+    def data(self, task: Task) -> dict[str, Any]:
+        """The prediction as the envelope's ``data`` (and, flat, as the webhook body)."""
+        body: dict[str, Any] = {
+            "id": task.id,
+            "model": task.model,
+            "outputs": task.outputs if task.status == "completed" else [],
+            "urls": {"get": f"{self.url}/api/v3/predictions/{task.id}/result"},
+            "has_nsfw_contents": [False] if task.status == "completed" else [],
+            "status": task.status,
+            "created_at": task.created_at,
+            "error": task.error,
+            "executionTime": task.execution_ms,
+            "timings": {"inference": task.execution_ms},
+        }
+        if task.code is not None:
+            body["code"] = task.code
+        return body
+
+    def _deliver(self, task: Task) -> None:
+        """POST the flat prediction, signed; up to 3 attempts with backoff on non-2xx (as WaveSpeed)."""
+        from castflow.webhooks.signing import sign_wavespeed
+
+        body = json.dumps({**self.data(task), "input": task.payload}).encode()
+        secret = "whsec_wrong" if self.knobs.webhook_tamper else self.webhook_secret
+        for _ in range(max(1, self.knobs.webhook_repeat)):
+            for attempt in range(3):
+                headers = sign_wavespeed(secret, task.id, int(time.time()), body)
+                headers["Content-Type"] = "application/json"
+                with self.lock:
+                    self.calls["webhook"] += 1
+                try:
+                    resp = httpx.post(str(task.webhook), content=body, headers=headers, timeout=10)
+                    if resp.is_success:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05 * 2**attempt)
+
+
+def _error(code: int, message: str) -> dict[str, Any]:
+    return {"code": code, "message": message, "data": None}
+
+
+def validate(payload: dict[str, Any]) -> str | None:
+    """The first problem of an InfiniteTalk body, worded like the live API (spec section 2.1)."""
+    for name in ("audio", "image"):
+        if not payload.get(name):
+            return f'field "{name}" is required'
+    if payload.get("resolution", "480p") not in ("480p", "720p"):
+        return 'field "resolution" must be one of 480p, 720p'
+    seed = payload.get("seed", -1)
+    if not isinstance(seed, int) or not -1 <= seed <= 2_147_483_647:
+        return 'field "seed" must be an integer between -1 and 2147483647'
+    return None
+
+
+class _Handler(JsonHandler):
+    fake: FakeWaveSpeed
+
+    def _count(self, call: str, errors: list[int] | None = None) -> bool:
+        """Count the call; answer it with the next injected HTTP error, if one is queued."""
+        with self.fake.lock:
+            self.fake.calls[call] += 1
+            code = errors.pop(0) if errors else None
+        if code:
+            self.send(code, _error(code, "injected error"))
+        return code is not None
+
+    def _authorised(self) -> bool:
+        if self.headers.get("Authorization") != f"Bearer {VALID_KEY}":
+            self.send(401, _error(401, "Unauthorized: invalid API key"))
+            return False
+        return True
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server names
+        fake = self.fake
+        path = urlparse(self.path).path
+        if path.startswith("/files/"):
+            item = fake._files.get(path)
+            if item is None:
+                self.send(404, _error(404, "not found"))
+            else:
+                self.send(200, item[0].read_bytes(), {"Content-Type": item[1]})
+            return
+        if not self._authorised():
+            return
+        parts = path.strip("/").split("/")
+        if path == "/api/v3/webhook/secret":
+            self.send(200, {"code": 200, "message": "success", "data": {"secret": fake.webhook_secret}})
+            return
+        if path == "/api/v3/balance":
+            self.send(200, {"code": 200, "message": "success", "data": {"balance": 100.0}})
+            return
+        if parts[:3] == ["api", "v3", "predictions"] and (
+            len(parts) == 4 or (len(parts) == 5 and parts[4] == "result")
+        ):
+            if self._count("result", fake.knobs.result_errors):
+                return
+            task = fake.tasks.get(parts[3])
+            if task is None:
+                self.send(404, _error(404, "prediction not found"))
+                return
+            self.send(200, {"code": 200, "message": "success", "data": fake.data(task)})
+            return
+        self.send(404, _error(404, f"no route {path}"))
+
+    def do_PUT(self) -> None:  # noqa: N802 - http.server names
+        fake = self.fake
+        path = urlparse(self.path).path
+        ticket = (
+            fake._tickets.pop(path.removeprefix("/upload/"), None) if path.startswith("/upload/") else None
+        )
+        if ticket is None:
+            self.send(403, b"<Error>SignatureDoesNotMatch</Error>", {"Content-Type": "application/xml"})
+            return
+        if self.headers.get("Authorization"):
+            self.send(400, b"<Error>Only one auth mechanism allowed</Error>")
+            return
+        if self.headers.get("Content-Type") != ticket[1]:
+            self.send(403, b"<Error>SignatureDoesNotMatch</Error>")
+            return
+        data = self.body()
+        with fake.lock:
+            fake.calls["put"] += 1
+        target = Path(ticket[0])
+        target.write_bytes(data)
+        self.send(200, b"")
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server names
+        fake = self.fake
+        url = urlparse(self.path)
+        body = self.body()
+        if not self._authorised():
+            return
+        if url.path == "/api/v3/media/upload/binary":
+            self._upload_binary(body)
+            return
+        if url.path == "/api/v3/media/uploads":
+            self._upload_ticket(body)
+            return
+        model = url.path.removeprefix("/api/v3/").strip("/")
+        if model not in MODELS:
+            self.send(404, _error(404, f"model {model} not found"))
+            return
+        if self._count("submit", fake.knobs.submit_errors):
+            return
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            self.send(400, _error(400, "invalid JSON body"))
+            return
+        problem = validate(payload) if isinstance(payload, dict) else "body must be a JSON object"
+        if problem:
+            self.send(400, _error(400, problem))
+            return
+        webhook = parse_qs(url.query).get("webhook", [None])[0]
+        task = Task(
+            id=uuid.uuid4().hex,
+            model=model,
+            payload=payload,
+            created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            webhook=webhook,
+        )
+        with fake.lock:
+            if fake.knobs.fail_jobs:
+                task.outcome = fake.knobs.fail_jobs.pop(0)
+            fake.tasks[task.id] = task
+        answer = {"code": 200, "message": "success", "data": fake.data(task)}
+        fake._start(task)
+        self.send(200, answer)
+
+    def _upload_binary(self, body: bytes) -> None:
+        fake = self.fake
+        with fake.lock:
+            fake.calls["upload"] += 1
+        item = multipart_file(body, self.headers.get("Content-Type", ""))
+        if item is None:
+            self.send(400, _error(400, 'field "file" is required'))
+            return
+        name, ctype, data = item
+        url = fake.store(data, ctype, name)
+        kind = ctype.split("/")[0] if ctype.split("/")[0] in ("image", "audio", "video") else "image"
+        self.send(
+            200,
+            {
+                "code": 200,
+                "message": "success",
+                "data": {"type": kind, "download_url": url, "filename": name, "size": len(data)},
+            },
+        )
+
+    def _upload_ticket(self, body: bytes) -> None:
+        fake = self.fake
+        with fake.lock:
+            fake.calls["ticket"] += 1
+        try:
+            req = json.loads(body)
+            name, size = str(req["filename"]), int(req["size"])
+        except (ValueError, KeyError, TypeError):
+            self.send(400, _error(400, "filename and size are required"))
+            return
+        ctype = str(req.get("content_type") or "application/octet-stream")
+        download_url = fake.store(b"", ctype, name)
+        token = uuid.uuid4().hex
+        with fake.lock:
+            fake._tickets[token] = (str(fake._files[urlparse(download_url).path][0]), ctype)
+        kind = (
+            ctype.split("/", maxsplit=1)[0]
+            if ctype.split("/", maxsplit=1)[0] in ("image", "audio", "video")
+            else "image"
+        )
+        self.send(
+            200,
+            {
+                "code": 200,
+                "message": "success",
+                "data": {
+                    "type": kind,
+                    "download_url": download_url,
+                    "filename": name,
+                    "size": size,
+                    "upload": {
+                        "method": "PUT",
+                        "url": f"{fake.url}/upload/{token}",
+                        "headers": {"Content-Type": ctype},
+                    },
+                },
+            },
+        )

@@ -1,0 +1,463 @@
+"""WaveSpeed: the prediction API client (submit, result polling, media upload) and InfiniteTalk lip-sync.
+
+Protocol: ../shared/specs/wavespeed.md. Two points the spec marks as uncertain are settings, and both
+forms are tested against the fake: the result path (``/predictions/{id}/result`` or ``/predictions/{id}``)
+and the media upload (documented multipart ``/media/upload/binary`` or the Python SDK's ticket + PUT).
+
+Retry rules follow the official SDK: a submit is never retried once it may have reached WaveSpeed (a
+POST that timed out may still have created a billed task); result GETs are retried on 429/5xx and
+connection errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import mimetypes
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+
+from castflow import media
+from castflow.models import Mouth
+from castflow.providers.base import Billing, PermanentError, ProviderError, ProviderResult, TransientError
+from castflow.providers.http import (
+    PollSchedule,
+    RetryableHTTPError,
+    RetryPolicy,
+    short_body,
+    with_retries,
+)
+
+PROVIDER = "wavespeed"
+TERMINAL = frozenset({"completed", "failed", "cancelled", "timeout", "deleted"})
+# data.code of failed tasks (wavespeed.md section 3.4): 5xxx are worth another try, 1xxx are not.
+TRANSIENT_TASK_CODES = frozenset({5000, 5003, 5004})
+# Pixel area of InfiniteTalk's resolution buckets (section 9): about 640x640 and 960x960.
+BUCKET_AREA = {"480p": 640 * 640, "720p": 960 * 960}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The ``data`` of WaveSpeed's envelope (or a webhook's flat body)."""
+
+    id: str
+    status: str
+    model: str = ""
+    outputs: list[str] = field(default_factory=list)
+    error: str = ""
+    code: int | None = None
+    execution_ms: int | None = None
+    result_url: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Prediction:
+        timings = data.get("timings") or {}
+        ms = data.get("executionTime")
+        if ms is None and isinstance(timings, dict):
+            ms = timings.get("inference")
+        urls = data.get("urls") or {}
+        code = data.get("code")
+        return cls(
+            id=str(data.get("id", "")),
+            status=str(data.get("status", "")),
+            model=str(data.get("model") or ""),
+            outputs=[str(u) for u in (data.get("outputs") or [])],
+            error=str(data.get("error") or ""),
+            code=int(code) if isinstance(code, int) else None,
+            execution_ms=int(ms) if isinstance(ms, int | float) else None,
+            result_url=urls.get("get") if isinstance(urls, dict) else None,
+        )
+
+
+class WaveSpeedClient:
+    """WaveSpeed's v3 API over httpx (async); the transport is injectable (tests use the loopback fake)."""
+
+    def __init__(
+        self,
+        key: SecretStr,
+        *,
+        base_url: str = "https://api.wavespeed.ai",
+        result_path: Literal["result", "bare"] = "result",
+        upload_mode: Literal["binary", "ticket"] = "binary",
+        transport: httpx.AsyncBaseTransport | None = None,
+        policy: RetryPolicy | None = None,
+        poll: PollSchedule | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self._key = key
+        self.base_url = base_url.rstrip("/")
+        self.result_path = result_path
+        self.upload_mode = upload_mode
+        self.transport = transport
+        self.policy = policy or RetryPolicy()
+        self.poll = poll or PollSchedule(first=5.0, factor=2.0, cap=30.0)
+        self._timeout = timeout
+
+    def _client(self, timeout: float | None = None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=self.transport,
+            timeout=httpx.Timeout(timeout or self._timeout, connect=10.0),
+            headers={"Authorization": f"Bearer {self._key.get_secret_value()}", "User-Agent": "castflow"},
+        )
+
+    async def submit(
+        self, model_id: str, payload: dict[str, Any], *, webhook_url: str | None = None
+    ) -> Prediction:
+        """Create a prediction. Retried only when WaveSpeed surely did not take it (connect errors, 429)."""
+        url = f"{self.base_url}/api/v3/{model_id.strip('/')}"
+        if webhook_url:
+            url += f"?webhook={quote(webhook_url, safe='')}"
+
+        async def call() -> Prediction:
+            async with self._client() as client:
+                try:
+                    resp = await client.post(url, json=payload)
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    raise  # nothing was sent: safe to retry
+                except httpx.TransportError as exc:
+                    raise TransientError(
+                        f"wavespeed: submit outcome unknown ({type(exc).__name__})", provider=PROVIDER
+                    ) from exc
+            if resp.status_code == 429:
+                raise RetryableHTTPError(resp)  # rate limit: the task was not created
+            if resp.status_code >= 500:
+                # The SDK never retries a submit: a 5xx may still have created a billed task.
+                raise TransientError(
+                    f"wavespeed: submit answered HTTP {resp.status_code}: {short_body(resp)}",
+                    provider=PROVIDER,
+                )
+            return _prediction(resp)
+
+        return await with_retries(call, self.policy, provider=PROVIDER)
+
+    def result_url(self, request_id: str) -> str:
+        base = f"{self.base_url}/api/v3/predictions/{request_id}"
+        return f"{base}/result" if self.result_path == "result" else base
+
+    async def result(self, request_id: str) -> Prediction:
+        async def call() -> Prediction:
+            async with self._client(30.0) as client:
+                resp = await client.get(self.result_url(request_id))
+            if resp.status_code == 404:
+                raise PermanentError(
+                    f"wavespeed: prediction {request_id} not found (results are kept 7 days)",
+                    provider=PROVIDER,
+                    request_id=request_id,
+                )
+            return _prediction(resp)
+
+        return await with_retries(call, self.policy, provider=PROVIDER)
+
+    async def wait(
+        self,
+        request_id: str,
+        *,
+        deadline_s: float,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        hint: Callable[[], Prediction | None] | None = None,
+    ) -> Prediction:
+        """Poll with exponential backoff until a terminal status or the deadline.
+
+        ``hint`` (a webhook record lookup) is asked before each poll: a completion delivered by webhook
+        ends the wait with one result call instead of more polling.
+        """
+        started = time.monotonic()
+        for delay in self.poll.delays():
+            pred = await self.result(request_id)
+            if pred.status == "completed":
+                if not pred.outputs:
+                    raise PermanentError(
+                        "wavespeed: completed without outputs", provider=PROVIDER, request_id=request_id
+                    )
+                return pred
+            if pred.status in TERMINAL:
+                raise task_error(pred, request_id)
+            left = deadline_s - (time.monotonic() - started)
+            if left <= 0:
+                raise TransientError(
+                    f"wavespeed: prediction {request_id} not done after {deadline_s:.0f} s "
+                    f"(status {pred.status})",
+                    provider=PROVIDER,
+                    request_id=request_id,
+                )
+            await _sleep_or_hint(min(delay, left), sleep, hint)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def upload(self, path: Path) -> str:
+        """Upload a local file (streamed); returns the ``download_url`` to pass as image/audio."""
+        if self.upload_mode == "ticket":
+            return await self._upload_ticket(path)
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+        async def call() -> str:
+            async with self._client(300.0) as client:
+                with open(path, "rb") as fh:
+                    resp = await client.post(
+                        f"{self.base_url}/api/v3/media/upload/binary",
+                        files={"file": (path.name, fh, content_type)},
+                    )
+            return _download_url(resp)
+
+        return await with_retries(call, self.policy, provider=PROVIDER)
+
+    async def _upload_ticket(self, path: Path) -> str:
+        """The Python SDK's flow: ask for a ticket, PUT the bytes (no Authorization) to its URL."""
+        size = path.stat().st_size
+        ticket_body: dict[str, Any] = {"filename": path.name, "size": size}
+        guessed = mimetypes.guess_type(path.name)[0]
+        if guessed:
+            ticket_body["content_type"] = guessed
+
+        async def call() -> str:
+            async with self._client() as client:
+                resp = await client.post(f"{self.base_url}/api/v3/media/uploads", json=ticket_body)
+            data = _envelope(resp)
+            upload = data.get("upload") or {}
+            if not upload.get("url") or not data.get("download_url"):
+                raise PermanentError("wavespeed: upload ticket without a URL", provider=PROVIDER)
+            headers = {str(k): str(v) for k, v in (upload.get("headers") or {}).items()}
+            headers["Content-Length"] = str(size)
+            async with httpx.AsyncClient(
+                transport=self.transport, timeout=httpx.Timeout(300, connect=10)
+            ) as plain:
+                with open(path, "rb") as fh:
+                    put = await plain.request(
+                        str(upload.get("method") or "PUT"),
+                        str(upload["url"]),
+                        content=_chunks(fh),
+                        headers=headers,
+                    )
+            if not put.is_success:
+                if put.status_code == 429 or put.status_code >= 500:
+                    raise RetryableHTTPError(put)
+                raise PermanentError(
+                    f"wavespeed: upload PUT answered HTTP {put.status_code}: {short_body(put)}",
+                    provider=PROVIDER,
+                )
+            return str(data["download_url"])
+
+        return await with_retries(call, self.policy, provider=PROVIDER)
+
+    async def download(self, url: str, dest: Path) -> Path:
+        """Fetch an output to a local file, streaming (outputs are deleted after 7 days: copy promptly)."""
+
+        async def call() -> Path:
+            async with (
+                httpx.AsyncClient(transport=self.transport, timeout=httpx.Timeout(300, connect=10)) as c,
+                c.stream("GET", url) as resp,
+            ):
+                if not resp.is_success:
+                    await resp.aread()
+                    _raise_http(resp)
+                with open(dest, "wb") as fh:
+                    async for chunk in resp.aiter_bytes(1 << 20):
+                        fh.write(chunk)
+            return dest
+
+        return await with_retries(call, self.policy, provider=PROVIDER)
+
+
+async def _sleep_or_hint(
+    seconds: float, sleep: Callable[[float], Any], hint: Callable[[], Prediction | None] | None
+) -> None:
+    """Sleep ``seconds``; with a webhook hint, wake early (checked every second) once it has news."""
+    if hint is None:
+        await sleep(seconds)
+        return
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if hint() is not None:
+            return
+        await sleep(min(1.0, left))
+
+
+async def _chunks(fh: Any, size: int = 1 << 20) -> Any:
+    while block := fh.read(size):
+        yield block
+
+
+def _raise_http(resp: httpx.Response) -> None:
+    """Non-2xx answers onto castflow's errors (the key is never part of a message)."""
+    code = resp.status_code
+    if code == 429 or code >= 500:
+        raise RetryableHTTPError(resp)
+    if code == 401:
+        raise PermanentError(
+            "wavespeed: the API key was refused (401); a key works only after the account's first top-up",
+            provider=PROVIDER,
+        )
+    if code == 403:
+        raise PermanentError(f"wavespeed: forbidden (403): {_message(resp)}", provider=PROVIDER)
+    raise PermanentError(f"wavespeed: HTTP {code}: {_message(resp)}", provider=PROVIDER)
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return short_body(resp)
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return short_body(resp)
+
+
+def _envelope(resp: httpx.Response) -> dict[str, Any]:
+    """The ``data`` of a ``{code, message, data}`` answer; errors mapped (HTTP status, then ``code``)."""
+    if not resp.is_success:
+        _raise_http(resp)
+    try:
+        body = resp.json()
+    except ValueError as exc:
+        raise TransientError(f"wavespeed: answer is not JSON: {short_body(resp)}", provider=PROVIDER) from exc
+    if not isinstance(body, dict):
+        raise PermanentError(f"wavespeed: unexpected answer {short_body(resp)}", provider=PROVIDER)
+    code = body.get("code", 200)
+    if code != 200:
+        message = f"wavespeed: {body.get('message') or 'error'} (code {code})"
+        if isinstance(code, int) and (code == 429 or code >= 500):
+            raise TransientError(message, provider=PROVIDER)
+        raise PermanentError(message, provider=PROVIDER)
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise PermanentError(f"wavespeed: answer without data: {short_body(resp)}", provider=PROVIDER)
+    return data
+
+
+def _prediction(resp: httpx.Response) -> Prediction:
+    return Prediction.parse(_envelope(resp))
+
+
+def _download_url(resp: httpx.Response) -> str:
+    data = _envelope(resp)
+    if not data.get("download_url"):
+        raise PermanentError("wavespeed: upload answer without download_url", provider=PROVIDER)
+    return str(data["download_url"])
+
+
+def task_error(pred: Prediction, request_id: str) -> ProviderError:
+    """A failed/cancelled/timed-out task as a castflow error, carrying WaveSpeed's message."""
+    detail = pred.error or "no error message"
+    code = f", code {pred.code}" if pred.code is not None else ""
+    message = f"wavespeed: prediction {request_id} {pred.status}: {detail}{code}"
+    transient = pred.status == "timeout" or pred.code in TRANSIENT_TASK_CODES
+    if transient:
+        return TransientError(message, provider=PROVIDER, request_id=request_id, job_failed=True)
+    return PermanentError(message, provider=PROVIDER, request_id=request_id, job_failed=True)
+
+
+def billed_seconds(audio_seconds: float, *, minimum: float = 5.0, cap: float = 600.0) -> int:
+    """InfiniteTalk bills the input audio length rounded up to whole seconds, 5 s minimum, 600 s cap."""
+    return int(max(minimum, min(cap, math.ceil(round(audio_seconds, 6)))))
+
+
+class WaveSpeedLipSync:
+    """InfiniteTalk: one image plus one audio → a talking video (about 25 fps, duration = audio)."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        client: WaveSpeedClient,
+        *,
+        model: str,
+        prices: dict[str, float],
+        min_seconds: float,
+        deadline_base_s: float,
+        deadline_per_audio_s: float,
+        prompt: str | None = None,
+        webhook_url: str | None = None,
+        hint: Callable[[str], Prediction | None] | None = None,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.prices = prices
+        self.min_seconds = min_seconds
+        self.deadline_base_s = deadline_base_s
+        self.deadline_per_audio_s = deadline_per_audio_s
+        self.prompt = prompt
+        self.webhook_url = webhook_url
+        self.hint = hint
+
+    def deadline(self, audio_seconds: float) -> float:
+        """How long to wait for one render: grows with the audio (the docs say 10-30 s per second)."""
+        return self.deadline_base_s + self.deadline_per_audio_s * audio_seconds
+
+    def cost(self, audio_seconds: float, resolution: str) -> tuple[int, float]:
+        seconds = billed_seconds(audio_seconds, minimum=self.min_seconds)
+        return seconds, round(seconds * self.prices.get(resolution, 0.0), 6)
+
+    def submit_render(self, image: Path, audio: Path, *, resolution: str, seed: int) -> str:
+        async def go() -> str:
+            image_url, audio_url = await asyncio.gather(self.client.upload(image), self.client.upload(audio))
+            payload: dict[str, Any] = {
+                "image": image_url,
+                "audio": audio_url,
+                "resolution": resolution,
+                "seed": seed % 2_147_483_648,
+            }
+            if self.prompt:
+                payload["prompt"] = self.prompt
+            pred = await self.client.submit(self.model, payload, webhook_url=self.webhook_url)
+            return pred.id
+
+        return asyncio.run(go())
+
+    def collect(
+        self, request_id: str, *, audio_seconds: float, resolution: str, workdir: Path
+    ) -> ProviderResult:
+        async def go() -> ProviderResult:
+            hint = functools.partial(self.hint, request_id) if self.hint else None
+            pred = await self.client.wait(request_id, deadline_s=self.deadline(audio_seconds), hint=hint)
+            path = await self.client.download(pred.outputs[0], workdir / "lipsync.mp4")
+            try:
+                info = media.probe(path)
+            except media.MediaError as exc:
+                raise PermanentError(
+                    f"wavespeed: output video unreadable: {exc}", provider=PROVIDER, request_id=request_id
+                ) from exc
+            units, cost = self.cost(audio_seconds, resolution)
+            return ProviderResult(
+                path,
+                "video/mp4",
+                Billing(units, "seconds", cost),
+                request_id=request_id,
+                seconds=info.duration,
+                meta={"execution_ms": pred.execution_ms, "resolution": resolution},
+            )
+
+        return asyncio.run(go())
+
+    def size_problem(self, width: int, height: int, resolution: str) -> str | None:
+        """InfiniteTalk picks the bucket nearest the input's aspect ratio (exact sizes unverified):
+        accept a portrait frame whose pixel area is within 25 % of the resolution's bucket."""
+        area = BUCKET_AREA.get(resolution)
+        if area is None:
+            return f"unknown resolution {resolution}"
+        if height <= width:
+            return f"frame {width}x{height} is not portrait"
+        if abs(width * height - area) > 0.25 * area:
+            return f"frame {width}x{height} does not match the {resolution} bucket (~{area} pixels)"
+        return None
+
+    def render(
+        self,
+        image: Path,
+        audio: Path,
+        *,
+        resolution: str,
+        seed: int,
+        mouth: Mouth | None,
+        workdir: Path,
+    ) -> ProviderResult:
+        """Submit and wait in one call (for callers without a stage record)."""
+        seconds = media.decode_audio(audio).seconds
+        request_id = self.submit_render(image, audio, resolution=resolution, seed=seed)
+        return self.collect(request_id, audio_seconds=seconds, resolution=resolution, workdir=workdir)

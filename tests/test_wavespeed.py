@@ -1,0 +1,376 @@
+"""WaveSpeed InfiniteTalk: the client against the loopback fake (real HTTP), the official SDK against the
+same fake, costs, polling, errors, and the lip-sync stage in the video DAG."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from castflow import media, pipeline
+from castflow.actors import ensure_sample_actors
+from castflow.db.tables import StageRun, StageStatus
+from castflow.fakes.wavespeed import VALID_KEY, FakeWaveSpeed, Outcome
+from castflow.models import VideoRequest, Voice
+from castflow.providers.base import PermanentError, TransientError
+from castflow.providers.http import PollSchedule, RetryPolicy
+from castflow.providers.local import EspeakSpeech, LocalImageEditor
+from castflow.providers.wavespeed import WaveSpeedClient, WaveSpeedLipSync, billed_seconds
+from castflow.runtime import Runtime, get_runtime
+from castflow.settings import reset_settings
+
+FAST_POLL = PollSchedule(first=0.05, factor=2, cap=0.3)
+FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, total_seconds=10)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeWaveSpeed]:
+    server = FakeWaveSpeed()
+    with server.running():
+        yield server
+    server.cleanup()
+
+
+def client_for(fake: FakeWaveSpeed, **kw: object) -> WaveSpeedClient:
+    return WaveSpeedClient(
+        SecretStr(VALID_KEY),
+        base_url=fake.url,
+        poll=FAST_POLL,
+        policy=FAST_RETRY,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
+    """A portrait and ~1.5 s of speech made by the embedded providers."""
+    work = tmp_path_factory.mktemp("ws-inputs")
+    image = LocalImageEditor().edit(_portrait(work), "studio", seed=1, workdir=work).path
+    speech = EspeakSpeech().synthesize(
+        "Hello from castflow.", Voice(provider="local", model="espeak-ng", voice_id="en-us"), workdir=work
+    )
+    return image, speech.path, media.decode_audio(speech.path).seconds
+
+
+def _portrait(work: Path) -> Path:
+    from castflow.portraits import SAMPLE_LOOKS, draw_portrait
+
+    path = work / "portrait.png"
+    draw_portrait(SAMPLE_LOOKS["maya"]).save(path)
+    return path
+
+
+# ---- pure rules --------------------------------------------------------------------------------------
+
+
+def test_billing_rounds_up_with_a_five_second_minimum_and_a_cap() -> None:
+    assert billed_seconds(0.4) == 5
+    assert billed_seconds(5.0) == 5
+    assert billed_seconds(5.01) == 6
+    assert billed_seconds(59.2) == 60
+    assert billed_seconds(700) == 600
+    assert billed_seconds(2.0, minimum=3) == 3  # the newer pages' 3 s minimum is a setting
+
+
+def test_cost_per_resolution_and_deadline_grows_with_audio(fake: FakeWaveSpeed) -> None:
+    syncer = WaveSpeedLipSync(
+        client_for(fake),
+        model="wavespeed-ai/infinitetalk",
+        prices={"480p": 0.03, "720p": 0.06},
+        min_seconds=5,
+        deadline_base_s=600,
+        deadline_per_audio_s=60,
+    )
+    assert syncer.cost(60, "480p") == (60, pytest.approx(1.80))  # the spec's "60 s costs $1.80"
+    assert syncer.cost(12.3, "720p") == (13, pytest.approx(0.78))
+    assert syncer.cost(2, "480p") == (5, pytest.approx(0.15))
+    assert syncer.deadline(600) > syncer.deadline(10) > 600  # long audio waits longer than 10 min
+
+
+def test_default_polling_makes_at_most_8_calls_for_a_60_s_job() -> None:
+    schedule = PollSchedule(first=5, factor=2, cap=30)  # the settings' defaults
+    t, calls = 0.0, 1  # one call right after submit
+    for delay in schedule.delays():
+        if t >= 60:
+            break
+        t += delay
+        calls += 1
+    assert calls <= 8
+    assert next(iter(schedule.delays())) >= 5  # the docs ask for >= 5 s between checks
+
+
+# ---- client against the fake --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("result_path", ["result", "bare"])
+@pytest.mark.parametrize("upload_mode", ["binary", "ticket"])
+def test_upload_submit_and_wait_both_protocol_forms(
+    fake: FakeWaveSpeed, inputs: tuple[Path, Path, float], result_path: str, upload_mode: str
+) -> None:
+    image, audio, seconds = inputs
+    client = client_for(fake, result_path=result_path, upload_mode=upload_mode)
+
+    async def go() -> tuple[str, Path]:
+        image_url, audio_url = await client.upload(image), await client.upload(audio)
+        pred = await client.submit(
+            "wavespeed-ai/infinitetalk", {"image": image_url, "audio": audio_url, "resolution": "480p"}
+        )
+        assert pred.status == "created"
+        assert len(pred.id) == 32
+        done = await client.wait(pred.id, deadline_s=30)
+        return pred.id, await client.download(done.outputs[0], image.parent / f"{pred.id}.mp4")
+
+    request_id, video = asyncio.run(go())
+    info = media.probe(video)
+    assert (info.width, info.height) == (448, 832)  # InfiniteTalk's 480p portrait bucket
+    assert abs(info.duration - seconds) < 0.1
+    assert fake.calls["upload" if upload_mode == "binary" else "put"] == 2
+    assert fake.tasks[request_id].status == "completed"
+
+
+def test_a_60_s_job_is_polled_at_most_8_times(fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]) -> None:
+    """The same job at 1/100 of real time: 0.6 s of processing, the default schedule scaled by 1/100."""
+    image, audio, seconds = inputs
+    fake.knobs.seconds_per_audio_second = 0.6 / seconds
+    client = client_for(fake)
+    client.poll = PollSchedule(first=0.05, factor=2, cap=0.3)
+
+    async def go() -> None:
+        pred = await client.submit(
+            "wavespeed-ai/infinitetalk",
+            {"image": await client.upload(image), "audio": await client.upload(audio)},
+        )
+        await client.wait(pred.id, deadline_s=30)
+
+    asyncio.run(go())
+    assert 2 <= fake.calls["result"] <= 8
+
+
+def test_errors_are_mapped_and_carry_the_providers_message(
+    fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]
+) -> None:
+    image, audio, _ = inputs
+    client = client_for(fake)
+
+    async def submit(payload: dict[str, object]) -> str:
+        return (await client.submit("wavespeed-ai/infinitetalk", payload)).id
+
+    with pytest.raises(PermanentError, match='field "audio" is required'):
+        asyncio.run(submit({"image": "https://x/y.png"}))
+    bad = WaveSpeedClient(SecretStr("wrong-secret-key"), base_url=fake.url, policy=FAST_RETRY)
+    with pytest.raises(PermanentError, match="top-up") as refused:
+        asyncio.run(bad.submit("wavespeed-ai/infinitetalk", {"image": "a", "audio": "b"}))
+    assert "wrong-secret-key" not in str(refused.value)
+    with pytest.raises(PermanentError, match="not found"):
+        asyncio.run(client.result("0" * 32))
+
+    urls = asyncio.run(_upload_both(client, image, audio))
+    fake.knobs.fail_jobs = [
+        Outcome("failed", 1200, "Content moderation: the image was flagged"),
+        Outcome("failed", 5003, "Service unavailable"),
+        Outcome("timeout", 5004, "Task timed out"),
+        Outcome("cancelled", 0, ""),
+    ]
+    expected = [
+        (PermanentError, "Content moderation"),
+        (TransientError, "Service unavailable"),
+        (TransientError, "timeout"),
+        (PermanentError, "cancelled"),
+    ]
+    for kind, text in expected:
+        rid = asyncio.run(submit(urls))
+        with pytest.raises(kind, match=text) as failed:
+            asyncio.run(client.wait(rid, deadline_s=10))
+        assert failed.value.job_failed
+        assert failed.value.request_id == rid
+
+
+async def _upload_both(client: WaveSpeedClient, image: Path, audio: Path) -> dict[str, object]:
+    return {"image": await client.upload(image), "audio": await client.upload(audio)}
+
+
+def test_http_retries_on_results_but_never_a_blind_resubmit(
+    fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]
+) -> None:
+    image, audio, _ = inputs
+    client = client_for(fake)
+    urls = asyncio.run(_upload_both(client, image, audio))
+    fake.knobs.submit_errors = [429, 429]
+    rid = asyncio.run(client.submit("wavespeed-ai/infinitetalk", urls)).id
+    assert fake.calls["submit"] == 3  # a 429 means not taken: retried
+    fake.knobs.result_errors = [503, 502, 500]
+    assert asyncio.run(client.wait(rid, deadline_s=10)).status == "completed"
+
+    fake.knobs.submit_errors = [503]
+    before = fake.calls["submit"]
+    with pytest.raises(TransientError, match="503"):
+        asyncio.run(client.submit("wavespeed-ai/infinitetalk", urls))
+    assert fake.calls["submit"] == before + 1  # a 5xx may have created a billed task: not retried
+
+    fake.knobs.result_errors = [503] * 10
+    with pytest.raises(TransientError, match="after retries"):
+        asyncio.run(client.result(rid))
+
+
+def test_deadline_expiry_keeps_the_request(fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]) -> None:
+    image, audio, _ = inputs
+    client = client_for(fake)
+    urls = asyncio.run(_upload_both(client, image, audio))
+    fake.knobs.queue_seconds = 5
+    rid = asyncio.run(client.submit("wavespeed-ai/infinitetalk", urls)).id
+    with pytest.raises(TransientError, match="not done") as late:
+        asyncio.run(client.wait(rid, deadline_s=0.2))
+    assert not late.value.job_failed
+    assert late.value.request_id == rid
+
+
+def test_account_concurrency_cap_holds_tasks_in_created(
+    fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]
+) -> None:
+    image, audio, _ = inputs
+    fake.knobs.concurrency = 2
+    fake.knobs.queue_seconds = 0.3
+    client = client_for(fake)
+
+    async def go() -> list[str]:
+        urls = await _upload_both(client, image, audio)
+        ids = [(await client.submit("wavespeed-ai/infinitetalk", urls)).id for _ in range(4)]
+        await asyncio.sleep(0.1)
+        states = [(await client.result(i)).status for i in ids]
+        await asyncio.gather(*(client.wait(i, deadline_s=30) for i in ids))
+        return states
+
+    states = asyncio.run(go())
+    assert states.count("created") >= 2
+    assert fake.peak_running == 2
+
+
+# ---- the official SDK against the fake (the fake speaks the real protocol) -----------------------------
+
+
+def test_official_sdk_runs_against_the_fake(fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]) -> None:
+    import wavespeed
+
+    image, audio, seconds = inputs
+    sdk = wavespeed.Client(api_key=VALID_KEY, base_url=fake.url)
+    image_url = sdk.upload(str(image))  # the SDK's ticket + PUT flow
+    audio_url = sdk.upload(str(audio))
+    out = sdk.run(
+        "wavespeed-ai/infinitetalk",
+        {"image": image_url, "audio": audio_url, "resolution": "720p", "seed": 7},
+        poll_interval=0.05,
+        timeout=60,
+    )
+    assert fake.calls["ticket"] == 2
+    assert fake.calls["put"] == 2
+    video = image.parent / "sdk.mp4"
+    video.write_bytes(httpx.get(out["outputs"][0], timeout=30).content)
+    info = media.probe(video)
+    assert (info.width, info.height) == (704, 1280)
+    assert abs(info.duration - seconds) < 0.1
+    (task,) = fake.tasks.values()
+    envelope = sdk.get_result(task.id)
+    assert envelope["data"]["status"] == "completed"
+
+
+# ---- the lip-sync stage in the DAG --------------------------------------------------------------------
+
+
+@pytest.fixture
+def ws_rt(fake: FakeWaveSpeed, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__WAVESPEED_KEY", VALID_KEY)
+    monkeypatch.setenv("CASTFLOW_WAVESPEED__BASE_URL", fake.url)
+    monkeypatch.setenv("CASTFLOW_WAVESPEED__POLL_FIRST_S", "0.05")
+    monkeypatch.setenv("CASTFLOW_WAVESPEED__POLL_CAP_S", "0.3")
+    reset_settings()
+    rt = get_runtime()
+    assert isinstance(rt.lipsync, WaveSpeedLipSync)
+    rt.lipsync.client.policy = FAST_RETRY
+    ensure_sample_actors(rt)
+    return rt
+
+
+def test_lipsync_stage_costs_passes_qc_and_is_reused(ws_rt: Runtime, fake: FakeWaveSpeed) -> None:
+    actor = pipeline.actor_ref(ws_rt, "maya")
+    speech = pipeline.speech(ws_rt, actor, "Short line.")
+    video = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="720p", seed=3, mouth=None)
+    assert speech.output.seconds is not None
+    pipeline.quality_check(ws_rt, video, audio_seconds=speech.output.seconds, resolution="720p")
+    assert video.cost_usd == pytest.approx(billed_seconds(speech.output.seconds) * 0.06)
+    with ws_rt.session() as s:
+        run = s.scalars(sa.select(StageRun).where(StageRun.stage == "lipsync")).one()
+        assert (run.provider, run.model, run.unit) == ("wavespeed", "wavespeed-ai/infinitetalk", "seconds")
+        assert run.billed_units == 5
+        assert run.request_id in fake.tasks
+    again = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="720p", seed=3, mouth=None)
+    assert again.reused
+    assert fake.calls["submit"] == 1
+
+
+def test_a_crash_while_rendering_reattaches(ws_rt: Runtime, fake: FakeWaveSpeed) -> None:
+    syncer = ws_rt.lipsync
+    assert isinstance(syncer, WaveSpeedLipSync)
+    actor = pipeline.actor_ref(ws_rt, "leo")
+    speech = pipeline.speech(ws_rt, actor, "Crash test.")
+
+    class Crash(BaseException):
+        pass
+
+    real = syncer.collect
+
+    def crash(*args: object, **kwargs: object) -> object:
+        raise Crash
+
+    syncer.collect = crash  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    syncer.collect = real  # type: ignore[method-assign]
+    pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert fake.calls["submit"] == 1
+    with ws_rt.session() as s:
+        run = s.scalars(sa.select(StageRun).where(StageRun.stage == "lipsync")).one()
+        assert (run.status, run.attempts) == (StageStatus.succeeded, 2)
+
+
+def test_a_failed_job_is_resubmitted_on_retry_not_reattached(ws_rt: Runtime, fake: FakeWaveSpeed) -> None:
+    actor = pipeline.actor_ref(ws_rt, "ava")
+    speech = pipeline.speech(ws_rt, actor, "Retry me.")
+    fake.knobs.fail_jobs = [Outcome("failed", 5000, "Internal error")]
+    with pytest.raises(TransientError, match="Internal error"):
+        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    with ws_rt.session() as s:
+        run = s.scalars(sa.select(StageRun).where(StageRun.stage == "lipsync")).one()
+        assert run.status is StageStatus.failed
+    pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert fake.calls["submit"] == 2
+
+
+def test_video_flow_on_wavespeed_with_faults(
+    ws_rt: Runtime, fake: FakeWaveSpeed, prefect_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """429s on submit, 5xx on results, a slow queue and one failed job: same correct video as embedded."""
+    from flows.generate_video import generate_video
+
+    fake.knobs.submit_errors = [429]
+    fake.knobs.result_errors = [503, 500]
+    fake.knobs.queue_seconds = 0.4
+    fake.knobs.fail_jobs = [Outcome("failed", 5003, "Service unavailable")]
+    req = VideoRequest(actor="maya", script="Made on WaveSpeed.", scene="a sunny kitchen")
+    result = generate_video(req)
+    assert result.status == "succeeded", result.error
+    assert result.video_key is not None
+    assert result.audio_seconds is not None
+    info = media.probe(ws_rt.storage.local_path(result.video_key))
+    assert (info.width, info.height) == (448, 832)
+    assert abs(info.duration - result.audio_seconds) < 0.1
+    assert fake.calls["submit"] == 3  # one 429 retried at HTTP level, one failed job resubmitted by the task
+    assert result.cost_usd == pytest.approx(billed_seconds(result.audio_seconds) * 0.03)
+    again = generate_video(req)
+    assert (again.status, again.cost_usd, again.reused_stages) == ("succeeded", 0, 3)
+    assert fake.calls["submit"] == 3
