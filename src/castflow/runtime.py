@@ -49,6 +49,10 @@ class Runtime:
 
 def build_runtime(settings: Settings) -> Runtime:
     """Build the runtime from settings and make sure the database is at the current schema."""
+    if settings.providers.fakes:
+        from castflow.fakes import serve_fakes
+
+        settings = serve_fakes(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = get_engine(
         settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms, echo=settings.database.echo
@@ -126,7 +130,7 @@ def ensure_schema(engine: sa.Engine, *, auto: bool) -> None:
     )
 
 
-_RUNTIME: Runtime | None = None
+_RUNTIME: tuple[Settings, Runtime] | None = None  # (the settings it was built from, the runtime)
 _RUNTIME_LOCK = threading.Lock()
 
 
@@ -135,9 +139,9 @@ def get_runtime() -> Runtime:
     global _RUNTIME
     settings = get_settings()
     with _RUNTIME_LOCK:
-        if _RUNTIME is None or _RUNTIME.settings is not settings:
-            _RUNTIME = build_runtime(settings)
-        return _RUNTIME
+        if _RUNTIME is None or _RUNTIME[0] is not settings:
+            _RUNTIME = (settings, build_runtime(settings))
+        return _RUNTIME[1]
 
 
 def reset_runtime() -> None:

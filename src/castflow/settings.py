@@ -63,6 +63,11 @@ class ProviderSettings(BaseModel):
     image: Literal["local", "fal"] = "local"
     speech: Literal["local"] = "local"
     lipsync: Literal["local", "wavespeed"] = "local"
+    fakes: bool = Field(
+        default=False,
+        description="Serve the paid roles (fal, wavespeed, supabase) from in-process loopback fakes that "
+        "speak their protocols: no keys, no network. For trying a configuration and for benchmarks.",
+    )
     fal_key: SecretStr | None = None
     wavespeed_key: SecretStr | None = None
 
@@ -197,6 +202,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _keys_for_providers(self) -> Settings:
+        if self.providers.fakes:
+            return self  # the fakes bring their own keys and hosts
         if self.providers.image == "fal" and self.providers.fal_key is None:
             raise ValueError("providers.image is 'fal' but CASTFLOW_PROVIDERS__FAL_KEY is not set")
         if self.providers.lipsync == "wavespeed" and self.providers.wavespeed_key is None:

@@ -1,0 +1,52 @@
+"""``CASTFLOW_PROVIDERS__FAKES=true``: every paid role runs its real client against in-process fakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from castflow import media
+from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
+from castflow.db.tables import StageRun
+from castflow.fakes import running_fakes
+from castflow.models import VideoRequest, Voice
+from castflow.providers.fal import FalImageEditor, FalSpeech
+from castflow.providers.wavespeed import WaveSpeedLipSync
+from castflow.runtime import get_runtime
+from castflow.settings import reset_settings
+
+
+def test_video_on_fakes_without_keys(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None
+) -> None:
+    from flows.generate_video import generate_video
+
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+    reset_settings()
+    rt = get_runtime()
+    assert isinstance(rt.image, FalImageEditor)
+    assert isinstance(rt.speech["fal"], FalSpeech)
+    assert isinstance(rt.lipsync, WaveSpeedLipSync)
+    ensure_sample_actors(rt)
+    voice = Voice(provider="fal", model="fal-ai/minimax/speech-2.8-hd", voice_id="Wise_Woman")
+    import_actors(
+        rt, [ActorSpec(key="zoe", name="Zoe", portrait="drawn:leo", voice=voice)], base_dir=Path.cwd()
+    )
+    calls_before = {name: dict(fake.calls) for name, fake in running_fakes().items()}
+    result = generate_video(VideoRequest(actor="zoe", script="Fakes all the way down.", scene="a garden"))
+    assert result.status == "succeeded", result.error
+    assert result.video_key is not None
+    assert result.audio_seconds is not None
+    info = media.probe(rt.storage.local_path(result.video_key))
+    assert abs(info.duration - result.audio_seconds) < 0.1
+    fakes = running_fakes()
+    assert fakes["fal"].calls["submit"] - calls_before["fal"]["submit"] == 2  # edit + speech
+    assert fakes["wavespeed"].calls["submit"] - calls_before["wavespeed"]["submit"] == 1
+    with rt.session() as s:
+        providers = {r.stage: r.provider for r in s.scalars(sa.select(StageRun))}
+    assert providers == {"scene_variant": "fal", "speech": "fal", "lipsync": "wavespeed"}
+    assert result.cost_usd > 0
