@@ -17,7 +17,7 @@ from castflow.actors import ensure_sample_actors
 from castflow.db.tables import StageRun, StageStatus
 from castflow.fakes.wavespeed import VALID_KEY, FakeWaveSpeed, Outcome
 from castflow.models import VideoRequest, Voice
-from castflow.providers.base import PermanentError, TransientError
+from castflow.providers.base import PermanentError, SubmitOutcomeUnknown, TransientError
 from castflow.providers.http import PollSchedule, RetryPolicy
 from castflow.providers.local import EspeakSpeech, LocalImageEditor
 from castflow.providers.wavespeed import WaveSpeedClient, WaveSpeedLipSync, billed_seconds
@@ -215,6 +215,22 @@ def test_http_retries_on_results_but_never_a_blind_resubmit(
     fake.knobs.result_errors = [503] * 10
     with pytest.raises(TransientError, match="after retries"):
         asyncio.run(client.result(rid))
+
+
+def test_a_lost_submit_answer_is_not_resubmitted(
+    fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]
+) -> None:
+    """A read timeout after the submit was sent: the job may exist, so no automatic retry anywhere."""
+    image, audio, _ = inputs
+    client = client_for(fake)
+    urls = asyncio.run(_upload_both(client, image, audio))
+    impatient = client_for(fake, timeout=0.3)
+    fake.knobs.submit_answer_delay = 1.0
+    with pytest.raises(SubmitOutcomeUnknown, match="not retried automatically") as lost:
+        asyncio.run(impatient.submit("wavespeed-ai/infinitetalk", urls))
+    assert not lost.value.transient  # the task layer will not retry it either
+    assert fake.calls["submit"] == 1
+    assert len(fake.tasks) == 1  # the job WaveSpeed created (and bills) despite the lost answer
 
 
 def test_deadline_expiry_keeps_the_request(fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]) -> None:

@@ -57,6 +57,7 @@ class Knobs:
     result_errors: list[int] = field(default_factory=list)
     webhook_tamper: bool = False  # sign deliveries with a wrong secret
     webhook_repeat: int = 1  # deliver each webhook this many times (idempotency tests)
+    submit_answer_delay: float = 0.0  # the task is created, then the answer comes this late (lost answers)
 
 
 @dataclass
@@ -354,6 +355,7 @@ class _Handler(JsonHandler):
             fake.tasks[task.id] = task
         answer = {"code": 200, "message": "success", "data": fake.data(task)}
         fake._start(task)
+        time.sleep(fake.knobs.submit_answer_delay)
         self.send(200, answer)
 
     def _upload_binary(self, body: bytes) -> None:

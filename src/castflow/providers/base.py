@@ -34,6 +34,22 @@ class PermanentError(ProviderError):
     """Validation, content policy, bad input: retrying would only spend money."""
 
 
+class SubmitOutcomeUnknown(PermanentError):
+    """A submit was sent but its answer was lost (a read timeout, a dropped connection).
+
+    The provider may have created (and will bill) the job, and neither fal nor WaveSpeed offers an
+    idempotency key, so castflow does not resubmit on its own: the stage fails with this message and
+    a deliberate rerun submits again.
+    """
+
+    def __init__(self, provider: str, cause: BaseException) -> None:
+        super().__init__(
+            f"{provider}: submit outcome unknown ({type(cause).__name__}); not retried automatically, "
+            "since the job may exist and be billed. Check the provider's dashboard, then rerun to submit again",
+            provider=provider,
+        )
+
+
 @dataclass(frozen=True)
 class Billing:
     """What a call is billed on: units and their name (images, characters, seconds)."""

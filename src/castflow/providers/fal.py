@@ -21,7 +21,13 @@ from pydantic import SecretStr
 
 from castflow import media
 from castflow.models import Voice
-from castflow.providers.base import Billing, PermanentError, ProviderResult, TransientError
+from castflow.providers.base import (
+    Billing,
+    PermanentError,
+    ProviderResult,
+    SubmitOutcomeUnknown,
+    TransientError,
+)
 from castflow.providers.http import (
     PollSchedule,
     RetryableHTTPError,
@@ -111,9 +117,7 @@ class FalClient:
                     raise  # nothing was sent: safe to retry
                 except httpx.TransportError as exc:
                     # The request may have been taken; a blind resubmit could pay twice.
-                    raise TransientError(
-                        f"fal: submit outcome unknown ({type(exc).__name__})", provider=PROVIDER
-                    ) from exc
+                    raise SubmitOutcomeUnknown(PROVIDER, exc) from exc
             if resp.status_code in (429, 502, 503, 504) and "x-fal-request-id" not in resp.headers:
                 raise RetryableHTTPError(resp)
             _check(resp)

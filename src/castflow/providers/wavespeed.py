@@ -27,7 +27,14 @@ from pydantic import SecretStr
 
 from castflow import media
 from castflow.models import Mouth
-from castflow.providers.base import Billing, PermanentError, ProviderError, ProviderResult, TransientError
+from castflow.providers.base import (
+    Billing,
+    PermanentError,
+    ProviderError,
+    ProviderResult,
+    SubmitOutcomeUnknown,
+    TransientError,
+)
 from castflow.providers.http import (
     PollSchedule,
     RetryableHTTPError,
@@ -123,9 +130,7 @@ class WaveSpeedClient:
                 except (httpx.ConnectError, httpx.ConnectTimeout):
                     raise  # nothing was sent: safe to retry
                 except httpx.TransportError as exc:
-                    raise TransientError(
-                        f"wavespeed: submit outcome unknown ({type(exc).__name__})", provider=PROVIDER
-                    ) from exc
+                    raise SubmitOutcomeUnknown(PROVIDER, exc) from exc
             if resp.status_code == 429:
                 raise RetryableHTTPError(resp)  # rate limit: the task was not created
             if resp.status_code >= 500:
