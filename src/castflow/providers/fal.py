@@ -34,6 +34,7 @@ from castflow.providers.http import (
     RetryPolicy,
     raise_for_status,
     short_body,
+    sleep_or_hint,
     with_retries,
 )
 
@@ -186,8 +187,13 @@ class FalClient:
         *,
         deadline_s: float,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        hint: Callable[[], object | None] | None = None,
     ) -> tuple[dict[str, Any], dict[str, str], FalStatus]:
-        """Poll with exponential backoff until COMPLETED or the deadline; returns result, headers, status."""
+        """Poll with exponential backoff until COMPLETED or the deadline; returns result, headers, status.
+
+        ``hint`` (a webhook record lookup) is asked while sleeping: a delivered completion ends the wait
+        with one status and one result call instead of more polling.
+        """
         started = time.monotonic()
         for delay in self.poll.delays():
             status = await self.status(handle)
@@ -209,7 +215,7 @@ class FalClient:
                     provider=PROVIDER,
                     request_id=handle.request_id,
                 )
-            await sleep(min(delay, left))
+            await sleep_or_hint(min(delay, left), sleep, hint)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- CDN upload -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
@@ -111,6 +111,20 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+async def sleep_or_hint(
+    seconds: float, sleep: Callable[[float], Any], hint: Callable[[], object | None] | None
+) -> None:
+    """Sleep ``seconds``; with a webhook hint, wake early (checked every second) once it has news."""
+    if hint is None:
+        await sleep(seconds)
+        return
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if hint() is not None:
+            return
+        await sleep(min(1.0, left))
+
+
 def short_body(response: httpx.Response, limit: int = 300) -> str:
     """A response body for an error message, trimmed (never includes request headers)."""
     try:
@@ -141,5 +155,6 @@ __all__ = [
     "TransientError",
     "raise_for_status",
     "retry_after_seconds",
+    "sleep_or_hint",
     "with_retries",
 ]

@@ -40,6 +40,7 @@ from castflow.providers.http import (
     RetryableHTTPError,
     RetryPolicy,
     short_body,
+    sleep_or_hint,
     with_retries,
 )
 
@@ -193,7 +194,7 @@ class WaveSpeedClient:
                     provider=PROVIDER,
                     request_id=request_id,
                 )
-            await _sleep_or_hint(min(delay, left), sleep, hint)
+            await sleep_or_hint(min(delay, left), sleep, hint)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def upload(self, path: Path) -> str:
@@ -268,20 +269,6 @@ class WaveSpeedClient:
             return dest
 
         return await with_retries(call, self.policy, provider=PROVIDER)
-
-
-async def _sleep_or_hint(
-    seconds: float, sleep: Callable[[float], Any], hint: Callable[[], Prediction | None] | None
-) -> None:
-    """Sleep ``seconds``; with a webhook hint, wake early (checked every second) once it has news."""
-    if hint is None:
-        await sleep(seconds)
-        return
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        if hint() is not None:
-            return
-        await sleep(min(1.0, left))
 
 
 async def _chunks(fh: Any, size: int = 1 << 20) -> Any:
