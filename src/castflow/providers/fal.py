@@ -8,6 +8,7 @@ loopback fake in tests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import mimetypes
 import time
 from collections.abc import Callable
@@ -82,8 +83,13 @@ class FalClient:
         policy: RetryPolicy | None = None,
         poll: PollSchedule | None = None,
         timeout: float = 60.0,
+        webhook_url: str | None = None,
+        hint: Callable[[str], object | None] | None = None,
     ) -> None:
+        """``webhook_url`` is sent with every submit; ``hint(request_id)`` looks up a delivered webhook."""
         self._key = key
+        self.webhook_url = webhook_url
+        self.hint = hint
         self.queue_url = queue_url.rstrip("/")
         self.rest_url = rest_url.rstrip("/")
         self.cdn_url = cdn_url.rstrip("/")
@@ -107,6 +113,7 @@ class FalClient:
     ) -> FalHandle:
         """Queue a request. Retried only when fal surely did not take it (connect errors, ingress 429/5xx)."""
         url = f"{self.queue_url}/{model_id.strip('/')}"
+        webhook_url = webhook_url or self.webhook_url
         if webhook_url:
             url += f"?fal_webhook={quote(webhook_url, safe='')}"
 
@@ -194,6 +201,8 @@ class FalClient:
         ``hint`` (a webhook record lookup) is asked while sleeping: a delivered completion ends the wait
         with one status and one result call instead of more polling.
         """
+        if hint is None and self.hint is not None:
+            hint = functools.partial(self.hint, handle.request_id)
         started = time.monotonic()
         for delay in self.poll.delays():
             status = await self.status(handle)

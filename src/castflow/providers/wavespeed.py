@@ -99,8 +99,13 @@ class WaveSpeedClient:
         policy: RetryPolicy | None = None,
         poll: PollSchedule | None = None,
         timeout: float = 60.0,
+        webhook_url: str | None = None,
+        hint: Callable[[str], object | None] | None = None,
     ) -> None:
+        """``webhook_url`` is sent with every submit; ``hint(request_id)`` looks up a delivered webhook."""
         self._key = key
+        self.webhook_url = webhook_url
+        self.hint = hint
         self.base_url = base_url.rstrip("/")
         self.result_path = result_path
         self.upload_mode = upload_mode
@@ -121,6 +126,7 @@ class WaveSpeedClient:
     ) -> Prediction:
         """Create a prediction. Retried only when WaveSpeed surely did not take it (connect errors, 429)."""
         url = f"{self.base_url}/api/v3/{model_id.strip('/')}"
+        webhook_url = webhook_url or self.webhook_url
         if webhook_url:
             url += f"?webhook={quote(webhook_url, safe='')}"
 
@@ -168,13 +174,15 @@ class WaveSpeedClient:
         *,
         deadline_s: float,
         sleep: Callable[[float], Any] = asyncio.sleep,
-        hint: Callable[[], Prediction | None] | None = None,
+        hint: Callable[[], object | None] | None = None,
     ) -> Prediction:
         """Poll with exponential backoff until a terminal status or the deadline.
 
         ``hint`` (a webhook record lookup) is asked before each poll: a completion delivered by webhook
         ends the wait with one result call instead of more polling.
         """
+        if hint is None and self.hint is not None:
+            hint = functools.partial(self.hint, request_id)
         started = time.monotonic()
         for delay in self.poll.delays():
             pred = await self.result(request_id)
@@ -365,8 +373,6 @@ class WaveSpeedLipSync:
         deadline_base_s: float,
         deadline_per_audio_s: float,
         prompt: str | None = None,
-        webhook_url: str | None = None,
-        hint: Callable[[str], Prediction | None] | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -375,8 +381,6 @@ class WaveSpeedLipSync:
         self.deadline_base_s = deadline_base_s
         self.deadline_per_audio_s = deadline_per_audio_s
         self.prompt = prompt
-        self.webhook_url = webhook_url
-        self.hint = hint
 
     def deadline(self, audio_seconds: float) -> float:
         """How long to wait for one render: grows with the audio (the docs say 10-30 s per second)."""
@@ -397,7 +401,7 @@ class WaveSpeedLipSync:
             }
             if self.prompt:
                 payload["prompt"] = self.prompt
-            pred = await self.client.submit(self.model, payload, webhook_url=self.webhook_url)
+            pred = await self.client.submit(self.model, payload)
             return pred.id
 
         return asyncio.run(go())
@@ -406,8 +410,7 @@ class WaveSpeedLipSync:
         self, request_id: str, *, audio_seconds: float, resolution: str, workdir: Path
     ) -> ProviderResult:
         async def go() -> ProviderResult:
-            hint = functools.partial(self.hint, request_id) if self.hint else None
-            pred = await self.client.wait(request_id, deadline_s=self.deadline(audio_seconds), hint=hint)
+            pred = await self.client.wait(request_id, deadline_s=self.deadline(audio_seconds))
             path = await self.client.download(pred.outputs[0], workdir / "lipsync.mp4")
             try:
                 info = media.probe(path)
