@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from castflow.settings import Settings
 
 
 class Storage(Protocol):
@@ -20,3 +23,18 @@ class Storage(Protocol):
     def fetch(self, key: str, dest: Path) -> Path:
         """Copy the object at ``key`` to ``dest`` (a local file) and return it."""
         ...
+
+    def local_path(self, key: str) -> Path:
+        """A local file with the object's bytes: the file itself (local) or a cached copy (remote)."""
+        ...
+
+
+def build_storage(settings: Settings) -> Storage:
+    """The backend chosen by ``settings.storage.backend``."""
+    if settings.storage.backend == "supabase":
+        from castflow.storage.supabase import SupabaseStorage
+
+        return SupabaseStorage(settings.storage.supabase, settings.cache_dir)
+    from castflow.storage.local import LocalStorage
+
+    return LocalStorage(settings.storage_root)
