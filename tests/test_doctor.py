@@ -1,0 +1,68 @@
+"""``castflow doctor``: configuration checks against the loopback fakes, never printing secrets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from castflow.doctor import run_checks
+from castflow.fakes import fal as fal_fake
+from castflow.fakes import wavespeed as ws_fake
+from castflow.settings import Settings
+
+
+@pytest.fixture
+def fakes() -> Iterator[tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed]]:
+    ws = ws_fake.FakeWaveSpeed()
+    with fal_fake.FakeFal().running() as fal, ws.running():
+        yield fal, ws
+    ws.cleanup()
+
+
+def settings_for(tmp: Path, fal: str, ws: str, fal_key: str, ws_key: str) -> Settings:
+    return Settings(
+        data_dir=tmp,
+        providers={"image": "fal", "lipsync": "wavespeed", "fal_key": fal_key, "wavespeed_key": ws_key},
+        fal={"queue_url": fal, "rest_url": fal, "cdn_url": fal},
+        wavespeed={"base_url": ws},
+    )  # type: ignore[arg-type]
+
+
+def test_all_checks_pass_on_a_good_configuration(
+    fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed], tmp_path: Path
+) -> None:
+    fal, ws = fakes
+    checks = run_checks(settings_for(tmp_path, fal.url, ws.url, fal_fake.VALID_KEY, ws_fake.VALID_KEY))
+    assert {c.name: c.level for c in checks} == {
+        "database": "ok",
+        "storage": "ok",
+        "fal": "ok",
+        "wavespeed": "ok",
+        "webhooks": "ok",
+    }
+    assert "balance 100.0" in next(c.detail for c in checks if c.name == "wavespeed")
+
+
+def test_refused_keys_and_dead_hosts_fail_without_showing_the_keys(
+    fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed], tmp_path: Path
+) -> None:
+    fal, _ws = fakes
+    fal_secret, ws_secret = "nobody:sekrit-fal-value", "sekrit-ws-value"
+    checks = run_checks(settings_for(tmp_path, fal.url, "http://127.0.0.1:9", fal_secret, ws_secret))
+    by_name = {c.name: c for c in checks}
+    assert by_name["fal"].level == "fail"
+    assert "refused" in by_name["fal"].detail
+    assert by_name["wavespeed"].level == "fail"
+    assert "unreachable" in by_name["wavespeed"].detail
+    text = repr(checks)
+    assert "sekrit" not in text
+
+
+def test_missing_wavespeed_key_for_the_lipsync_role_is_a_failure(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, providers={"fakes": True, "lipsync": "wavespeed"})  # type: ignore[arg-type]
+    settings.providers.fakes = False  # as if the key had been removed after start-up
+    checks = {c.name: c for c in run_checks(settings)}
+    assert checks["wavespeed"].level == "fail"
+    assert checks["fal"].level == "ok"
