@@ -27,9 +27,11 @@ app = typer.Typer(
 actors_app = typer.Typer(help="The actor library.", no_args_is_help=True)
 variant_app = typer.Typer(help="Image variants (an actor's portrait in a scene).", no_args_is_help=True)
 db_app = typer.Typer(help="castflow's database.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Signed completion callbacks from fal and WaveSpeed.", no_args_is_help=True)
 app.add_typer(actors_app, name="actors")
 app.add_typer(variant_app, name="variant")
 app.add_typer(db_app, name="db")
+app.add_typer(webhooks_app, name="webhooks")
 
 T = TypeVar("T")
 
@@ -388,6 +390,47 @@ def db_current() -> None:
 
         engine = get_engine(_settings().database_url)
         typer.echo(f"{migrate.current_revision(engine) or 'base'} (head: {migrate.head_revision(engine)})")
+
+    _run(go)
+
+
+# ---- webhooks -----------------------------------------------------------------------------------------
+
+
+@webhooks_app.command("serve")
+def webhooks_serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8787,
+) -> None:
+    """Receive fal and WaveSpeed completion webhooks, verify their signatures and record them."""
+
+    def go() -> None:
+        import logging
+
+        import uvicorn
+
+        from castflow.webhooks.app import create_app, webhook_urls
+
+        rt = _runtime()
+        hooks = rt.settings.webhooks
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        urls = webhook_urls(hooks, local_base=f"http://{host}:{port}")
+        typer.echo(f"fal webhook URL:       {urls['fal']}")
+        typer.echo(f"WaveSpeed webhook URL: {urls['wavespeed']}")
+        if not hooks.public_url:
+            typer.echo("note: CASTFLOW_WEBHOOKS__PUBLIC_URL is not set; providers cannot reach a local URL")
+        if hooks.wavespeed_secret is None:
+            typer.echo("note: CASTFLOW_WEBHOOKS__WAVESPEED_SECRET is not set; WaveSpeed deliveries get 503")
+        sys.stdout.flush()
+        uvicorn.run(
+            create_app(hooks, engine=rt.engine),
+            host=host,
+            port=port,
+            log_level="info",
+            ws="none",
+            lifespan="off",
+            proxy_headers=False,
+        )
 
     _run(go)
 

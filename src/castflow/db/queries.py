@@ -12,7 +12,18 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from castflow.db.tables import Actor, ImageVariant, StageRun, StageStatus, Video, VideoStatus, utcnow
+from castflow.db.tables import (
+    Actor,
+    ImageVariant,
+    StageRun,
+    StageStatus,
+    Video,
+    VideoStatus,
+    WebhookEvent,
+    WebhookProvider,
+    WebhookStatus,
+    utcnow,
+)
 
 
 def _insert(session: Session, table: sa.Table) -> Any:
@@ -242,3 +253,49 @@ def finish_video(
 
 
 IntegrityError = sa_exc.IntegrityError
+
+
+# ---- webhook events ---------------------------------------------------------------------------------
+
+
+def record_webhook_event(
+    session: Session,
+    *,
+    provider: WebhookProvider | str,
+    delivery_id: str,
+    request_id: str,
+    status: WebhookStatus | str,
+    error: str | None,
+    payload: dict[str, Any] | None,
+) -> WebhookEvent | None:
+    """Store a verified delivery; None (and nothing written) when (provider, delivery_id) is already stored."""
+    ins = _insert(session, WebhookEvent.__table__)  # type: ignore[arg-type]
+    stmt = (
+        ins.values(
+            id=uuid.uuid4(),
+            provider=WebhookProvider(provider).value,
+            delivery_id=delivery_id,
+            request_id=request_id,
+            status=WebhookStatus(status).value,
+            error=error[:4000] if error is not None else None,
+            payload=payload,
+            received_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["provider", "delivery_id"])
+        .returning(WebhookEvent.__table__.c.id)
+    )
+    new_id = session.execute(stmt).scalar_one_or_none()
+    return None if new_id is None else session.get(WebhookEvent, new_id)
+
+
+def find_webhook_completion(
+    session: Session, *, provider: WebhookProvider | str, request_id: str
+) -> WebhookEvent | None:
+    """The first recorded completion of a provider job (one indexed lookup), or None."""
+    stmt = (
+        sa.select(WebhookEvent)
+        .where(WebhookEvent.request_id == request_id, WebhookEvent.provider == WebhookProvider(provider))
+        .order_by(WebhookEvent.received_at, WebhookEvent.id)
+        .limit(1)
+    )
+    return session.scalars(stmt).first()

@@ -195,3 +195,35 @@ class StageRun(TimestampMixin, Base):
     output_hash: Mapped[str | None] = mapped_column(sa.String(64))
     meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class WebhookProvider(enum.StrEnum):
+    fal = "fal"
+    wavespeed = "wavespeed"
+
+
+class WebhookStatus(enum.StrEnum):
+    completed = "completed"
+    failed = "failed"
+
+
+class WebhookEvent(Base):
+    """One verified completion callback; (provider, delivery_id) is unique so replays are refused."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (
+        sa.UniqueConstraint("provider", "delivery_id", name="uq_webhook_event_provider_delivery_id"),
+        sa.Index("ix_webhook_event_request_id", "request_id", "provider"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    provider: Mapped[WebhookProvider] = mapped_column(_enum(WebhookProvider))
+    # fal: SHA-256 of the signed message; WaveSpeed: the webhook-id header.
+    delivery_id: Mapped[str] = mapped_column(sa.String(200))
+    # The provider's job id (fal request_id, WaveSpeed prediction id).
+    request_id: Mapped[str] = mapped_column(sa.String(200))
+    status: Mapped[WebhookStatus] = mapped_column(_enum(WebhookStatus))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    # What the provider's result endpoint would return (fal: model output; WaveSpeed: the prediction).
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,6 +2,11 @@
 
 It returns real media made by the embedded providers, so QC runs on its outputs. Knobs set queue and
 run times and inject faults (429/5xx answers, failed jobs), for the tests and benchmarks.
+
+Webhooks (spec §1.10): each fake has its own Ed25519 key, published at ``/.well-known/jwks.json``. A
+submit with ``?fal_webhook=<url>`` gets the signed ``{request_id, gateway_request_id, status, payload,
+error?}`` POSTed to that URL when the job completes, retried on non-2xx; knobs corrupt the signature,
+deliver twice or fail JWKS fetches. Every attempt is logged in ``FakeFal.deliveries``.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from castflow.models import Voice
 from castflow.providers.local import EspeakSpeech, LocalImageEditor
+from castflow.webhooks.signing import public_jwk, sign_fal
 
 VALID_KEY = "fake-key-id:fake-key-secret"
 EDIT_MODELS = ("fal-ai/nano-banana/edit",)
@@ -42,6 +49,12 @@ class Knobs:
     fail_jobs: list[tuple[str, str]] = field(default_factory=list)  # (error, error_type) for the next jobs
     status_errors: list[int] = field(default_factory=list)  # HTTP codes answered by the next status calls
     submit_errors: list[int] = field(default_factory=list)  # HTTP codes answered by the next submits
+    jwks_errors: list[int] = field(default_factory=list)  # HTTP codes answered by the next JWKS fetches
+    webhook_attempts: int = 4  # first delivery + retries on non-2xx or connection errors
+    webhook_retry_delay_s: float = 0.05  # doubles after each failed attempt
+    webhook_corrupt_signature: bool = False  # sign, then flip one hex digit of the signature
+    webhook_deliver_twice: bool = False  # after a 2xx, send the identical request once more
+    webhook_user_id: str = "fake-user-0001"
 
 
 @dataclass
@@ -55,6 +68,18 @@ class Job:
     error: tuple[str, str] | None = None
     output: dict[str, Any] | None = None
     cancelled: bool = False
+    webhook_url: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook POST the fake made: its target, the job, and the answer (0: connection failed)."""
+
+    url: str
+    request_id: str
+    status_code: int
+    duplicate: bool = False
 
 
 class FakeFal:
@@ -71,8 +96,13 @@ class FakeFal:
             "cancel": 0,
             "upload": 0,
             "token": 0,
+            "jwks": 0,
         }
         self.lock = threading.Lock()
+        self.signing_key = Ed25519PrivateKey.generate()
+        self.deliveries: list[Delivery] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self._work = Path(tempfile.mkdtemp(prefix="fake-fal-"))
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
@@ -88,8 +118,95 @@ class FakeFal:
         try:
             yield self
         finally:
+            self._stop.set()
+            for t in list(self._threads):
+                t.join(timeout=5)
             self._server.shutdown()
             self._server.server_close()
+
+    # ---- webhooks -------------------------------------------------------------------------------
+
+    def rotate_key(self) -> None:
+        """Sign with a new key from now on; the JWKS publishes only the new key."""
+        with self.lock:
+            self.signing_key = Ed25519PrivateKey.generate()
+
+    def jwks(self) -> dict[str, Any]:
+        """The published key set: the current public key, with an unpadded base64url ``x``."""
+        with self.lock:
+            key = self.signing_key.public_key()
+        return {"keys": [public_jwk(key, kid="fake-fal-1")]}
+
+    def wait_for_deliveries(self, count: int, timeout: float = 10.0) -> list[Delivery]:
+        """The delivery log once it holds ``count`` attempts (or at the timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.deliveries) >= count:
+                    return list(self.deliveries)
+            time.sleep(0.01)
+        with self.lock:
+            return list(self.deliveries)
+
+    def _start_webhook(self, job: Job) -> None:
+        thread = threading.Thread(target=self._deliver, args=(job,), daemon=True)
+        with self.lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _webhook_body(self, job: Job) -> bytes:
+        if job.error is not None:
+            doc: dict[str, Any] = {
+                "request_id": job.id,
+                "gateway_request_id": job.id,
+                "status": "ERROR",
+                "error": "Invalid status code: 422",
+                "payload": {"detail": [{"loc": ["body"], "msg": job.error[0], "type": job.error[1]}]},
+            }
+        else:
+            doc = {"request_id": job.id, "gateway_request_id": job.id, "status": "OK", "payload": job.output}
+        return json.dumps(doc).encode()
+
+    def _deliver(self, job: Job) -> None:
+        """Wait for the job to complete, then POST its signed payload; retry on failure like fal."""
+        while self._state(job) != "COMPLETED":
+            if self._stop.wait(0.02):
+                return
+        try:
+            self._finish(job)
+        except Exception:  # the status route would report the same failure; nothing to deliver
+            return
+        assert job.webhook_url is not None
+        body = self._webhook_body(job)
+        knobs = self.knobs
+        delay = knobs.webhook_retry_delay_s
+        for attempt in range(max(1, knobs.webhook_attempts)):
+            if attempt and self._stop.wait(delay):
+                return
+            if attempt:
+                delay *= 2
+            with self.lock:
+                key = self.signing_key
+            headers = sign_fal(key, job.id, knobs.webhook_user_id, int(time.time()), body)
+            if knobs.webhook_corrupt_signature:
+                sig = headers["X-Fal-Webhook-Signature"]
+                headers["X-Fal-Webhook-Signature"] = ("1" if sig[0] == "0" else "0") + sig[1:]
+            headers["Content-Type"] = "application/json"
+            code = self._post(job, body, headers)
+            if 200 <= code < 300:
+                if knobs.webhook_deliver_twice:
+                    self._post(job, body, headers, duplicate=True)
+                return
+
+    def _post(self, job: Job, body: bytes, headers: dict[str, str], *, duplicate: bool = False) -> int:
+        assert job.webhook_url is not None
+        try:
+            code = httpx.post(job.webhook_url, content=body, headers=headers, timeout=15).status_code
+        except httpx.HTTPError:
+            code = 0
+        with self.lock:
+            self.deliveries.append(Delivery(job.webhook_url, job.id, code, duplicate))
+        return code
 
     # ---- model execution ------------------------------------------------------------------------
 
@@ -104,6 +221,10 @@ class FakeFal:
         return "COMPLETED"
 
     def _finish(self, job: Job) -> None:
+        with job.lock:  # the status route and the webhook thread may both get here
+            self._finish_locked(job)
+
+    def _finish_locked(self, job: Job) -> None:
         if job.output is not None or job.error is not None:
             return
         if job.cancelled:
@@ -225,6 +346,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         fake = self.fake
         path = urlparse(self.path).path
+        if path == "/.well-known/jwks.json":
+            if not self._injected("jwks", fake.knobs.jwks_errors, "internal_error"):
+                self._send(200, fake.jwks())
+            return
         if path.startswith("/files/"):
             item = fake.files.get(path)
             if item is None:
@@ -362,10 +487,15 @@ class _Handler(BaseHTTPRequestHandler):
             fake.knobs.queue_seconds,
             fake.knobs.run_seconds,
         )
+        webhook = parse_qs(url.query).get("fal_webhook")
+        if webhook:
+            job.webhook_url = webhook[0]
         with fake.lock:
             if fake.knobs.fail_jobs:
                 job.error = fake.knobs.fail_jobs.pop(0)
             fake.jobs[job.id] = job
+        if job.webhook_url:
+            fake._start_webhook(job)
         base = f"{fake.url}/{_app(model)}/requests/{job.id}"
         self._send(
             200,
