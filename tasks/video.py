@@ -39,7 +39,7 @@ def _namespace() -> str:
     # Prefect's cache is shared by every castflow installation using the same result storage; the key
     # carries which database and storage it belongs to, so a cached output always exists where it points.
     rt = get_runtime()
-    return hashlib.sha256(f"{rt.settings.database_url}\x00{rt.storage.root}".encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{rt.settings.database_url}\x00{rt.storage.location}".encode()).hexdigest()[:12]
 
 
 def _stage_cache(key_of: Callable[[dict[str, Any]], str]) -> Callable[[TaskRunContext, dict[str, Any]], str]:

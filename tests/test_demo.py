@@ -34,4 +34,4 @@ def test_demo_renders_the_sample_videos_quietly(tmp_path: Path) -> None:
         assert info.has_video
         assert info.has_audio
         assert info.duration > 2.0
-    assert f"videos are in {tmp_path / '.castflow' / 'storage' / 'videos'}" in done.stdout
+    assert f"videos are in {tmp_path / '.castflow' / 'storage'} under videos/" in done.stdout

@@ -50,3 +50,33 @@ def test_video_on_fakes_without_keys(
         providers = {r.stage: r.provider for r in s.scalars(sa.select(StageRun))}
     assert providers == {"scene_variant": "fal", "speech": "fal", "lipsync": "wavespeed"}
     assert result.cost_usd > 0
+
+
+def test_video_on_fakes_with_supabase_storage(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None
+) -> None:
+    """Storage on the Supabase fake: outputs land in its buckets, signed URLs serve them, QC reads a
+    cached copy."""
+    import httpx
+
+    from flows.generate_video import generate_video
+
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+    monkeypatch.setenv("CASTFLOW_STORAGE__BACKEND", "supabase")
+    reset_settings()
+    rt = get_runtime()
+    ensure_sample_actors(rt)
+    result = generate_video(VideoRequest(actor="ava", script="Stored in Supabase.", resolution="720p"))
+    assert result.status == "succeeded", result.error
+    assert result.video_url is not None
+    assert result.video_key is not None
+    supa = running_fakes()["supabase"]
+    assert ("ugc-video", result.video_key) in supa.objects
+    resp = httpx.get(result.video_url, timeout=30)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("video/mp4")
+    video = data_dir / "downloaded.mp4"
+    video.write_bytes(resp.content)
+    info = media.probe(video)
+    assert (info.width, info.height) == (704, 1280)

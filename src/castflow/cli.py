@@ -227,7 +227,7 @@ def demo() -> None:
             result = _generate(req)
             _print_result(result)
             failed += result.status != "succeeded"
-        typer.echo(f"videos are in {rt.storage.root / 'videos'}")
+        typer.echo(f"videos are in {rt.storage.location} under videos/")
         if failed:
             raise typer.Exit(1)
 

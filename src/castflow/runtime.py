@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -25,7 +27,7 @@ from castflow.providers.http import PollSchedule
 from castflow.providers.local import EspeakSpeech, LocalImageEditor, PreviewLipSync
 from castflow.providers.wavespeed import WaveSpeedClient, WaveSpeedLipSync
 from castflow.settings import Settings, get_settings
-from castflow.storage.local import LocalStorage
+from castflow.storage import Storage, build_storage
 
 
 class ConfigError(Exception):
@@ -36,7 +38,7 @@ class ConfigError(Exception):
 class Runtime:
     settings: Settings
     engine: sa.Engine
-    storage: LocalStorage
+    storage: Storage
     image: ImageEditor | QueueImageEditor
     speech: dict[str, SpeechSynth | QueueSpeechSynth]
     lipsync: LipSyncer | QueueLipSyncer
@@ -66,6 +68,7 @@ def build_runtime(settings: Settings) -> Runtime:
             queue_url=settings.fal.queue_url,
             rest_url=settings.fal.rest_url,
             cdn_url=settings.fal.cdn_url,
+            **webhook_options(settings, engine, "fal"),
         )
         speech["fal"] = FalSpeech(
             fal, prices=settings.prices.tts_per_1k_chars, deadline_s=settings.fal.speech_deadline_s
@@ -81,24 +84,42 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         engine=engine,
-        storage=LocalStorage(settings.storage_root),
+        storage=build_storage(settings),
         image=image,
         speech=speech,
-        lipsync=build_lipsync(settings),
+        lipsync=build_lipsync(settings, engine),
     )
 
 
-def build_lipsync(settings: Settings) -> LipSyncer | QueueLipSyncer:
+def webhook_options(settings: Settings, engine: sa.Engine, provider: str) -> dict[str, Any]:
+    """With a public URL configured, submits ask ``provider`` to call ``castflow webhooks serve`` and the
+    waits look for the recorded delivery (polling continues, slower, as the fallback)."""
+    hooks = settings.webhooks
+    if not hooks.public_url:
+        return {}
+    from castflow.webhooks.app import webhook_urls
+    from castflow.webhooks.store import find_completion
+
+    return {
+        "webhook_url": webhook_urls(hooks, local_base=hooks.public_url)[provider],
+        "hint": functools.partial(find_completion, engine, provider),
+    }
+
+
+def build_lipsync(settings: Settings, engine: sa.Engine) -> LipSyncer | QueueLipSyncer:
     """The lip-sync provider the settings choose (the embedded preview renderer by default)."""
     key = settings.providers.wavespeed_key
     if settings.providers.lipsync == "wavespeed" and key is not None:
         ws = settings.wavespeed
+        hooks = webhook_options(settings, engine, "wavespeed")
+        cap = max(ws.poll_cap_s, settings.webhooks.poll_cap_s) if hooks else ws.poll_cap_s
         client = WaveSpeedClient(
             key,
             base_url=ws.base_url,
             result_path=ws.result_path,
             upload_mode=ws.upload_mode,
-            poll=PollSchedule(first=ws.poll_first_s, factor=2.0, cap=ws.poll_cap_s),
+            poll=PollSchedule(first=ws.poll_first_s, factor=2.0, cap=cap),
+            **hooks,
         )
         return WaveSpeedLipSync(
             client,

@@ -29,14 +29,17 @@ def _start(name: str, factory: Any) -> Any:
 
 def serve_fakes(settings: Settings) -> Settings:
     """Start the fakes the settings need (once per process); return settings that point at them."""
-    from castflow.fakes import fal, wavespeed
+    from castflow.fakes import fal, supabase, wavespeed
 
     with _LOCK:
         if not _FAKES:
             atexit.register(_STACK.close)
         fal_fake = _start("fal", fal.FakeFal)
         ws_fake = _start("wavespeed", wavespeed.FakeWaveSpeed)
+        sb_fake = _start("supabase", supabase.FakeSupabaseStorage)
     update = settings.model_copy(deep=True)
+    update.storage.supabase.url = sb_fake.url
+    update.storage.supabase.service_role_key = _secret(supabase.SERVICE_KEY)
     update.providers.fal_key = _secret(fal.VALID_KEY)
     update.providers.wavespeed_key = _secret(wavespeed.VALID_KEY)
     update.fal.queue_url = update.fal.rest_url = update.fal.cdn_url = fal_fake.url

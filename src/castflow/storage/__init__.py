@@ -12,6 +12,11 @@ if TYPE_CHECKING:
 class Storage(Protocol):
     """Put files at stable keys and hand out URLs for them."""
 
+    @property
+    def location(self) -> str:
+        """Where the objects live (a folder, or a Supabase project URL), for messages and cache keys."""
+        ...
+
     def put_file(self, key: str, source: Path, content_type: str) -> str:
         """Store ``source`` at ``key`` (overwriting), streaming; returns the object's URL."""
         ...

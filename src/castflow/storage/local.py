@@ -19,6 +19,10 @@ class LocalStorage:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
     def path(self, key: str) -> Path:
         pure = PurePosixPath(key)
         if not key or pure.is_absolute() or any(part in ("", ".", "..") for part in pure.parts):

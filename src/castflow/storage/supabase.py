@@ -156,6 +156,10 @@ class SupabaseStorage:
         )
         self._sdk = SyncStorageClient(self.base_url, dict(self._auth), http_client=self._http)
 
+    @property
+    def location(self) -> str:
+        return f"{self.base_url} (Supabase Storage)"
+
     def __repr__(self) -> str:
         return f"SupabaseStorage({self.base_url!r})"
 
