@@ -66,3 +66,32 @@ def test_missing_wavespeed_key_for_the_lipsync_role_is_a_failure(tmp_path: Path)
     checks = {c.name: c for c in run_checks(settings)}
     assert checks["wavespeed"].level == "fail"
     assert checks["fal"].level == "ok"
+
+
+def test_doctor_command_on_fakes_and_on_a_refused_key(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed]
+) -> None:
+    from typer.testing import CliRunner
+
+    from castflow.cli import app
+    from castflow.settings import reset_settings
+
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_STORAGE__BACKEND", "supabase")
+    reset_settings()
+    ok = CliRunner().invoke(app, ["doctor"])
+    assert ok.exit_code == 0, ok.stdout
+    assert "ok    storage" in ok.stdout
+    assert "buckets" in ok.stdout
+
+    _fal, ws = fakes
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "false")
+    monkeypatch.setenv("CASTFLOW_STORAGE__BACKEND", "local")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__WAVESPEED_KEY", "sekrit-refused-key")
+    monkeypatch.setenv("CASTFLOW_WAVESPEED__BASE_URL", ws.url)
+    reset_settings()
+    bad = CliRunner().invoke(app, ["doctor"])
+    assert bad.exit_code == 1
+    assert "FAIL  wavespeed" in bad.stdout
+    assert "sekrit" not in bad.stdout + bad.stderr

@@ -435,5 +435,28 @@ def webhooks_serve(
     _run(go)
 
 
+# ---- doctor -------------------------------------------------------------------------------------------
+
+
+@app.command()
+def doctor() -> None:
+    """Check the configuration: keys accepted, hosts reachable, database migrated, buckets present.
+
+    Spends nothing and never prints a secret. Exit status 1 when a check fails.
+    """
+
+    def go() -> None:
+        from castflow.doctor import run_checks
+
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+        checks = run_checks(_settings())
+        for check in checks:
+            typer.echo(f"{marks[check.level]}  {check.name:<10} {check.detail}")
+        if any(c.level == "fail" for c in checks):
+            raise typer.Exit(1)
+
+    _run(go)
+
+
 def main() -> None:
     sys.exit(app())
