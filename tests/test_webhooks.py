@@ -579,3 +579,68 @@ def test_cli_serves_and_prints_the_urls(tmp_path: Path) -> None:
         output, _ = proc.communicate(timeout=10)
     assert SECRET not in output
     assert headers["webhook-signature"] not in output
+
+
+# ---- webhooks end the waits of the pipeline ------------------------------------------------------------
+
+
+def test_webhooks_end_the_stage_waits_without_more_polling(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a public URL set, fal and WaveSpeed call the receiver; the stages finish on the delivery
+    although the next poll would only come after 30 s."""
+    from castflow import pipeline
+    from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
+    from castflow.fakes.wavespeed import VALID_KEY as WS_KEY
+    from castflow.fakes.wavespeed import FakeWaveSpeed
+    from castflow.models import Voice
+    from castflow.providers.http import PollSchedule
+    from castflow.runtime import get_runtime
+    from castflow.settings import reset_settings
+
+    ws = FakeWaveSpeed()
+    with FakeFal().running() as fal, ws.running():
+        env = {
+            "CASTFLOW_PROVIDERS__IMAGE": "fal",
+            "CASTFLOW_PROVIDERS__LIPSYNC": "wavespeed",
+            "CASTFLOW_PROVIDERS__FAL_KEY": VALID_KEY,
+            "CASTFLOW_PROVIDERS__WAVESPEED_KEY": WS_KEY,
+            "CASTFLOW_FAL__QUEUE_URL": fal.url,
+            "CASTFLOW_FAL__REST_URL": fal.url,
+            "CASTFLOW_FAL__CDN_URL": fal.url,
+            "CASTFLOW_WAVESPEED__BASE_URL": ws.url,
+            "CASTFLOW_WAVESPEED__POLL_FIRST_S": "30",
+            "CASTFLOW_WEBHOOKS__WAVESPEED_SECRET": ws.webhook_secret,
+            "CASTFLOW_WEBHOOKS__FAL_JWKS_URL": f"{fal.url}/.well-known/jwks.json",
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        first = get_runtime()  # migrates the database the receiver writes to
+        fal.knobs.run_seconds = 0.3
+        ws.knobs.queue_seconds = 0.3
+        with serving(create_app(first.settings.webhooks, engine=first.engine)) as url:
+            monkeypatch.setenv("CASTFLOW_WEBHOOKS__PUBLIC_URL", url)
+            reset_settings()
+            rt = get_runtime()
+            for role in (rt.image, rt.speech["fal"]):
+                role.client.poll = PollSchedule(first=30, factor=2, cap=60)  # type: ignore[union-attr]
+            ensure_sample_actors(rt)
+            voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Aria")
+            import_actors(
+                rt, [ActorSpec(key="kim", name="Kim", portrait="drawn:ava", voice=voice)], base_dir=Path.cwd()
+            )
+            actor = pipeline.actor_ref(rt, "kim")
+            started = time.monotonic()
+            variant = pipeline.scene_variant(rt, actor, "a bright studio", 1)
+            speech = pipeline.speech(rt, actor, "Webhooks are faster.")
+            video = pipeline.lipsync(rt, variant.output, speech.output, resolution="480p", seed=0, mouth=None)
+            elapsed = time.monotonic() - started
+    ws.cleanup()
+    assert elapsed < 20, f"the stages waited for polls ({elapsed:.1f} s)"
+    assert rt.storage.exists(video.output.key)
+    assert fal.calls["status"] <= 4  # one poll right after each submit, one after each delivery
+    assert ws.calls["result"] <= 2
+    with rt.session() as s:
+        events = {(e.provider, e.status.value) for e in s.scalars(sa.select(WebhookEvent))}
+    assert events == {("fal", "completed"), ("wavespeed", "completed")}
