@@ -174,6 +174,9 @@ def test_quality_check_failure_fails_the_video_with_the_reason(
             media.write_wav(clip, pcm, sound.rate)
             return real.render(image, clip, **kw)
 
+        def size_problem(self, width: int, height: int, resolution: str) -> str | None:
+            return real.size_problem(width, height, resolution)
+
     counted["lipsync"].inner = ShortVideo()
     state = generate_video(
         VideoRequest(actor="leo", script="This one comes out too short."), return_state=True
