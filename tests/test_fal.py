@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from pydantic import SecretStr
 from castflow import media
 from castflow.fakes.fal import VALID_KEY, FakeFal
 from castflow.portraits import SAMPLE_LOOKS, draw_portrait
-from castflow.providers.base import PermanentError, TransientError
+from castflow.providers.base import PermanentError, SubmitOutcomeUnknown, TransientError
 from castflow.providers.fal import FalClient, PollSchedule, app_path
 from castflow.providers.http import RetryPolicy
 
@@ -194,3 +195,41 @@ def test_wait_gives_up_at_the_deadline(fake: FakeFal) -> None:
     with pytest.raises(TransientError, match="not done after"):
         asyncio.run(go())
     assert fake.calls["status"] <= 4
+
+
+def test_fake_account_concurrency_cap_keeps_the_rest_in_queue(fake: FakeFal) -> None:
+    """fal's concurrency limit: at most N requests IN_PROGRESS, the others wait IN_QUEUE (never refused)."""
+    fal = client(fake)
+    fake.knobs.concurrency = 2
+    fake.knobs.run_seconds = 0.4
+
+    async def go() -> list[str]:
+        handles = [
+            await fal.submit("fal-ai/elevenlabs/tts/multilingual-v2", {"text": f"Line {i}.", "voice": "Aria"})
+            for i in range(4)
+        ]
+        first = [(await fal.status(h)).status for h in handles]
+        await asyncio.gather(*(fal.wait(h, deadline_s=30) for h in handles))
+        return first
+
+    started = time.monotonic()
+    states = asyncio.run(go())
+    assert sorted(states) == ["IN_PROGRESS", "IN_PROGRESS", "IN_QUEUE", "IN_QUEUE"]
+    assert fake.peak_in_progress == 2
+    assert time.monotonic() - started >= 0.8  # two waves of 0.4 s
+
+
+def test_fake_latency_makes_a_read_timeout(fake: FakeFal) -> None:
+    impatient = FalClient(
+        SecretStr(VALID_KEY),
+        queue_url=fake.url,
+        rest_url=fake.url,
+        cdn_url=fake.url,
+        timeout=0.2,
+        policy=RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, total_seconds=5),
+    )
+    fake.knobs.latency = 0.5
+    with pytest.raises(SubmitOutcomeUnknown):
+        asyncio.run(
+            impatient.submit("fal-ai/elevenlabs/tts/multilingual-v2", {"text": "Hi.", "voice": "Aria"})
+        )

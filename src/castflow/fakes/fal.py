@@ -11,6 +11,8 @@ deliver twice or fail JWKS fetches. Every attempt is logged in ``FakeFal.deliver
 
 from __future__ import annotations
 
+import collections
+import heapq
 import json
 import tempfile
 import threading
@@ -55,6 +57,8 @@ class Knobs:
     webhook_corrupt_signature: bool = False  # sign, then flip one hex digit of the signature
     webhook_deliver_twice: bool = False  # after a 2xx, send the identical request once more
     webhook_user_id: str = "fake-user-0001"
+    concurrency: int = 0  # account cap on IN_PROGRESS requests (0: none); the rest wait IN_QUEUE, as on fal
+    latency: float = 0.0  # seconds added before every API answer (slow networks, client timeouts)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Job:
     output: dict[str, Any] | None = None
     cancelled: bool = False
     webhook_url: str | None = None
+    started: float | None = None  # when it left the queue (set by the scheduler)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -99,6 +104,9 @@ class FakeFal:
             "jwks": 0,
         }
         self.lock = threading.Lock()
+        self._pending: collections.deque[Job] = collections.deque()  # not started, in submit order
+        self._ends: list[float] = []  # end times of started jobs (a heap), for the concurrency cap
+        self.peak_in_progress = 0
         self.signing_key = Ed25519PrivateKey.generate()
         self.deliveries: list[Delivery] = []
         self._stop = threading.Event()
@@ -210,13 +218,40 @@ class FakeFal:
 
     # ---- model execution ------------------------------------------------------------------------
 
+    def _advance(self, now: float) -> None:
+        """Start queued jobs, first in first out, as slots free up under the concurrency cap (lock held).
+
+        A job starts when its queue time has passed and a slot is free, at the exact moment that
+        happened (not when someone looked), so the simulated timeline does not depend on polling.
+        """
+        cap = self.knobs.concurrency or float("inf")
+        while self._pending:
+            job = self._pending[0]
+            if job.cancelled:
+                self._pending.popleft()
+                continue
+            ready = job.created + job.knobs_queue
+            while self._ends and self._ends[0] <= ready:
+                heapq.heappop(self._ends)
+            start = ready if len(self._ends) < cap else max(ready, self._ends[0])
+            if start > now:
+                return
+            if len(self._ends) >= cap:
+                heapq.heappop(self._ends)
+            job.started = start
+            heapq.heappush(self._ends, start + job.knobs_run)
+            self._pending.popleft()
+            self.peak_in_progress = max(self.peak_in_progress, len(self._ends))
+
     def _state(self, job: Job) -> str:
-        age = time.monotonic() - job.created
+        now = time.monotonic()
         if job.cancelled:
             return "COMPLETED"
-        if age < job.knobs_queue:
+        with self.lock:
+            self._advance(now)
+        if job.started is None:
             return "IN_QUEUE"
-        if age < job.knobs_queue + job.knobs_run:
+        if now < job.started + job.knobs_run:
             return "IN_PROGRESS"
         return "COMPLETED"
 
@@ -345,6 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         fake = self.fake
+        time.sleep(fake.knobs.latency)
         path = urlparse(self.path).path
         if path == "/.well-known/jwks.json":
             if not self._injected("jwks", fake.knobs.jwks_errors, "internal_error"):
@@ -409,6 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         fake = self.fake
+        time.sleep(fake.knobs.latency)
         if not self._authorised():
             return
         parts = urlparse(self.path).path.strip("/").split("/")
@@ -428,6 +465,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         fake = self.fake
+        time.sleep(fake.knobs.latency)
         url = urlparse(self.path)
         path = url.path
         body = self._body()
@@ -494,6 +532,7 @@ class _Handler(BaseHTTPRequestHandler):
             if fake.knobs.fail_jobs:
                 job.error = fake.knobs.fail_jobs.pop(0)
             fake.jobs[job.id] = job
+            fake._pending.append(job)
         if job.webhook_url:
             fake._start_webhook(job)
         base = f"{fake.url}/{_app(model)}/requests/{job.id}"

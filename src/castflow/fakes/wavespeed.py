@@ -52,6 +52,7 @@ class Knobs:
     queue_seconds: float = 0.0
     seconds_per_audio_second: float = 0.0
     concurrency: int = 0  # 0: no account cap
+    latency: float = 0.0  # seconds added before every API answer (slow networks, client timeouts)
     fail_jobs: list[Outcome] = field(default_factory=list)
     submit_errors: list[int] = field(default_factory=list)
     result_errors: list[int] = field(default_factory=list)
@@ -263,6 +264,7 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server names
         fake = self.fake
+        time.sleep(fake.knobs.latency)
         path = urlparse(self.path).path
         if path.startswith("/files/"):
             item = fake._files.get(path)
@@ -295,6 +297,7 @@ class _Handler(JsonHandler):
 
     def do_PUT(self) -> None:  # noqa: N802 - http.server names
         fake = self.fake
+        time.sleep(fake.knobs.latency)
         path = urlparse(self.path).path
         ticket = (
             fake._tickets.pop(path.removeprefix("/upload/"), None) if path.startswith("/upload/") else None
@@ -317,6 +320,7 @@ class _Handler(JsonHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server names
         fake = self.fake
+        time.sleep(fake.knobs.latency)
         url = urlparse(self.path)
         body = self.body()
         if not self._authorised():
