@@ -63,16 +63,26 @@ def test_video_on_fakes_with_supabase_storage(
 
     monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
     monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
     monkeypatch.setenv("CASTFLOW_STORAGE__BACKEND", "supabase")
     reset_settings()
     rt = get_runtime()
     ensure_sample_actors(rt)
-    result = generate_video(VideoRequest(actor="ava", script="Stored in Supabase.", resolution="720p"))
+    uploads_before = (running_fakes()["fal"].calls["upload"], running_fakes()["wavespeed"].calls["upload"])
+    result = generate_video(
+        VideoRequest(actor="ava", script="Stored in Supabase.", scene="a studio", resolution="720p")
+    )
     assert result.status == "succeeded", result.error
     assert result.video_url is not None
     assert result.video_key is not None
     supa = running_fakes()["supabase"]
     assert ("ugc-video", result.video_key) in supa.objects
+    # inputs reached the providers as signed storage URLs, not as uploads to their CDNs
+    assert (
+        running_fakes()["fal"].calls["upload"],
+        running_fakes()["wavespeed"].calls["upload"],
+    ) == uploads_before
+    assert supa.calls["download_signed"] >= 3, supa.calls
     resp = httpx.get(result.video_url, timeout=30)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("video/mp4")

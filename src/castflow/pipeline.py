@@ -296,7 +296,12 @@ def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> Stage
     )
     if isinstance(editor, QueueImageEditor):
         outcome = stage(
-            submit=lambda: editor.submit_edit(source, text, seed=seed),
+            submit=lambda: editor.submit_edit(
+                source,
+                text,
+                seed=seed,
+                image_url=rt.storage.url(actor.image.key) if rt.storage.shares_urls else None,
+            ),
             collect=lambda rid, wd: editor.collect(rid, workdir=wd),
         )
     else:
@@ -399,8 +404,16 @@ def lipsync(
     )
     if isinstance(syncer, QueueLipSyncer):
         seconds = audio.seconds if audio.seconds is not None else media.decode_audio(audio_path).seconds
+        share = rt.storage.shares_urls
         return stage(
-            submit=lambda: syncer.submit_render(image_path, audio_path, resolution=resolution, seed=seed),
+            submit=lambda: syncer.submit_render(
+                image_path,
+                audio_path,
+                resolution=resolution,
+                seed=seed,
+                image_url=rt.storage.url(image.key) if share else None,
+                audio_url=rt.storage.url(audio.key) if share else None,
+            ),
             collect=lambda rid, wd: syncer.collect(
                 rid, audio_seconds=seconds, resolution=resolution, workdir=wd
             ),

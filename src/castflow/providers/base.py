@@ -85,7 +85,9 @@ class QueueImageEditor(Protocol):
     name: str
     model: str
 
-    def submit_edit(self, image: Path, prompt: str, *, seed: int) -> str: ...
+    def submit_edit(self, image: Path, prompt: str, *, seed: int, image_url: str | None = None) -> str:
+        """Queue the edit; ``image_url`` (a URL of our storage) saves uploading ``image``."""
+        ...
 
     def collect(self, request_id: str, *, workdir: Path) -> ProviderResult: ...
 
@@ -112,7 +114,18 @@ class QueueLipSyncer(Protocol):
     name: str
     model: str
 
-    def submit_render(self, image: Path, audio: Path, *, resolution: str, seed: int) -> str: ...
+    def submit_render(
+        self,
+        image: Path,
+        audio: Path,
+        *,
+        resolution: str,
+        seed: int,
+        image_url: str | None = None,
+        audio_url: str | None = None,
+    ) -> str:
+        """Queue the render; the URLs (of our storage) save uploading the files."""
+        ...
 
     def collect(
         self, request_id: str, *, audio_seconds: float, resolution: str, workdir: Path

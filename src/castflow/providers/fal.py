@@ -372,9 +372,9 @@ class FalImageEditor:
         self.price = price_per_image
         self.deadline_s = deadline_s
 
-    def submit_edit(self, image: Path, prompt: str, *, seed: int) -> str:
+    def submit_edit(self, image: Path, prompt: str, *, seed: int, image_url: str | None = None) -> str:
         async def go() -> str:
-            url = await self.client.upload_file(image)
+            url = image_url or await self.client.upload_file(image)
             payload = {
                 "prompt": prompt,
                 "image_urls": [url],

@@ -16,7 +16,7 @@ import functools
 import math
 import mimetypes
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -279,6 +279,10 @@ class WaveSpeedClient:
         return await with_retries(call, self.policy, provider=PROVIDER)
 
 
+async def _given_or(url: str | None, upload: Callable[[Path], Awaitable[str]], path: Path) -> str:
+    return url if url else await upload(path)
+
+
 async def _chunks(fh: Any, size: int = 1 << 20) -> Any:
     while block := fh.read(size):
         yield block
@@ -390,12 +394,24 @@ class WaveSpeedLipSync:
         seconds = billed_seconds(audio_seconds, minimum=self.min_seconds)
         return seconds, round(seconds * self.prices.get(resolution, 0.0), 6)
 
-    def submit_render(self, image: Path, audio: Path, *, resolution: str, seed: int) -> str:
+    def submit_render(
+        self,
+        image: Path,
+        audio: Path,
+        *,
+        resolution: str,
+        seed: int,
+        image_url: str | None = None,
+        audio_url: str | None = None,
+    ) -> str:
         async def go() -> str:
-            image_url, audio_url = await asyncio.gather(self.client.upload(image), self.client.upload(audio))
+            urls = await asyncio.gather(
+                _given_or(image_url, self.client.upload, image),
+                _given_or(audio_url, self.client.upload, audio),
+            )
             payload: dict[str, Any] = {
-                "image": image_url,
-                "audio": audio_url,
+                "image": urls[0],
+                "audio": urls[1],
                 "resolution": resolution,
                 "seed": seed % 2_147_483_648,
             }

@@ -13,6 +13,11 @@ class Storage(Protocol):
     """Put files at stable keys and hand out URLs for them."""
 
     @property
+    def shares_urls(self) -> bool:
+        """Whether :meth:`url` gives URLs the providers can fetch (then inputs are not re-uploaded)."""
+        ...
+
+    @property
     def location(self) -> str:
         """Where the objects live (a folder, or a Supabase project URL), for messages and cache keys."""
         ...

@@ -19,6 +19,8 @@ class LocalStorage:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
+    shares_urls = False  # file:// URLs: providers get uploads instead
+
     @property
     def location(self) -> str:
         return str(self.root)

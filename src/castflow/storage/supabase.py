@@ -156,6 +156,8 @@ class SupabaseStorage:
         )
         self._sdk = SyncStorageClient(self.base_url, dict(self._auth), http_client=self._http)
 
+    shares_urls = True  # public or signed HTTPS URLs: providers fetch inputs straight from storage
+
     @property
     def location(self) -> str:
         return f"{self.base_url} (Supabase Storage)"
