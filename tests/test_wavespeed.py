@@ -390,3 +390,31 @@ def test_video_flow_on_wavespeed_with_faults(
     again = generate_video(req)
     assert (again.status, again.cost_usd, again.reused_stages) == ("succeeded", 0, 3)
     assert fake.calls["submit"] == 3
+
+
+def test_a_recorded_request_the_provider_forgot_is_replaced_once(ws_rt: Runtime, fake: FakeWaveSpeed) -> None:
+    """Re-attaching to a request WaveSpeed no longer knows (deleted after 7 days): one new submit."""
+    syncer = ws_rt.lipsync
+    assert isinstance(syncer, WaveSpeedLipSync)
+    actor = pipeline.actor_ref(ws_rt, "maya")
+    speech = pipeline.speech(ws_rt, actor, "Forgotten.")
+
+    class Crash(BaseException):
+        pass
+
+    real = syncer.collect
+
+    def crash(*args: object, **kwargs: object) -> object:
+        raise Crash
+
+    syncer.collect = crash  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    syncer.collect = real  # type: ignore[method-assign]
+    fake.tasks.clear()  # the provider forgets the recorded request
+    pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert fake.calls["submit"] == 2
+    with ws_rt.session() as s:
+        run = s.scalars(sa.select(StageRun).where(StageRun.stage == "lipsync")).one()
+        assert run.status is StageStatus.succeeded
+        assert run.request_id in fake.tasks

@@ -35,6 +35,7 @@ from castflow.providers.base import (
     QueueImageEditor,
     QueueLipSyncer,
     QueueSpeechSynth,
+    RequestNotFound,
     TransientError,
 )
 from castflow.runtime import Runtime
@@ -217,12 +218,7 @@ def run_stage(
             else:
                 assert submit is not None
                 assert collect is not None
-                request_id = in_flight
-                if request_id is None:
-                    request_id = submit()
-                    with rt.session() as s:
-                        queries.set_request_id(s, stage_key=key, request_id=request_id)
-                result = collect(request_id, Path(tmp))
+                result = _submit_or_reattach(rt, key, in_flight, submit, collect, Path(tmp))
             digest = sha256_file(result.path)
             out_key = f"stages/{stage}/{key[:2]}/{key}{_ext(result.content_type)}"
             rt.storage.put_file(out_key, result.path, result.content_type)
@@ -262,6 +258,30 @@ def run_stage(
         cost_usd=result.billing.cost_usd,
         output=MediaRef(key=out_key, sha256=digest, content_type=result.content_type, seconds=result.seconds),
     )
+
+
+def _submit_or_reattach(
+    rt: Runtime,
+    key: str,
+    in_flight: str | None,
+    submit: Callable[[], str],
+    collect: Callable[[str, Path], ProviderResult],
+    workdir: Path,
+) -> ProviderResult:
+    """Wait on the recorded request if there is one, else submit (recording the id before waiting).
+
+    A recorded request the provider no longer knows (expired, deleted) cannot deliver its output any
+    more: it is replaced by one new submit.
+    """
+    if in_flight is not None:
+        try:
+            return collect(in_flight, workdir)
+        except RequestNotFound:
+            pass
+    request_id = submit()
+    with rt.session() as s:
+        queries.set_request_id(s, stage_key=key, request_id=request_id)
+    return collect(request_id, workdir)
 
 
 def _float_or_none(value: object) -> float | None:

@@ -34,6 +34,10 @@ class PermanentError(ProviderError):
     """Validation, content policy, bad input: retrying would only spend money."""
 
 
+class RequestNotFound(PermanentError):
+    """The provider no longer knows a recorded request (expired, deleted, or another account's)."""
+
+
 class SubmitOutcomeUnknown(PermanentError):
     """A submit was sent but its answer was lost (a read timeout, a dropped connection).
 

@@ -26,6 +26,7 @@ from castflow.providers.base import (
     Billing,
     PermanentError,
     ProviderResult,
+    RequestNotFound,
     SubmitOutcomeUnknown,
     TransientError,
 )
@@ -284,7 +285,7 @@ def _check(resp: httpx.Response, *, not_found: str | None = None) -> None:
     if resp.is_success:
         return
     if resp.status_code == 404 and not_found:
-        raise PermanentError(not_found, provider=PROVIDER)
+        raise RequestNotFound(not_found, provider=PROVIDER)
     if resp.status_code == 401:
         raise PermanentError("fal: the API key was refused (401)", provider=PROVIDER)
     if resp.headers.get("x-fal-needs-retry") == "1" or resp.headers.get("x-fal-retryable") == "true":

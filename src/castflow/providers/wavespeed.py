@@ -32,6 +32,7 @@ from castflow.providers.base import (
     PermanentError,
     ProviderError,
     ProviderResult,
+    RequestNotFound,
     SubmitOutcomeUnknown,
     TransientError,
 )
@@ -159,7 +160,7 @@ class WaveSpeedClient:
             async with self._client(30.0) as client:
                 resp = await client.get(self.result_url(request_id))
             if resp.status_code == 404:
-                raise PermanentError(
+                raise RequestNotFound(
                     f"wavespeed: prediction {request_id} not found (results are kept 7 days)",
                     provider=PROVIDER,
                     request_id=request_id,
