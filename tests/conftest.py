@@ -23,6 +23,8 @@ for _name in list(os.environ):
         del os.environ[_name]  # a developer's own configuration must not leak into tests
 
 from castflow.db.session import dispose_engines  # noqa: E402
+from castflow.fakes.fal import FakeFal  # noqa: E402
+from castflow.fakes.wavespeed import FakeWaveSpeed  # noqa: E402
 from castflow.runtime import Runtime, build_runtime, reset_runtime  # noqa: E402
 from castflow.settings import Settings, reset_settings  # noqa: E402
 
@@ -122,3 +124,15 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# ---- provider fakes ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def provider_fakes() -> Iterator[tuple[FakeFal, FakeWaveSpeed]]:
+    """Loopback fakes of fal and WaveSpeed, fresh for the test."""
+    ws = FakeWaveSpeed()
+    with FakeFal().running() as fal, ws.running():
+        yield fal, ws
+    ws.cleanup()

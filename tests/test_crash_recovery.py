@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,12 @@ from castflow.settings import reset_settings
 
 
 @pytest.fixture
-def fakes() -> Iterator[tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed]]:
-    ws = ws_fake.FakeWaveSpeed()
-    with fal_fake.FakeFal().running() as fal, ws.running():
-        yield fal, ws
-    ws.cleanup()
-
-
-@pytest.fixture
 def paid_rt(
-    fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed], data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    provider_fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed],
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Runtime:
-    fal, ws = fakes
+    fal, ws = provider_fakes
     env = {
         "CASTFLOW_PROVIDERS__IMAGE": "fal",
         "CASTFLOW_PROVIDERS__LIPSYNC": "wavespeed",
@@ -62,7 +55,7 @@ def paid_rt(
 
 def test_sigkill_during_lipsync_then_rerun_pays_each_stage_once(
     paid_rt: Runtime,
-    fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed],
+    provider_fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed],
     data_dir: Path,
     prefect_server: None,
 ) -> None:
@@ -70,7 +63,7 @@ def test_sigkill_during_lipsync_then_rerun_pays_each_stage_once(
 
     from flows.generate_video import generate_video
 
-    fal, ws = fakes
+    fal, ws = provider_fakes
     ws.knobs.queue_seconds = 120  # the render waits in WaveSpeed's queue until released below
     code = (
         "from castflow.models import VideoRequest\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,6 @@ from castflow.doctor import run_checks
 from castflow.fakes import fal as fal_fake
 from castflow.fakes import wavespeed as ws_fake
 from castflow.settings import Settings
-
-
-@pytest.fixture
-def fakes() -> Iterator[tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed]]:
-    ws = ws_fake.FakeWaveSpeed()
-    with fal_fake.FakeFal().running() as fal, ws.running():
-        yield fal, ws
-    ws.cleanup()
 
 
 def settings_for(tmp: Path, fal: str, ws: str, fal_key: str, ws_key: str) -> Settings:
@@ -31,9 +22,9 @@ def settings_for(tmp: Path, fal: str, ws: str, fal_key: str, ws_key: str) -> Set
 
 
 def test_all_checks_pass_on_a_good_configuration(
-    fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed], tmp_path: Path
+    provider_fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed], tmp_path: Path
 ) -> None:
-    fal, ws = fakes
+    fal, ws = provider_fakes
     checks = run_checks(settings_for(tmp_path, fal.url, ws.url, fal_fake.VALID_KEY, ws_fake.VALID_KEY))
     assert {c.name: c.level for c in checks} == {
         "database": "ok",
@@ -46,9 +37,9 @@ def test_all_checks_pass_on_a_good_configuration(
 
 
 def test_refused_keys_and_dead_hosts_fail_without_showing_the_keys(
-    fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed], tmp_path: Path
+    provider_fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed], tmp_path: Path
 ) -> None:
-    fal, _ws = fakes
+    fal, _ws = provider_fakes
     fal_secret, ws_secret = "nobody:sekrit-fal-value", "sekrit-ws-value"
     checks = run_checks(settings_for(tmp_path, fal.url, "http://127.0.0.1:9", fal_secret, ws_secret))
     by_name = {c.name: c for c in checks}
@@ -69,7 +60,9 @@ def test_missing_wavespeed_key_for_the_lipsync_role_is_a_failure(tmp_path: Path)
 
 
 def test_doctor_command_on_fakes_and_on_a_refused_key(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch, fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed]
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    provider_fakes: tuple[fal_fake.FakeFal, ws_fake.FakeWaveSpeed],
 ) -> None:
     from typer.testing import CliRunner
 
@@ -84,7 +77,7 @@ def test_doctor_command_on_fakes_and_on_a_refused_key(
     assert "ok    storage" in ok.stdout
     assert "buckets" in ok.stdout
 
-    _fal, ws = fakes
+    _fal, ws = provider_fakes
     monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "false")
     monkeypatch.setenv("CASTFLOW_STORAGE__BACKEND", "local")
     monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")

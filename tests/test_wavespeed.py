@@ -16,7 +16,7 @@ from castflow import media, pipeline
 from castflow.actors import ensure_sample_actors
 from castflow.db.tables import StageRun, StageStatus
 from castflow.fakes.wavespeed import VALID_KEY, FakeWaveSpeed, Outcome
-from castflow.models import VideoRequest, Voice
+from castflow.models import MediaRef, VideoRequest, Voice
 from castflow.providers.base import PermanentError, SubmitOutcomeUnknown, TransientError
 from castflow.providers.http import PollSchedule, RetryPolicy
 from castflow.providers.local import EspeakSpeech, LocalImageEditor
@@ -297,6 +297,25 @@ def test_official_sdk_runs_against_the_fake(fake: FakeWaveSpeed, inputs: tuple[P
 # ---- the lip-sync stage in the DAG --------------------------------------------------------------------
 
 
+class Crash(BaseException):
+    """Stands for the process dying (not an Exception: nothing in castflow may catch it)."""
+
+
+def crash_after_submit(rt: Runtime, syncer: WaveSpeedLipSync, image: MediaRef, audio: MediaRef) -> None:
+    """Run the lip-sync stage so that the process 'dies' right after the submit was recorded."""
+    real = syncer.collect
+
+    def crash(*args: object, **kwargs: object) -> object:
+        raise Crash
+
+    syncer.collect = crash  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Crash):
+            pipeline.lipsync(rt, image, audio, resolution="480p", seed=0, mouth=None)
+    finally:
+        syncer.collect = real  # type: ignore[method-assign]
+
+
 @pytest.fixture
 def ws_rt(fake: FakeWaveSpeed, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
@@ -334,19 +353,7 @@ def test_a_crash_while_rendering_reattaches(ws_rt: Runtime, fake: FakeWaveSpeed)
     assert isinstance(syncer, WaveSpeedLipSync)
     actor = pipeline.actor_ref(ws_rt, "leo")
     speech = pipeline.speech(ws_rt, actor, "Crash test.")
-
-    class Crash(BaseException):
-        pass
-
-    real = syncer.collect
-
-    def crash(*args: object, **kwargs: object) -> object:
-        raise Crash
-
-    syncer.collect = crash  # type: ignore[method-assign]
-    with pytest.raises(Crash):
-        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
-    syncer.collect = real  # type: ignore[method-assign]
+    crash_after_submit(ws_rt, syncer, actor.image, speech.output)
     pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
     assert fake.calls["submit"] == 1
     with ws_rt.session() as s:
@@ -398,19 +405,7 @@ def test_a_recorded_request_the_provider_forgot_is_replaced_once(ws_rt: Runtime,
     assert isinstance(syncer, WaveSpeedLipSync)
     actor = pipeline.actor_ref(ws_rt, "maya")
     speech = pipeline.speech(ws_rt, actor, "Forgotten.")
-
-    class Crash(BaseException):
-        pass
-
-    real = syncer.collect
-
-    def crash(*args: object, **kwargs: object) -> object:
-        raise Crash
-
-    syncer.collect = crash  # type: ignore[method-assign]
-    with pytest.raises(Crash):
-        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
-    syncer.collect = real  # type: ignore[method-assign]
+    crash_after_submit(ws_rt, syncer, actor.image, speech.output)
     fake.tasks.clear()  # the provider forgets the recorded request
     pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
     assert fake.calls["submit"] == 2

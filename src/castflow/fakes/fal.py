@@ -18,10 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -29,6 +26,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from castflow.fakes._base import JsonHandler, LoopbackServer
 from castflow.models import Voice
 from castflow.providers.local import EspeakSpeech, LocalImageEditor
 from castflow.webhooks.signing import public_jwk, sign_fal
@@ -87,10 +85,12 @@ class Delivery:
     duplicate: bool = False
 
 
-class FakeFal:
+class FakeFal(LoopbackServer):
     """Start with :meth:`running`; ``url`` serves as queue, rest and CDN host at once."""
 
     def __init__(self) -> None:
+        super().__init__()
+        self.handler = _Handler
         self.knobs = Knobs()
         self.jobs: dict[str, Job] = {}
         self.files: dict[str, tuple[bytes, str]] = {}
@@ -112,25 +112,11 @@ class FakeFal:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._work = Path(tempfile.mkdtemp(prefix="fake-fal-"))
-        self._server: ThreadingHTTPServer | None = None
-        self.url = ""
 
-    @contextmanager
-    def running(self) -> Iterator[FakeFal]:
-        handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            for t in list(self._threads):
-                t.join(timeout=5)
-            self._server.shutdown()
-            self._server.server_close()
+    def stopped(self) -> None:
+        self._stop.set()
+        for t in list(self._threads):
+            t.join(timeout=5)
 
     # ---- webhooks -------------------------------------------------------------------------------
 
@@ -330,38 +316,8 @@ def _validate(model: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
     return errors
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     fake: FakeFal
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def _send(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(data)))
-        if not isinstance(body, bytes):
-            self.send_header("Content-Type", "application/json")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            return self.rfile.read(length)
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            out = b""
-            while True:
-                size = int(self.rfile.readline().strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return out
-                out += self.rfile.read(size)
-                self.rfile.readline()
-        return b""
 
     def _injected(self, call: str, errors: list[int], error_type: str) -> bool:
         """Count the call; answer it with the next injected HTTP error, if one is queued."""
@@ -369,12 +325,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.calls[call] += 1
             code = errors.pop(0) if errors else None
         if code:
-            self._send(code, {"detail": "injected", "error_type": error_type})
+            self.send(code, {"detail": "injected", "error_type": error_type})
         return code is not None
 
     def _authorised(self) -> bool:
         if self.headers.get("Authorization") != f"Key {VALID_KEY}":
-            self._send(401, {"detail": "No user found for Key ID and Secret"})
+            self.send(401, {"detail": "No user found for Key ID and Secret"})
             return False
         return True
 
@@ -384,14 +340,14 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlparse(self.path).path
         if path == "/.well-known/jwks.json":
             if not self._injected("jwks", fake.knobs.jwks_errors, "internal_error"):
-                self._send(200, fake.jwks())
+                self.send(200, fake.jwks())
             return
         if path.startswith("/files/"):
             item = fake.files.get(path)
             if item is None:
-                self._send(404, {"detail": "Not found"})
+                self.send(404, {"detail": "Not found"})
                 return
-            self._send(200, item[0], {"Content-Type": item[1]})
+            self.send(200, item[0], {"Content-Type": item[1]})
             return
         if not self._authorised():
             return
@@ -399,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) >= 4 and parts[2] == "requests":
             job = fake.jobs.get(parts[3])
             if job is None or "/".join(parts[:2]) != "/".join(job.model.split("/")[:2]):
-                self._send(404, {"detail": "Request not found"})
+                self.send(404, {"detail": "Request not found"})
                 return
             if len(parts) == 5 and parts[4] == "status":
                 self._status(job)
@@ -407,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
             if len(parts) == 4:
                 self._result(job)
                 return
-        self._send(405 if "requests" in parts else 404, {"detail": f"Path {path} not found"})
+        self.send(405 if "requests" in parts else 404, {"detail": f"Path {path} not found"})
 
     def _status(self, job: Job) -> None:
         fake = self.fake
@@ -420,28 +376,28 @@ class _Handler(BaseHTTPRequestHandler):
             "response_url": f"{fake.url}/{_app(job.model)}/requests/{job.id}",
         }
         if state == "IN_QUEUE":
-            self._send(202, {**base, "queue_position": 0})
+            self.send(202, {**base, "queue_position": 0})
         elif state == "IN_PROGRESS":
-            self._send(202, {**base, "logs": []})
+            self.send(202, {**base, "logs": []})
         else:
             fake._finish(job)
             body = {**base, "logs": [], "metrics": {"inference_time": job.knobs_run}}
             if job.error:
                 body.update(error=job.error[0], error_type=job.error[1])
-            self._send(200, body)
+            self.send(200, body)
 
     def _result(self, job: Job) -> None:
         fake = self.fake
         with fake.lock:
             fake.calls["result"] += 1
         if fake._state(job) != "COMPLETED":
-            self._send(400, {"detail": "Request is still in progress"})
+            self.send(400, {"detail": "Request is still in progress"})
             return
         fake._finish(job)
         if job.error:
-            self._send(422, {"detail": [{"loc": ["body"], "msg": job.error[0], "type": job.error[1]}]})
+            self.send(422, {"detail": [{"loc": ["body"], "msg": job.error[0], "type": job.error[1]}]})
             return
-        self._send(200, job.output, {"x-fal-request-id": job.id, "x-fal-billable-units": "1"})
+        self.send(200, job.output, {"x-fal-request-id": job.id, "x-fal-billable-units": "1"})
 
     def do_PUT(self) -> None:
         fake = self.fake
@@ -454,27 +410,27 @@ class _Handler(BaseHTTPRequestHandler):
             with fake.lock:
                 fake.calls["cancel"] += 1
             if job is None:
-                self._send(404, {"status": "NOT_FOUND"})
+                self.send(404, {"status": "NOT_FOUND"})
             elif fake._state(job) == "COMPLETED":
-                self._send(400, {"status": "ALREADY_COMPLETED"})
+                self.send(400, {"status": "ALREADY_COMPLETED"})
             else:
                 job.cancelled = True
-                self._send(202, {"status": "CANCELLATION_REQUESTED"})
+                self.send(202, {"status": "CANCELLATION_REQUESTED"})
             return
-        self._send(404, {"detail": "Not found"})
+        self.send(404, {"detail": "Not found"})
 
     def do_POST(self) -> None:
         fake = self.fake
         time.sleep(fake.knobs.latency)
         url = urlparse(self.path)
         path = url.path
-        body = self._body()
+        body = self.body()
         if path == "/storage/auth/token":
             if not self._authorised():
                 return
             with fake.lock:
                 fake.calls["token"] += 1
-            self._send(
+            self.send(
                 200,
                 {
                     "token": uuid.uuid4().hex,
@@ -487,12 +443,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path == "/files/upload":
             if not (self.headers.get("Authorization") or "").startswith("Bearer "):
-                self._send(401, {"detail": "Unauthorized"})
+                self.send(401, {"detail": "Unauthorized"})
                 return
             with fake.lock:
                 fake.calls["upload"] += 1
             name = self.headers.get("X-Fal-File-Name") or "file.bin"
-            self._send(
+            self.send(
                 200,
                 {
                     "access_url": fake._store(body, self.headers.get("Content-Type", ""), name),
@@ -504,18 +460,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = path.strip("/")
         if model not in EDIT_MODELS + TTS_MODELS:
-            self._send(404, {"detail": f"Path {path} not found"})
+            self.send(404, {"detail": f"Path {path} not found"})
             return
         if self._injected("submit", fake.knobs.submit_errors, "runner_scheduling_failure"):
             return
         try:
             payload = json.loads(body or b"{}")
         except ValueError:
-            self._send(422, {"detail": "Invalid JSON"})
+            self.send(422, {"detail": "Invalid JSON"})
             return
         errors = _validate(model, payload)
         if errors:
-            self._send(422, {"detail": errors}, {"x-fal-billable-units": "0"})
+            self.send(422, {"detail": errors}, {"x-fal-billable-units": "0"})
             return
         job = Job(
             uuid.uuid4().hex,
@@ -536,7 +492,7 @@ class _Handler(BaseHTTPRequestHandler):
         if job.webhook_url:
             fake._start_webhook(job)
         base = f"{fake.url}/{_app(model)}/requests/{job.id}"
-        self._send(
+        self.send(
             200,
             {
                 "status": "IN_QUEUE",

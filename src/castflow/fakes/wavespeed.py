@@ -262,7 +262,7 @@ class _Handler(JsonHandler):
             return False
         return True
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server names
+    def do_GET(self) -> None:
         fake = self.fake
         time.sleep(fake.knobs.latency)
         path = urlparse(self.path).path
@@ -295,7 +295,7 @@ class _Handler(JsonHandler):
             return
         self.send(404, _error(404, f"no route {path}"))
 
-    def do_PUT(self) -> None:  # noqa: N802 - http.server names
+    def do_PUT(self) -> None:
         fake = self.fake
         time.sleep(fake.knobs.latency)
         path = urlparse(self.path).path
@@ -318,7 +318,7 @@ class _Handler(JsonHandler):
         target.write_bytes(data)
         self.send(200, b"")
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server names
+    def do_POST(self) -> None:
         fake = self.fake
         time.sleep(fake.knobs.latency)
         url = urlparse(self.path)

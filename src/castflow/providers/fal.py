@@ -27,13 +27,15 @@ from castflow.providers.base import (
     PermanentError,
     ProviderResult,
     RequestNotFound,
-    SubmitOutcomeUnknown,
     TransientError,
 )
 from castflow.providers.http import (
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
+    download,
+    file_chunks,
+    post_submit,
     raise_for_status,
     short_body,
     sleep_or_hint,
@@ -120,13 +122,7 @@ class FalClient:
 
         async def call() -> FalHandle:
             async with self._client() as client:
-                try:
-                    resp = await client.post(url, json=payload)
-                except (httpx.ConnectError, httpx.ConnectTimeout):
-                    raise  # nothing was sent: safe to retry
-                except httpx.TransportError as exc:
-                    # The request may have been taken; a blind resubmit could pay twice.
-                    raise SubmitOutcomeUnknown(PROVIDER, exc) from exc
+                resp = await post_submit(client, url, payload, PROVIDER)
             if resp.status_code in (429, 502, 503, 504) and "x-fal-request-id" not in resp.headers:
                 raise RetryableHTTPError(resp)
             _check(resp)
@@ -228,6 +224,10 @@ class FalClient:
             await sleep_or_hint(min(delay, left), sleep, hint)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def download(self, url: str, dest: Path) -> Path:
+        """Fetch an output file (fal's result URLs expire: copy them promptly)."""
+        return await download(url, dest, transport=self._transport, policy=self.policy, provider=PROVIDER)
+
     # ---- CDN upload -------------------------------------------------------------------------------
 
     async def _token(self) -> tuple[str, str]:
@@ -262,7 +262,7 @@ class FalClient:
                 with open(path, "rb") as fh:
                     resp = await c.post(
                         f"{self.cdn_url}/files/upload",
-                        content=_chunks(fh),
+                        content=file_chunks(fh),
                         headers={
                             "Authorization": f"Bearer {token}",
                             "Content-Type": content_type,
@@ -273,11 +273,6 @@ class FalClient:
             return str(resp.json()["access_url"])
 
         return await with_retries(call, self.policy, provider=PROVIDER)
-
-
-async def _chunks(fh: Any, size: int = 1 << 20) -> Any:
-    while block := fh.read(size):
-        yield block
 
 
 def _check(resp: httpx.Response, *, not_found: str | None = None) -> None:
@@ -338,27 +333,6 @@ def _job_error(status: FalStatus, handle: FalHandle) -> Exception:
 # ---- castflow roles on fal -------------------------------------------------------------------------
 
 
-async def _download(
-    url: str, dest: Path, transport: httpx.AsyncBaseTransport | None, policy: RetryPolicy
-) -> Path:
-    """Fetch a provider output to a local file, streaming (fal result URLs expire: copy them promptly)."""
-
-    async def call() -> Path:
-        async with (
-            httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(300, connect=10)) as client,
-            client.stream("GET", url) as resp,
-        ):
-            if not resp.is_success:
-                await resp.aread()
-                raise_for_status(resp, provider=PROVIDER)
-            with open(dest, "wb") as fh:
-                async for chunk in resp.aiter_bytes(1 << 20):
-                    fh.write(chunk)
-        return dest
-
-    return await with_retries(call, policy, provider=PROVIDER)
-
-
 class FalImageEditor:
     """Scene variants with nano banana edit: the portrait uploaded to fal's CDN, 9:16 PNG out."""
 
@@ -397,9 +371,7 @@ class FalImageEditor:
                 raise PermanentError(
                     "fal: the edit returned no image", provider=PROVIDER, request_id=request_id
                 )
-            path = await _download(
-                images[0]["url"], workdir / "variant.png", self.client._transport, self.client.policy
-            )
+            path = await self.client.download(images[0]["url"], workdir / "variant.png")
             return ProviderResult(
                 path,
                 "image/png",
@@ -450,9 +422,7 @@ class FalSpeech:
                 )
             ctype = audio.get("content_type") or "audio/mpeg"
             suffix = mimetypes.guess_extension(ctype) or ".mp3"
-            path = await _download(
-                audio["url"], workdir / f"speech{suffix}", self.client._transport, self.client.policy
-            )
+            path = await self.client.download(audio["url"], workdir / f"speech{suffix}")
             try:
                 seconds = media.decode_audio(path).seconds
             except media.MediaError as exc:

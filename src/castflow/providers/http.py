@@ -10,16 +10,18 @@ layer has given up.
 from __future__ import annotations
 
 import email.utils
+import functools
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
-from castflow.providers.base import PermanentError, ProviderError, TransientError
+from castflow.providers.base import PermanentError, ProviderError, SubmitOutcomeUnknown, TransientError
 
 T = TypeVar("T")
 
@@ -123,6 +125,52 @@ async def sleep_or_hint(
         if hint() is not None:
             return
         await sleep(min(1.0, left))
+
+
+async def file_chunks(fh: Any, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """A file's bytes as an async stream of blocks (request bodies that are never held whole)."""
+    while block := fh.read(size):
+        yield block
+
+
+async def download(
+    url: str,
+    dest: Path,
+    *,
+    transport: httpx.AsyncBaseTransport | None,
+    policy: RetryPolicy,
+    provider: str,
+    check: Callable[[httpx.Response], None] | None = None,
+) -> Path:
+    """Stream a provider's output URL to ``dest`` with retries (result URLs expire: copy promptly)."""
+
+    async def call() -> Path:
+        async with (
+            httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(300, connect=10)) as client,
+            client.stream("GET", url) as resp,
+        ):
+            if not resp.is_success:
+                await resp.aread()
+                (check or functools.partial(raise_for_status, provider=provider))(resp)
+            with open(dest, "wb") as fh:
+                async for chunk in resp.aiter_bytes(1 << 20):
+                    fh.write(chunk)
+        return dest
+
+    return await with_retries(call, policy, provider=provider)
+
+
+async def post_submit(
+    client: httpx.AsyncClient, url: str, payload: dict[str, Any], provider: str
+) -> httpx.Response:
+    """POST a job submission. A connection that failed before sending raises as is (safe to retry);
+    any later transport failure is :class:`SubmitOutcomeUnknown` (the job may exist: never resent)."""
+    try:
+        return await client.post(url, json=payload)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        raise
+    except httpx.TransportError as exc:
+        raise SubmitOutcomeUnknown(provider, exc) from exc
 
 
 def short_body(response: httpx.Response, limit: int = 300) -> str:

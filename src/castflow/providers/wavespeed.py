@@ -33,13 +33,15 @@ from castflow.providers.base import (
     ProviderError,
     ProviderResult,
     RequestNotFound,
-    SubmitOutcomeUnknown,
     TransientError,
 )
 from castflow.providers.http import (
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
+    download,
+    file_chunks,
+    post_submit,
     short_body,
     sleep_or_hint,
     with_retries,
@@ -133,12 +135,7 @@ class WaveSpeedClient:
 
         async def call() -> Prediction:
             async with self._client() as client:
-                try:
-                    resp = await client.post(url, json=payload)
-                except (httpx.ConnectError, httpx.ConnectTimeout):
-                    raise  # nothing was sent: safe to retry
-                except httpx.TransportError as exc:
-                    raise SubmitOutcomeUnknown(PROVIDER, exc) from exc
+                resp = await post_submit(client, url, payload, PROVIDER)
             if resp.status_code == 429:
                 raise RetryableHTTPError(resp)  # rate limit: the task was not created
             if resp.status_code >= 500:
@@ -247,7 +244,7 @@ class WaveSpeedClient:
                     put = await plain.request(
                         str(upload.get("method") or "PUT"),
                         str(upload["url"]),
-                        content=_chunks(fh),
+                        content=file_chunks(fh),
                         headers=headers,
                     )
             if not put.is_success:
@@ -263,30 +260,13 @@ class WaveSpeedClient:
 
     async def download(self, url: str, dest: Path) -> Path:
         """Fetch an output to a local file, streaming (outputs are deleted after 7 days: copy promptly)."""
-
-        async def call() -> Path:
-            async with (
-                httpx.AsyncClient(transport=self.transport, timeout=httpx.Timeout(300, connect=10)) as c,
-                c.stream("GET", url) as resp,
-            ):
-                if not resp.is_success:
-                    await resp.aread()
-                    _raise_http(resp)
-                with open(dest, "wb") as fh:
-                    async for chunk in resp.aiter_bytes(1 << 20):
-                        fh.write(chunk)
-            return dest
-
-        return await with_retries(call, self.policy, provider=PROVIDER)
+        return await download(
+            url, dest, transport=self.transport, policy=self.policy, provider=PROVIDER, check=_raise_http
+        )
 
 
 async def _given_or(url: str | None, upload: Callable[[Path], Awaitable[str]], path: Path) -> str:
     return url if url else await upload(path)
-
-
-async def _chunks(fh: Any, size: int = 1 << 20) -> Any:
-    while block := fh.read(size):
-        yield block
 
 
 def _raise_http(resp: httpx.Response) -> None:
