@@ -13,6 +13,7 @@ from castflow.db.tables import StageRun
 from castflow.fakes import running_fakes
 from castflow.models import VideoRequest, Voice
 from castflow.providers.fal import FalImageEditor, FalSpeech
+from castflow.providers.http import RetryPolicy
 from castflow.providers.wavespeed import WaveSpeedLipSync
 from castflow.runtime import get_runtime
 from castflow.settings import reset_settings
@@ -90,3 +91,67 @@ def test_video_on_fakes_with_supabase_storage(
     video.write_bytes(resp.content)
     info = media.probe(video)
     assert (info.width, info.height) == (704, 1280)
+
+
+def test_faults_everywhere_give_the_same_correct_video_as_the_embedded_defaults(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None
+) -> None:
+    """429s, 5xx, slow queues and one failed job on every paid role: the video comes out as correct as
+    on the embedded defaults (QC-checked durations and frame rate, every stage succeeded, costs recorded),
+    and each failure costs exactly one extra submit."""
+    from castflow.fakes.wavespeed import Outcome
+    from flows.generate_video import generate_video
+
+    reset_settings()
+    embedded_rt = get_runtime()
+    ensure_sample_actors(embedded_rt)
+    script = "Faults are part of the job."
+    embedded = generate_video(VideoRequest(actor="leo", script=script, scene="a quiet library"))
+    assert embedded.status == "succeeded"
+
+    monkeypatch.setenv("CASTFLOW_DATA_DIR", str(data_dir.parent / "faulty"))
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+    monkeypatch.setenv("CASTFLOW_PIPELINE__RETRY_BACKOFF_S", "0.2")
+    reset_settings()
+    rt = get_runtime()
+    for role in (rt.image, rt.speech["fal"], rt.lipsync):
+        role.client.policy = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05, total_seconds=10)  # type: ignore[union-attr]
+    ensure_sample_actors(rt)
+    voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Roger")
+    import_actors(
+        rt, [ActorSpec(key="ben", name="Ben", portrait="drawn:leo", voice=voice)], base_dir=Path.cwd()
+    )
+    fal, ws = running_fakes()["fal"], running_fakes()["wavespeed"]
+    before = (fal.calls["submit"], ws.calls["submit"])
+    fal.knobs.submit_errors = [429, 503]  # ingress answers: nothing was queued, retried at once
+    fal.knobs.status_errors = [500, 502]
+    fal.knobs.queue_seconds = 0.5
+    fal.knobs.fail_jobs = [("Runner disconnected", "runner_disconnected")]  # transient: the task resubmits
+    ws.knobs.submit_errors = [429]
+    ws.knobs.result_errors = [503, 500]
+    ws.knobs.queue_seconds = 0.5
+    ws.knobs.fail_jobs = [Outcome("failed", 5003, "Service unavailable")]
+    try:
+        faulty = generate_video(VideoRequest(actor="ben", script=script, scene="a quiet library"))
+    finally:
+        fal.knobs = type(fal.knobs)()
+        ws.knobs = type(ws.knobs)()
+    assert faulty.status == "succeeded", faulty.error
+    for result, runtime in ((embedded, embedded_rt), (faulty, rt)):
+        assert result.video_key is not None
+        assert result.audio_seconds is not None
+        info = media.probe(runtime.storage.local_path(result.video_key))
+        assert info.fps == 25
+        assert abs(info.duration - result.audio_seconds) < 0.1
+        with runtime.session() as s:
+            runs = list(s.scalars(sa.select(StageRun)))
+        assert sorted(r.stage for r in runs) == ["lipsync", "scene_variant", "speech"]
+        assert all(r.status.value == "succeeded" for r in runs)
+    # submits seen: the stages (fal 2, WaveSpeed 1) + answers refused with 429/503 (fal 2, WaveSpeed 1)
+    # + one resubmit after each failed job. Nothing else was submitted twice.
+    assert fal.calls["submit"] - before[0] == 2 + 2 + 1
+    assert ws.calls["submit"] - before[1] == 1 + 1 + 1
+    assert faulty.cost_usd > 0
+    assert embedded.cost_usd == 0
