@@ -488,3 +488,17 @@ def test_tuspy_uploads_through_the_fake(tmp_path: Path) -> None:
         assert (stored.mimetype, stored.cache_control) == ("video/mp4", "max-age=3600")
         assert (fake.calls["tus_create"], fake.calls["tus_patch"]) == (1, 3)
         assert uploader.get_offset() == 700 * KIB  # a HEAD
+
+
+def test_tus_can_use_the_direct_storage_host(fake: FakeSupabaseStorage, tmp_path: Path) -> None:
+    """Supabase advises <ref>.storage.supabase.co for big uploads: a separate TUS URL (here the same fake
+    under another host name) takes the resumable uploads, the REST calls stay on the project URL."""
+    direct = fake.url.replace("127.0.0.1", "localhost") + "/storage/v1/upload/resumable"
+    with make(
+        fake, tmp_path / "cache", tus_threshold_bytes=0, tus_chunk_bytes=256 * KIB, tus_url=direct
+    ) as storage:
+        data = random_file(tmp_path / "big", 600 * KIB)
+        storage.put_file("v/direct.mp4", data, "video/mp4")
+    assert fake.read("ugc-video", "v/direct.mp4") == data.read_bytes()
+    create = next(r for r in fake.requests if r.path.endswith("/upload/resumable"))
+    assert create.headers["Host"].startswith("localhost:")  # the PATCHes follow the Location it returns

@@ -43,6 +43,11 @@ class SupabaseStorageSettings(BaseModel):
         default=6 * 1024 * 1024, ge=0, description="Uploads above this size use TUS (resumable)."
     )
     tus_chunk_bytes: int = Field(default=6 * 1024 * 1024, ge=256 * 1024)
+    tus_url: str = Field(
+        default="",
+        description="TUS endpoint. Default: <url>/storage/v1/upload/resumable; Supabase advises the direct "
+        "host https://<ref>.storage.supabase.co/storage/v1/upload/resumable for big files.",
+    )
     timeout_s: float = Field(default=300, gt=0)
 
 

@@ -419,13 +419,14 @@ class SupabaseStorage:
             ),
             "x-upsert": "true",
         }
-        resp = self._http.post(self.base_url + "upload/resumable", headers=headers)
+        endpoint = self.settings.tus_url or self.base_url + "upload/resumable"
+        resp = self._http.post(endpoint, headers=headers)
         location = resp.headers.get("Location")
         if resp.status_code != 201 or not location:
             failure = _from_response(resp)
             failure.retry = failure.status == "409"  # another upload of this key holds the lock
             raise failure
-        return urljoin(self.base_url, str(location))
+        return urljoin(endpoint, str(location))
 
     def _tus_offset(self, location: str) -> int:
         resp = self._http.head(location, headers=self._tus_headers())
