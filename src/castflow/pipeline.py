@@ -117,8 +117,11 @@ def prepare_video(rt: Runtime, req: VideoRequest) -> PreparedVideo:
     audio_sha = None
     if req.script is not None and req.script.strip():
         script = normalise_text(req.script)
-        if len(script) > cfg.max_script_chars:
-            raise UserError(f"script is {len(script)} characters long; the limit is {cfg.max_script_chars}")
+        limit = rt.settings.script_limit(actor.voice.model)
+        if len(script) > limit:
+            raise UserError(
+                f"script is {len(script)} characters long; {actor.voice.model} takes at most {limit}"
+            )
         if actor.voice.provider not in rt.speech:
             raise UserError(
                 f"actor {actor.key!r} speaks with provider {actor.voice.provider!r}, which is not configured "

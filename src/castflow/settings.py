@@ -158,13 +158,32 @@ class PipelineSettings(BaseModel):
 
     fps: int = Field(default=25, ge=1, le=60)
     default_resolution: Resolution = "480p"
-    max_script_chars: int = Field(default=2_000, ge=1)
+    max_script_chars: int = Field(default=2_000, ge=1, description="Script limit of models not listed below.")
+    # Per TTS model (characters). From the model makers' docs (ElevenLabs, MiniMax); fal does not publish
+    # limits of its own (fal.md section 7), so these are settings.
+    script_limits: dict[str, int] = {
+        "espeak-ng": 2_000,
+        "fal-ai/elevenlabs/tts/multilingual-v2": 10_000,
+        "fal-ai/elevenlabs/tts/turbo-v2.5": 40_000,
+        "fal-ai/elevenlabs/tts/eleven-v3": 3_000,
+        "fal-ai/minimax/speech-2.8-hd": 5_000,
+    }
     max_audio_seconds: float = Field(default=600.0, gt=0)
     qc_duration_tolerance_s: float = Field(default=0.1, gt=0)
     task_retries: int = Field(default=3, ge=0)
     retry_backoff_s: float = Field(default=2.0, ge=0)
     retry_jitter: float = Field(default=0.5, ge=0)
     max_workers: int = Field(default=8, ge=1, description="Thread pool size of the flow's task runner.")
+
+
+class CampaignSettings(BaseModel):
+    """Campaign runs over sheets."""
+
+    max_rows: int = Field(default=10_000, ge=1, description="Most rows a sheet may have.")
+    row_concurrency: int = Field(default=16, ge=1, description="Rows in flight at once.")
+    # Jobs in flight per provider. The defaults suit a new account (fal: 2 concurrent requests until
+    # invoices raise it; WaveSpeed Bronze: 2); raise them with your account level.
+    provider_limits: dict[str, int] = {"fal": 2, "wavespeed": 2, "local": 2, "upload": 8}
 
 
 class Settings(BaseSettings):
@@ -187,6 +206,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = WebhookSettings()
     prices: PriceSettings = PriceSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    campaign: CampaignSettings = CampaignSettings()
 
     @field_validator("data_dir")
     @classmethod
@@ -223,6 +243,11 @@ class Settings(BaseSettings):
                     "CASTFLOW_STORAGE__SUPABASE__SERVICE_ROLE_KEY is not set"
                 )
         return self
+
+    def script_limit(self, voice_model: str | None) -> int:
+        """Longest script the TTS model takes (the pipeline default for models not listed)."""
+        limits = self.pipeline.script_limits
+        return limits.get(voice_model or "", self.pipeline.max_script_chars)
 
     @property
     def database_url(self) -> str:

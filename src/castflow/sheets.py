@@ -1,0 +1,372 @@
+"""Campaign sheets: read a CSV with polars, validate every row before any money is spent.
+
+A sheet has one row per video. Columns (header names are case-insensitive, surrounding spaces ignored):
+
+``row_id`` (optional), ``actor``, ``script`` or ``audio`` (exactly one per row), ``scene`` (optional edit
+prompt), ``image_variant_id``, ``resolution``, ``seed``, ``captions`` (optional). Any other column is kept
+and carried through to the manifest.
+
+Errors name the row as a spreadsheet shows it (the header is row 1; a quoted cell with line breaks is
+still one row), the column and the reason, and all errors of a sheet are reported at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from castflow import media
+from castflow.settings import Settings
+
+KNOWN_COLUMNS = (
+    "row_id",
+    "actor",
+    "script",
+    "audio",
+    "scene",
+    "image_variant_id",
+    "resolution",
+    "seed",
+    "captions",
+)
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TRUE = {"1", "true", "yes", "y", "on", "x"}
+FALSE = {"", "0", "false", "no", "n", "off"}
+
+
+@dataclass(frozen=True)
+class SheetProblem:
+    """One finding: the spreadsheet row (None: the whole sheet), the column, the reason."""
+
+    row: int | None
+    column: str | None
+    reason: str
+    severity: str = "error"  # error | warning
+
+    def __str__(self) -> str:
+        where = []
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.column:
+            where.append(f"column {self.column}")
+        prefix = ", ".join(where) or "sheet"
+        return f"{prefix}: {self.reason}" + (" (warning)" if self.severity == "warning" else "")
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    """A valid row, resolved: what the video DAG needs plus the passthrough columns."""
+
+    row: int  # spreadsheet row number (header is row 1)
+    row_id: str
+    actor: str
+    script: str | None
+    audio: Path | None
+    audio_seconds: float | None
+    scene: str | None
+    image_variant_id: str | None
+    resolution: str
+    seed: int
+    captions: bool
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Sheet:
+    """A read and validated sheet: its valid rows and every problem found."""
+
+    name: str
+    content_hash: str
+    columns: list[str]
+    rows: list[SheetRow]
+    problems: list[SheetProblem]
+    total_rows: int
+
+    @property
+    def errors(self) -> list[SheetProblem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[SheetProblem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def invalid_rows(self) -> set[int]:
+        return {p.row for p in self.errors if p.row is not None}
+
+    @property
+    def sheet_errors(self) -> list[SheetProblem]:
+        """Errors that concern the whole sheet (nothing can run)."""
+        return [p for p in self.errors if p.row is None]
+
+
+class SheetInvalid(Exception):
+    """A sheet that cannot run as asked; ``problems`` lists every finding."""
+
+    def __init__(self, sheet_name: str, problems: list[SheetProblem]) -> None:
+        errors = [p for p in problems if p.severity == "error"]
+        super().__init__(f"{sheet_name}: {len(errors)} error(s)\n" + "\n".join(f"  {p}" for p in errors))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    """What validation needs to know about an actor."""
+
+    key: str
+    voice_model: str
+    voice_provider: str
+
+
+def is_formula_like(value: str) -> bool:
+    """Cells that a spreadsheet would run as a formula when written back (CSV/XLSX injection)."""
+    return bool(value) and value.startswith(FORMULA_PREFIXES)
+
+
+def escape_cell(value: str) -> str:
+    """Neutralise a formula-like cell for CSV/XLSX outputs (OWASP: prefix a single quote)."""
+    return "'" + value if is_formula_like(value) else value
+
+
+def _decode(data: bytes) -> tuple[str | None, SheetProblem | None]:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return None, SheetProblem(
+            None,
+            None,
+            f"the file is not UTF-8 text (undecodable byte 0x{data[exc.start]:02x} on line {line}); "
+            "save it as CSV UTF-8",
+        )
+
+
+def _separator(text: str) -> str:
+    """Comma or semicolon, by which one splits the header line into more fields."""
+    header = next(csv.reader(io.StringIO(text.split("\n", 1)[0])), [])
+    header_semi = next(csv.reader(io.StringIO(text.split("\n", 1)[0]), delimiter=";"), [])
+    return ";" if len(header_semi) > len(header) else ","
+
+
+def read_frame(data: bytes, name: str) -> tuple[pl.DataFrame | None, list[SheetProblem]]:
+    """The sheet as an all-string polars frame with normalised column names, or the problems."""
+    text, problem = _decode(data)
+    if problem is not None or text is None:
+        return None, [problem] if problem else []
+    if not text.strip():
+        return None, [SheetProblem(None, None, "the sheet is empty")]
+    sep = _separator(text)
+    try:
+        frame = pl.read_csv(
+            io.BytesIO(text.encode()),
+            separator=sep,
+            infer_schema=False,
+            quote_char='"',
+            truncate_ragged_lines=False,
+        )
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
+        return None, [SheetProblem(None, None, f"cannot read the CSV: {str(exc).splitlines()[0]}")]
+    header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
+    names = [c.strip().lower() for c in header]
+    problems = []
+    seen: dict[str, int] = {}
+    for i in range(len(names)):
+        if not names[i]:
+            names[i] = f"column_{i + 1}"
+        col = names[i]
+        if col in seen:
+            problems.append(
+                SheetProblem(1, col, f"column {col!r} appears twice (columns {seen[col] + 1} and {i + 1})")
+            )
+        seen[col] = i
+    if problems:
+        return None, problems
+    if len(names) != frame.width:
+        return None, [SheetProblem(1, None, "cannot read the header line")]
+    frame.columns = names
+    return frame.with_columns(pl.all().fill_null("")), []
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_sheet(
+    path: Path,
+    *,
+    settings: Settings,
+    actors: Mapping[str, ActorInfo],
+    variant_owner: Callable[[str], str | None] | None = None,
+) -> Sheet:
+    """Read and validate a sheet. Never raises for bad content: every problem is in ``Sheet.problems``.
+
+    ``variant_owner(id)`` returns the actor key an image variant belongs to (None: unknown variant).
+    """
+    data = path.read_bytes()
+    digest = content_hash(data)
+    frame, problems = read_frame(data, path.name)
+    if frame is None:
+        return Sheet(path.name, digest, [], [], problems, 0)
+    columns = list(frame.columns)
+    limits = settings.campaign
+    if "actor" not in columns:
+        problems.append(SheetProblem(1, "actor", "the sheet has no actor column"))
+    if "script" not in columns and "audio" not in columns:
+        problems.append(SheetProblem(1, "script", "the sheet has neither a script nor an audio column"))
+    if frame.height == 0:
+        problems.append(SheetProblem(None, None, "the sheet has a header but no rows"))
+    if frame.height > limits.max_rows:
+        problems.append(
+            SheetProblem(None, None, f"the sheet has {frame.height} rows; the limit is {limits.max_rows}")
+        )
+    if problems:
+        return Sheet(path.name, digest, columns, [], problems, frame.height)
+
+    rows: list[SheetRow] = []
+    ids: dict[str, int] = {}
+    extras = [c for c in columns if c not in KNOWN_COLUMNS]
+    for index, record in enumerate(frame.iter_rows(named=True)):
+        line = index + 2
+        row, row_problems = _validate_row(line, record, extras, path.parent, settings, actors, variant_owner)
+        row_id = (record.get("row_id") or "").strip() or f"row-{line}"
+        first = ids.setdefault(row_id, line)
+        if first != line:
+            row_problems.append(
+                SheetProblem(line, "row_id", f"duplicate row id {row_id!r} (first used in row {first})")
+            )
+        problems.extend(row_problems)
+        if row is not None and not any(p.severity == "error" for p in row_problems):
+            rows.append(row)
+    return Sheet(path.name, digest, columns, rows, problems, frame.height)
+
+
+def _validate_row(
+    line: int,
+    record: Mapping[str, str | None],
+    extras: list[str],
+    base: Path,
+    settings: Settings,
+    actors: Mapping[str, ActorInfo],
+    variant_owner: Callable[[str], str | None] | None,
+) -> tuple[SheetRow | None, list[SheetProblem]]:
+    problems: list[SheetProblem] = []
+
+    def cell(name: str) -> str:
+        return (record.get(name) or "").strip()
+
+    def error(column: str | None, reason: str) -> None:
+        problems.append(SheetProblem(line, column, reason))
+
+    for column, value in record.items():
+        if value and is_formula_like(value.lstrip(" ")) and column != "seed":
+            problems.append(
+                SheetProblem(
+                    line,
+                    column,
+                    "starts like a spreadsheet formula; kept as text and escaped in CSV/XLSX outputs",
+                    "warning",
+                )
+            )
+
+    row_id = cell("row_id") or f"row-{line}"
+    if not ROW_ID.match(row_id):
+        error("row_id", f"{row_id!r} is not a valid row id (letters, digits, '.', '_', '-'; at most 64)")
+
+    actor_key = cell("actor")
+    actor = actors.get(actor_key)
+    if not actor_key:
+        error("actor", "is empty")
+    elif actor is None:
+        known = ", ".join(sorted(actors)) or "none imported"
+        error("actor", f"unknown actor {actor_key!r} (known: {known})")
+
+    script = " ".join(cell("script").split()) or None
+    audio_text = cell("audio") or None
+    audio: Path | None = None
+    audio_seconds: float | None = None
+    if script and audio_text:
+        error("script", "give a script or an audio file, not both")
+    elif not script and not audio_text:
+        error("script", "give a script or an audio file (both are empty)")
+    elif script:
+        limit = settings.script_limit(actor.voice_model if actor else None)
+        if len(script) > limit:
+            model = actor.voice_model if actor else "the voice"
+            error("script", f"is {len(script)} characters long; {model} takes at most {limit}")
+    elif audio_text:
+        audio = (base / audio_text).expanduser() if not Path(audio_text).is_absolute() else Path(audio_text)
+        if not audio.is_file():
+            error("audio", f"file {audio_text!r} does not exist (paths are relative to the sheet)")
+        else:
+            try:
+                audio_seconds = media.decode_audio(
+                    audio, max_seconds=settings.pipeline.max_audio_seconds
+                ).seconds
+            except media.MediaError as exc:
+                error("audio", f"file {audio_text!r} is unreadable or too long: {exc}")
+            else:
+                if audio_seconds < 0.2:
+                    error("audio", f"file {audio_text!r} is too short ({audio_seconds:.2f} s)")
+
+    scene = cell("scene") or None
+    variant = cell("image_variant_id") or None
+    if scene and variant:
+        error("scene", "give a scene or an image_variant_id, not both")
+    if variant:
+        owner = variant_owner(variant) if variant_owner else None
+        if owner is None:
+            error("image_variant_id", f"unknown image variant {variant!r}")
+        elif actor_key and owner != actor_key:
+            error(
+                "image_variant_id", f"image variant {variant!r} belongs to actor {owner!r}, not {actor_key!r}"
+            )
+
+    resolution = cell("resolution").lower() or settings.pipeline.default_resolution
+    if resolution not in ("480p", "720p"):
+        error("resolution", f"{cell('resolution')!r} is not a resolution (480p or 720p)")
+
+    seed = 0
+    seed_text = cell("seed")
+    if seed_text:
+        try:
+            seed = int(seed_text)
+        except ValueError:
+            error("seed", f"{seed_text!r} is not a whole number")
+        else:
+            if not 0 <= seed <= 2**31 - 1:
+                error("seed", f"{seed} is out of range (0 to 2147483647)")
+
+    captions_text = cell("captions").lower()
+    captions = captions_text in TRUE
+    if captions_text not in TRUE | FALSE:
+        error("captions", f"{cell('captions')!r} is not yes/no")
+
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    return (
+        SheetRow(
+            row=line,
+            row_id=row_id,
+            actor=actor_key,
+            script=script,
+            audio=audio,
+            audio_seconds=audio_seconds,
+            scene=scene,
+            image_variant_id=variant,
+            resolution=resolution,
+            seed=seed,
+            captions=captions,
+            extra={name: record.get(name) or "" for name in extras},
+        ),
+        problems,
+    )

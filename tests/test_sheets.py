@@ -1,0 +1,154 @@
+"""Campaign sheets: reading (BOM, separators, quoted newlines) and validation that lists every problem
+with the row as a spreadsheet shows it, the column and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from castflow import media
+from castflow.settings import Settings
+from castflow.sheets import ActorInfo, Sheet, escape_cell, is_formula_like, read_sheet
+
+ACTORS = {
+    "maya": ActorInfo("maya", "espeak-ng", "local"),
+    "nia": ActorInfo("nia", "fal-ai/elevenlabs/tts/multilingual-v2", "fal"),
+}
+
+
+def sheet(tmp_path: Path, text: str | bytes, **settings: object) -> Sheet:
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    owners = {"v-maya": "maya"}
+    return read_sheet(
+        path,
+        settings=Settings(data_dir=tmp_path / "data", **settings),  # type: ignore[arg-type]
+        actors=ACTORS,
+        variant_owner=owners.get,
+    )
+
+
+def wav(path: Path, seconds: float) -> Path:
+    rate = 16_000
+    t = np.arange(int(rate * seconds)) / rate
+    media.write_wav(path, (np.sin(2 * np.pi * 220 * t) * 8000).astype("int16"), rate)
+    return path
+
+
+def test_a_valid_sheet_with_bom_quoted_newlines_and_passthrough_columns(tmp_path: Path) -> None:
+    wav(tmp_path / "vo.wav", 1.5)
+    text = (
+        "\ufeffRow_ID,Actor,Script,Audio,Scene,Resolution,Seed,Captions,Campaign Tag,utm_source\n"
+        'a1,maya,"Hello,\nworld!",,"a beach",720p,7,yes,spring,tiktok\n'
+        "a2,nia,,vo.wav,,,,,spring,meta\n"
+        ",maya,Third line.,,,,,no,,\n"
+    )
+    s = sheet(tmp_path, text)
+    assert s.errors == []
+    assert [r.row for r in s.rows] == [2, 3, 4]
+    first, second, third = s.rows
+    assert (first.row_id, first.script, first.scene, first.resolution, first.seed, first.captions) == (
+        "a1",
+        "Hello, world!",
+        "a beach",
+        "720p",
+        7,
+        True,
+    )
+    assert first.extra == {"campaign tag": "spring", "utm_source": "tiktok"}
+    assert second.audio == tmp_path / "vo.wav"
+    assert second.audio_seconds == pytest.approx(1.5, abs=0.01)
+    assert (second.resolution, second.seed, second.captions) == ("480p", 0, False)
+    assert third.row_id == "row-4"  # generated from the spreadsheet row
+    assert len(s.content_hash) == 64
+
+
+def test_semicolon_sheets_are_read(tmp_path: Path) -> None:
+    s = sheet(tmp_path, 'actor;script;scene\nmaya;"Hola; qué tal";"un café, de día"\n')
+    assert s.errors == []
+    assert (s.rows[0].script, s.rows[0].scene) == ("Hola; qué tal", "un café, de día")
+
+
+def test_every_error_of_a_sheet_comes_at_once_with_row_and_column(tmp_path: Path) -> None:
+    (tmp_path / "broken.wav").write_bytes(b"not audio at all")
+    text = (
+        "row_id,actor,script,audio,resolution,seed,captions,image_variant_id\n"
+        'r1,maya,"A line\nthat spans two lines in the cell",,,,,\n'  # row 2, valid
+        "r2,mallory,Hi.,,,,,\n"  # row 3: unknown actor
+        "r3,maya,,,,,,\n"  # row 4: neither
+        "r4,maya,Hi.,x.wav,,,,\n"  # row 5: both
+        f"r5,maya,{'word ' * 500},,,,,\n"  # row 6: too long for espeak-ng (2000)
+        "r6,maya,,broken.wav,,,,\n"  # row 7: unreadable audio
+        "r1,maya,Hi again.,,,,,\n"  # row 8: duplicate id
+        "r8,maya,Hi.,,1080p,-3,maybe,\n"  # row 9: resolution, seed, captions
+        "r9,maya,Hi.,,,,,v-unknown\n"  # row 10: unknown variant
+        "r10,nia,Hi.,,,,,v-maya\n"  # row 11: another actor's variant
+        "r 11,maya,Hi.,,,,,\n"  # row 12: bad row id
+    )
+    s = sheet(tmp_path, text)
+    found = {(p.row, p.column) for p in s.errors}
+    assert found == {
+        (3, "actor"),
+        (4, "script"),
+        (5, "script"),
+        (6, "script"),
+        (7, "audio"),
+        (8, "row_id"),
+        (9, "resolution"),
+        (9, "seed"),
+        (9, "captions"),
+        (10, "image_variant_id"),
+        (11, "image_variant_id"),
+        (12, "row_id"),
+    }
+    assert [r.row_id for r in s.rows] == ["r1"]
+    messages = {(p.row, p.column): str(p) for p in s.errors}
+    assert "unknown actor 'mallory' (known: maya, nia)" in messages[(3, "actor")]
+    assert messages[(6, "script")].startswith("row 6, column script: is 2499 characters long; espeak-ng")
+    assert "first used in row 2" in messages[(8, "row_id")]
+    assert "belongs to actor 'maya'" in messages[(11, "image_variant_id")]
+
+
+def test_script_limits_follow_the_voice_model(tmp_path: Path) -> None:
+    long = "word " * 500  # 2,499 characters: too long for eSpeak, fine for ElevenLabs (10,000)
+    s = sheet(tmp_path, f"actor,script\nmaya,{long}\nnia,{long}\n")
+    assert [(p.row, p.column) for p in s.errors] == [(2, "script")]
+    assert [r.actor for r in s.rows] == ["nia"]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "the sheet is empty"),
+        (b"actor,script\n", "the sheet has a header but no rows"),
+        (b"actor,script\nmaya,Caf\xe9 au lait\n", "not UTF-8 text (undecodable byte 0xe9 on line 2)"),
+        (b"name,script\nmaya,Hi\n", "the sheet has no actor column"),
+        (b"actor,scene\nmaya,beach\n", "neither a script nor an audio column"),
+        (b"actor,script,script\nmaya,a,b\n", "column 'script' appears twice"),
+    ],
+)
+def test_sheet_level_errors(tmp_path: Path, content: bytes, reason: str) -> None:
+    s = sheet(tmp_path, content)
+    assert s.rows == []
+    assert len(s.errors) == 1
+    assert reason in str(s.errors[0])
+
+
+def test_row_limit(tmp_path: Path) -> None:
+    s = sheet(tmp_path, "actor,script\n" + "maya,Hi.\n" * 4, campaign={"max_rows": 3})
+    assert "the sheet has 4 rows; the limit is 3" in str(s.errors[0])
+
+
+def test_formula_like_cells_are_flagged_and_escaped(tmp_path: Path) -> None:
+    s = sheet(tmp_path, 'actor,script,note\nmaya,"=HYPERLINK(""http://x"")",@SUM(A1)\nmaya,Fine.,+1 555\n')
+    assert s.errors == []
+    assert len(s.rows) == 2  # flagged, not refused: the text is said as written
+    flagged = {(p.row, p.column) for p in s.warnings}
+    assert flagged == {(2, "script"), (2, "note"), (3, "note")}
+    assert is_formula_like("=1+1")
+    assert not is_formula_like("Buy now")
+    assert escape_cell("=1+1") == "'=1+1"
+    assert escape_cell("-5 dollars") == "'-5 dollars"
+    assert escape_cell("plain") == "plain"
