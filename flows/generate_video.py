@@ -27,11 +27,6 @@ def _outcome(future: PrefectFuture[StageOutcome]) -> StageOutcome:
     return outcome
 
 
-def _given_image(prepared: pipeline.PreparedVideo) -> StageOutcome:
-    image = prepared.variant or prepared.actor.image
-    return StageOutcome(stage="scene_variant", stage_key=image.sha256, output=image, reused=True)
-
-
 @flow(
     name="generate-video",
     task_runner=_runner(),
@@ -61,7 +56,7 @@ def generate_video(request: VideoRequest) -> VideoResult:
         results: dict[str, Any] = {}
         for stage, fut in futures.items():
             results[stage] = _outcome(fut)
-        image = results.get("scene_variant") or _given_image(prepared)
+        image = results.get("scene_variant") or pipeline.given_image(prepared)
         audio = results.get("speech") or results["audio_ingest"]
         assert audio.output.seconds is not None
         stage = "lipsync"

@@ -48,7 +48,10 @@ def garbage_audio(tmp_path: Path) -> Path:
         (["video", "maya", "--script", "   "], "exactly one of script and audio"),
         (["video", "maya"], "exactly one of script and audio"),
         (["video", "maya", "--script", "hi", "--audio", "x.wav"], "exactly one of script and audio"),
-        (["video", "maya", "--script", "word " * 600], "script is 2999 characters long; espeak-ng takes at most 2000"),
+        (
+            ["video", "maya", "--script", "word " * 600],
+            "script is 2999 characters long; espeak-ng takes at most 2000",
+        ),
         (["video", "maya", "--audio", "missing.wav"], "audio file missing.wav does not exist"),
         (["video", "maya", "--script", "hi", "--resolution", "4k"], "resolution"),
         (["video", "maya", "--script", "hi", "--variant", "not-a-variant"], "unknown image variant"),

@@ -188,6 +188,22 @@ def run_stage(
     recorded request id re-attaches to that request instead of submitting (and paying) again.
     """
     assert (call is None) != (submit is None and collect is None), "give call, or submit and collect"
+    # One run per stage key at a time in this process: rows that share a stage wait, then reuse it.
+    with rt.stage_locks.hold(key):
+        return _run_stage_locked(rt, stage, key, provider, model, call, submit, collect, meta)
+
+
+def _run_stage_locked(
+    rt: Runtime,
+    stage: StageName,
+    key: str,
+    provider: str,
+    model: str,
+    call: Callable[[Path], ProviderResult] | None,
+    submit: Callable[[], str] | None,
+    collect: Callable[[str, Path], ProviderResult] | None,
+    meta: dict[str, object] | None,
+) -> StageOutcome:
     with rt.session() as s:
         done = queries.get_stage_run(s, stage_key=key)
         if (
@@ -215,7 +231,7 @@ def run_stage(
         )
     started = time.monotonic()
     try:
-        with tempfile.TemporaryDirectory(prefix=f"castflow-{stage}-") as tmp:
+        with rt.provider_slot(provider), tempfile.TemporaryDirectory(prefix=f"castflow-{stage}-") as tmp:
             if call is not None:
                 result = call(Path(tmp))
             else:
@@ -475,17 +491,89 @@ def publish(rt: Runtime, video: StageOutcome, key: str) -> str:
     return rt.storage.put_file(key, rt.storage.local_path(video.output.key), "video/mp4")
 
 
+# ---- one video, without Prefect (a campaign row) ------------------------------------------------------
+
+
+class Skipped(Exception):
+    """A video not made on purpose (e.g. the budget would be crossed); carries the reason."""
+
+
+def given_image(prepared: PreparedVideo) -> StageOutcome:
+    """The image when no scene is asked: the chosen variant or the actor's portrait (nothing to pay)."""
+    image = prepared.variant or prepared.actor.image
+    return StageOutcome(stage="scene_variant", stage_key=image.sha256, output=image, reused=True)
+
+
+def make_video(
+    rt: Runtime,
+    prepared: PreparedVideo,
+    *,
+    key: str,
+    before_lipsync: Callable[[StageOutcome, StageOutcome], None] | None = None,
+    on_stage: Callable[[StageOutcome], None] | None = None,
+) -> VideoResult:
+    """Every stage of one video in this thread, recorded like the flow does; published at ``key``.
+
+    ``before_lipsync(image, audio)`` may raise :class:`Skipped` (budget); ``on_stage(outcome)`` hears of
+    each finished stage (what it cost). Failures are recorded and re-raised.
+    """
+    req = prepared.request
+    told: Callable[[StageOutcome], None] = on_stage or (lambda _outcome: None)
+    stage = "prepare"
+    try:
+        stage = "scene_variant"
+        image = scene_variant(rt, prepared.actor, req.scene, req.seed) if req.scene else given_image(prepared)
+        told(image)
+        if prepared.script is not None:
+            stage = "speech"
+            audio = speech(rt, prepared.actor, prepared.script)
+        else:
+            stage = "audio_ingest"
+            assert prepared.audio_path is not None
+            assert prepared.audio_sha256 is not None
+            audio = ingest_audio(rt, prepared.audio_path, prepared.audio_sha256)
+        told(audio)
+        assert audio.output.seconds is not None
+        stage = "lipsync"
+        if before_lipsync is not None:
+            before_lipsync(image, audio)
+        video = lipsync(
+            rt,
+            image.output,
+            audio.output,
+            resolution=req.resolution,
+            seed=req.seed,
+            mouth=prepared.actor.mouth,
+        )
+        told(video)
+        stage = "qc"
+        quality_check(rt, video, audio_seconds=audio.output.seconds, resolution=req.resolution)
+        stage = "publish"
+        url = publish(rt, video, key)
+        stage = "record"
+        return record_success(rt, prepared, image=image, audio=audio, video=video, key=key, url=url)
+    except Skipped:
+        raise
+    except Exception as exc:
+        failed = exc.stage if isinstance(exc, StageFailed) else stage
+        message = exc.message if isinstance(exc, StageFailed) else str(exc)
+        record_failure(rt, prepared, stage=failed, error=message)
+        raise
+
+
 # ---- records -----------------------------------------------------------------------------------------
 
 
-def record_start(rt: Runtime, prepared: PreparedVideo) -> str:
-    """Create (or reset) the video row as running; returns its id."""
+def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -> str:
+    """Create (or reset) the video row as running; returns its id. ``extra_values`` are more columns
+    (a campaign row's campaign_id, row_id, extra)."""
     req = prepared.request
     with rt.session() as s:
         row = queries.upsert_video(
             s,
             request_key=prepared.request_key,
             values={
+                **extra_values,
                 "actor_key": prepared.actor.key,
                 "script": prepared.script,
                 "audio_source": str(prepared.audio_path) if prepared.audio_path else None,

@@ -6,7 +6,7 @@ import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +34,30 @@ class ConfigError(Exception):
     """The configuration cannot work (e.g. a database that is not migrated)."""
 
 
+class KeyedLocks:
+    """One lock per key, created on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -42,11 +66,23 @@ class Runtime:
     image: ImageEditor | QueueImageEditor
     speech: dict[str, SpeechSynth | QueueSpeechSynth]
     lipsync: LipSyncer | QueueLipSyncer
+    stage_locks: KeyedLocks = field(default_factory=KeyedLocks)
+    provider_slots: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with session_scope(self.engine) as session:
             yield session
+
+    @contextmanager
+    def provider_slot(self, provider: str) -> Iterator[None]:
+        """Hold one of the provider's concurrency slots (settings.campaign.provider_limits)."""
+        slot = self.provider_slots.get(provider)
+        if slot is None:
+            yield
+            return
+        with slot:
+            yield
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -88,6 +124,10 @@ def build_runtime(settings: Settings) -> Runtime:
         image=image,
         speech=speech,
         lipsync=build_lipsync(settings, engine),
+        provider_slots={
+            name: threading.BoundedSemaphore(limit)
+            for name, limit in settings.campaign.provider_limits.items()
+        },
     )
 
 

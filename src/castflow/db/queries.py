@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from castflow.db.tables import (
     Actor,
+    Campaign,
+    CampaignStatus,
     ImageVariant,
     StageRun,
     StageStatus,
@@ -253,6 +255,53 @@ def finish_video(
 
 
 IntegrityError = sa_exc.IntegrityError
+
+
+# ---- campaigns --------------------------------------------------------------------------------------
+
+
+def open_campaign(
+    session: Session, *, name: str, sheet_name: str, sheet_hash: str, budget_usd: float | None
+) -> tuple[Campaign, bool]:
+    """The campaign of (name, sheet content), created if new; returns it and whether it existed."""
+    query = sa.select(Campaign).where(Campaign.name == name, Campaign.sheet_hash == sheet_hash)
+    found = session.scalars(query).one_or_none()
+    if found is not None:
+        return found, True
+    now = utcnow()
+    ins = _insert(session, Campaign.__table__)  # type: ignore[arg-type]
+    session.execute(
+        ins.values(
+            id=uuid.uuid4(),
+            name=name,
+            sheet_name=sheet_name,
+            sheet_hash=sheet_hash,
+            status=CampaignStatus.pending.value,
+            settings={},
+            totals={},
+            budget_usd=budget_usd,
+            created_at=now,
+            updated_at=now,
+        ).on_conflict_do_nothing(index_elements=["name", "sheet_hash"])
+    )
+    return session.scalars(query).one(), False
+
+
+def get_campaign(session: Session, *, name: str) -> Campaign | None:
+    """The newest campaign called ``name`` (a name may have run several sheets)."""
+    return session.scalars(
+        sa.select(Campaign).where(Campaign.name == name).order_by(Campaign.created_at.desc()).limit(1)
+    ).one_or_none()
+
+
+def update_campaign(session: Session, *, campaign_id: uuid.UUID, **values: Any) -> None:
+    session.execute(
+        sa.update(Campaign).where(Campaign.id == campaign_id).values(updated_at=utcnow(), **values)
+    )
+
+
+def campaign_videos(session: Session, *, campaign_id: uuid.UUID) -> Sequence[Video]:
+    return session.scalars(sa.select(Video).where(Video.campaign_id == campaign_id)).all()
 
 
 # ---- webhook events ---------------------------------------------------------------------------------

@@ -1,0 +1,235 @@
+"""The ``run_campaign`` flow: a validated sheet fanned out into videos, one task per row.
+
+Rows run with bounded concurrency; rows that share a stage (same actor and scene, same script and voice)
+share one paid job; per-provider limits cap jobs in flight; a budget stops paid stages that could cross
+it; every row ends succeeded, failed or skipped; running it again resumes without paying twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import wait as wait_any
+from pathlib import Path
+from typing import Any, cast
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from castflow import campaigns, pipeline
+from castflow.campaigns import Budget, RowEstimate, RowResult
+from castflow.runtime import get_runtime
+from castflow.sheets import SheetInvalid, SheetRow
+from tasks.video import is_transient
+
+
+class CampaignParams(BaseModel):
+    """What to run: the form the Prefect UI shows for the run-campaign deployment."""
+
+    sheet: str = Field(description="Path of the CSV sheet, as the worker sees it.")
+    name: str | None = Field(default=None, description="Campaign name. Default: the sheet's file name.")
+    dry_run: bool = Field(default=False, description="Only estimate the cost; call no paid API.")
+    budget_usd: float | None = Field(
+        default=None, gt=0, description="Never start a paid stage that could cross this total (USD)."
+    )
+    skip_invalid: bool = Field(
+        default=False, description="Run the valid rows and report the others (default: refuse the sheet)."
+    )
+    row_concurrency: int | None = Field(
+        default=None, ge=1, le=512, description="Rows in flight at once. Default: the settings' value."
+    )
+
+
+class CampaignResult(BaseModel):
+    campaign_id: str | None
+    name: str
+    sheet_hash: str
+    dry_run: bool
+    resumed: bool = False
+    rows: int
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    cost_usd: float = 0.0
+    estimate_usd: float = 0.0
+    manifest_path: str | None = None
+    manifest_url: str | None = None
+    warnings: list[str] = []
+    results: list[RowResult] = []
+    estimates: list[RowEstimate] = []
+
+
+_BUDGETS: dict[str, Budget] = {}  # the run's budget, by campaign id (tasks get the id, not the object)
+
+
+@task(
+    name="campaign-row",
+    task_run_name="row-{row.row_id}",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=is_transient,
+)
+def campaign_row(campaign_id: str, campaign_name: str, row: SheetRow) -> RowResult:
+    """One row of the sheet: its video, within the budget."""
+    return campaigns.run_row(
+        get_runtime(),
+        campaign_id=uuid.UUID(campaign_id),
+        campaign_name=campaign_name,
+        row=row,
+        budget=_BUDGETS[campaign_id],
+    )
+
+
+def _runner() -> TaskRunner[PrefectFuture[Any]]:
+    # The flow keeps at most row_concurrency rows submitted; the pool only needs to be at least that big.
+    return cast("TaskRunner[PrefectFuture[Any]]", ThreadPoolTaskRunner(max_workers=512))
+
+
+@flow(name="run-campaign", task_runner=_runner(), validate_parameters=True)
+def run_campaign(params: CampaignParams) -> CampaignResult:
+    """Run a campaign sheet: validate every row first, then make the videos (or only estimate them)."""
+    rt = get_runtime()
+    path = Path(params.sheet).expanduser()
+    if not path.is_file():
+        raise pipeline.UserError(f"sheet {path} does not exist")
+    sheet = campaigns.load_sheet(rt, path)
+    name = params.name or path.stem
+    if sheet.sheet_errors or (sheet.errors and not params.skip_invalid):
+        raise SheetInvalid(sheet.name, sheet.problems)
+    warnings = [str(p) for p in sheet.warnings]
+    estimates: list[RowEstimate] = []
+    if params.dry_run or params.budget_usd is not None:
+        estimates = [
+            campaigns.estimate_row(rt, pipeline.prepare_video(rt, campaigns.to_request(row)), row)
+            for row in sheet.rows
+        ]
+    estimate_total = campaigns.budget_total(estimates)
+    if params.dry_run:
+        return CampaignResult(
+            campaign_id=None,
+            name=name,
+            sheet_hash=sheet.content_hash,
+            dry_run=True,
+            rows=sheet.total_rows,
+            estimate_usd=estimate_total,
+            warnings=warnings,
+            estimates=estimates,
+        )
+
+    campaign_id, resumed = campaigns.open_campaign(rt, name, sheet, params.budget_usd)
+    key = str(campaign_id)
+    _BUDGETS[key] = Budget(params.budget_usd, campaigns.spent_so_far(rt, campaign_id))
+    results: list[RowResult] = campaigns.record_invalid_rows(rt, campaign_id, sheet) if sheet.errors else []
+    total = len(sheet.rows) + len(results)
+    progress = _Progress(total, len(results), name)
+    cfg = rt.settings
+    row_task = campaign_row.with_options(
+        retries=cfg.pipeline.task_retries,
+        retry_delay_seconds=cfg.pipeline.retry_backoff_s,
+        retry_jitter_factor=cfg.pipeline.retry_jitter,
+    )
+    limit = params.row_concurrency or cfg.campaign.row_concurrency
+    try:
+        pending = list(reversed(sheet.rows))
+        running: dict[Any, tuple[PrefectFuture[RowResult], SheetRow]] = {}
+        while pending or running:
+            while pending and len(running) < limit:
+                row = pending.pop()
+                future = row_task.submit(key, name, row)
+                running[future.wrapped_future] = (future, row)  # type: ignore[attr-defined]
+            done, _ = wait_any(list(running), return_when=FIRST_COMPLETED)
+            for inner in done:
+                future, row = running.pop(inner)
+                outcome = _row_result(future, row)
+                results.append(outcome)
+                progress.step(outcome)
+    finally:
+        _BUDGETS.pop(key, None)
+        progress.close()
+    totals = campaigns.finish_campaign(rt, campaign_id, results)
+    manifest_path, manifest_url = campaigns.write_manifest(
+        rt, campaign_id, name, sheet, rt.settings.data_dir / "manifests"
+    )
+    result = CampaignResult(
+        campaign_id=key,
+        name=name,
+        sheet_hash=sheet.content_hash,
+        dry_run=False,
+        resumed=resumed,
+        rows=total,
+        succeeded=totals["succeeded"],
+        failed=totals["failed"],
+        skipped=totals["skipped"],
+        cost_usd=totals["cost_usd"],
+        estimate_usd=estimate_total,
+        manifest_path=str(manifest_path),
+        manifest_url=manifest_url,
+        warnings=warnings,
+        results=sorted(results, key=lambda r: r.row),
+    )
+    _summary_artifact(result)
+    return result
+
+
+def _row_result(future: PrefectFuture[RowResult], row: SheetRow) -> RowResult:
+    """A finished row task's result; a task that failed (after its retries) is a failed row."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return RowResult(row=row.row, row_id=row.row_id, status="failed", error=str(exc)[:2000])
+
+
+class _Progress:
+    """The run's progress: a Prefect progress artifact (throttled) and the in-process listeners."""
+
+    def __init__(self, total: int, done: int, name: str) -> None:
+        self.total = max(total, 1)
+        self.done = done
+        self.name = name
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._artifact: uuid.UUID = create_progress_artifact(  # type: ignore[assignment]  # sync context
+            progress=100.0 * done / self.total,
+            key=_artifact_key(name, "progress"),
+            description=f"Campaign {name}",
+        )
+
+    def step(self, result: RowResult) -> None:
+        with self._lock:
+            self.done += 1
+            campaigns.notify(self.done, self.total, result)
+            now = time.monotonic()
+            if now - self._last >= 1.0 or self.done == self.total:
+                self._last = now
+                update_progress_artifact(self._artifact, progress=100.0 * self.done / self.total)
+
+    def close(self) -> None:
+        update_progress_artifact(self._artifact, progress=100.0 * self.done / self.total)
+
+
+def _artifact_key(name: str, what: str) -> str:
+    return f"campaign-{campaigns.slug(name, 40)}-{what}"
+
+
+def _summary_artifact(result: CampaignResult) -> None:
+    lines = [
+        f"# Campaign {result.name}",
+        "",
+        f"{result.succeeded} succeeded, {result.failed} failed, {result.skipped} skipped of {result.rows} rows; "
+        f"spent ${result.cost_usd:.2f} (estimate ${result.estimate_usd:.2f}).",
+        "",
+        f"Manifest: {result.manifest_url}",
+    ]
+    problems = [r for r in result.results if r.status != "succeeded"][:50]
+    if problems:
+        lines += ["", "| row | row id | status | reason |", "|---|---|---|---|"]
+        lines += [
+            f"| {r.row} | {r.row_id} | {r.status} | {(r.error or '').replace('|', '/')[:200]} |"
+            for r in problems
+        ]
+    create_markdown_artifact("\n".join(lines), key=_artifact_key(result.name, "summary"))
