@@ -233,3 +233,27 @@ def test_fake_latency_makes_a_read_timeout(fake: FakeFal) -> None:
         asyncio.run(
             impatient.submit("fal-ai/elevenlabs/tts/multilingual-v2", {"text": "Hi.", "voice": "Aria"})
         )
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [(500, {}), (503, {"x-fal-request-id": "abc"}), (429, {"x-fal-request-id": "abc"}), (200, {})],
+)
+def test_a_submit_fal_itself_answered_is_never_resent(status: int, headers: dict[str, str]) -> None:
+    """Only fal's ingress (429/5xx without a request id) means "not queued"; anything else from fal may
+    have queued a billed request: one POST, and the stage fails saying the outcome is unknown."""
+    import httpx
+
+    posts = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        body = b"<html>oops</html>" if status == 200 else b'{"detail": "boom"}'
+        return httpx.Response(status, headers=headers, content=body)
+
+    fal = FalClient(
+        SecretStr(VALID_KEY), queue_url="http://fal.test", transport=httpx.MockTransport(answer), policy=FAST
+    )
+    with pytest.raises(SubmitOutcomeUnknown):
+        asyncio.run(fal.submit("fal-ai/nano-banana/edit", {"prompt": "x", "image_urls": ["u"]}))
+    assert len(posts) == 1

@@ -208,7 +208,7 @@ def test_http_retries_on_results_but_never_a_blind_resubmit(
 
     fake.knobs.submit_errors = [503]
     before = fake.calls["submit"]
-    with pytest.raises(TransientError, match="503"):
+    with pytest.raises(SubmitOutcomeUnknown, match="HTTP 503"):
         asyncio.run(client.submit("wavespeed-ai/infinitetalk", urls))
     assert fake.calls["submit"] == before + 1  # a 5xx may have created a billed task: not retried
 
@@ -413,3 +413,45 @@ def test_a_recorded_request_the_provider_forgot_is_replaced_once(ws_rt: Runtime,
         run = s.scalars(sa.select(StageRun).where(StageRun.stage == "lipsync")).one()
         assert run.status is StageStatus.succeeded
         assert run.request_id in fake.tasks
+
+
+def test_a_5xx_answer_to_a_submit_fails_the_stage_without_a_resubmit(
+    ws_rt: Runtime, fake: FakeWaveSpeed
+) -> None:
+    actor = pipeline.actor_ref(ws_rt, "leo")
+    speech = pipeline.speech(ws_rt, actor, "Ambiguous.")
+    fake.knobs.submit_errors = [503]
+    with pytest.raises(SubmitOutcomeUnknown) as failed:
+        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert not failed.value.transient  # the task layer will not resubmit either
+    assert fake.calls["submit"] == 1
+    with ws_rt.session() as s:
+        run = s.scalars(sa.select(StageRun).where(StageRun.stage == "lipsync")).one()
+        assert run.status is StageStatus.failed
+        assert "outcome unknown" in (run.error or "")
+
+
+def test_a_storage_failure_after_the_render_keeps_the_paid_job(
+    ws_rt: Runtime, fake: FakeWaveSpeed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The render finished but storing it failed (say a bucket limit): the next attempt re-attaches and
+    fetches the same output instead of paying for a new render."""
+    actor = pipeline.actor_ref(ws_rt, "ava")
+    speech = pipeline.speech(ws_rt, actor, "Keep what was paid for.")
+    real_put = ws_rt.storage.put_file
+
+    def refuse_videos(key: str, source: Path, content_type: str) -> str:
+        if content_type == "video/mp4":
+            raise PermanentError("storage: Payload too large (413)")
+        return real_put(key, source, content_type)
+
+    monkeypatch.setattr(ws_rt.storage, "put_file", refuse_videos)
+    with pytest.raises(PermanentError, match="too large"):
+        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    with ws_rt.session() as s:
+        run = s.scalars(sa.select(StageRun).where(StageRun.stage == "lipsync")).one()
+        assert run.status is StageStatus.running
+        assert run.request_id
+    monkeypatch.setattr(ws_rt.storage, "put_file", real_put)
+    pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert fake.calls["submit"] == 1

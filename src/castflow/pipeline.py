@@ -230,6 +230,7 @@ def _run_stage_locked(
             s, stage_key=key, stage=stage, provider=provider, model=model, meta=dict(meta or {})
         )
     started = time.monotonic()
+    collected = False  # a paid job whose output we hold: a later failure must not lose it
     try:
         with rt.provider_slot(provider), tempfile.TemporaryDirectory(prefix=f"castflow-{stage}-") as tmp:
             if call is not None:
@@ -238,23 +239,19 @@ def _run_stage_locked(
                 assert submit is not None
                 assert collect is not None
                 result = _submit_or_reattach(rt, key, in_flight, submit, collect, Path(tmp))
+                collected = True
             digest = sha256_file(result.path)
             out_key = f"stages/{stage}/{key[:2]}/{key}{_ext(result.content_type)}"
             rt.storage.put_file(out_key, result.path, result.content_type)
-    except TransientError as exc:
-        with rt.session() as s:
-            if exc.job_failed:  # the job is over: the retry submits a new one
-                queries.fail_stage_run(s, stage_key=key, error=str(exc))
-            else:  # keep the stage running with its request id: the retry re-attaches to the paid job
-                queries.note_stage_error(s, stage_key=key, error=str(exc))
-        raise
-    except ProviderError as exc:
-        with rt.session() as s:
-            queries.fail_stage_run(s, stage_key=key, error=str(exc))
-        raise
     except Exception as exc:
+        message = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
         with rt.session() as s:
-            queries.fail_stage_run(s, stage_key=key, error=f"{type(exc).__name__}: {exc}")
+            if collected or (isinstance(exc, TransientError) and not exc.job_failed):
+                # The provider's job finished (or may still): keep the stage running with its request
+                # id, so the next attempt re-attaches and fetches the output instead of paying again.
+                queries.note_stage_error(s, stage_key=key, error=message)
+            else:  # nothing paid is pending: the next attempt submits anew
+                queries.fail_stage_run(s, stage_key=key, error=message)
         raise
     elapsed = time.monotonic() - started
     out_meta = {**(meta or {}), **result.meta, "content_type": result.content_type, "seconds": result.seconds}

@@ -46,10 +46,10 @@ class SubmitOutcomeUnknown(PermanentError):
     a deliberate rerun submits again.
     """
 
-    def __init__(self, provider: str, cause: BaseException) -> None:
+    def __init__(self, provider: str, what: str) -> None:
         super().__init__(
-            f"{provider}: submit outcome unknown ({type(cause).__name__}); not retried automatically, "
-            "since the job may exist and be billed. Check the provider's dashboard, then rerun to submit again",
+            f"{provider}: submit outcome unknown ({what}); not retried automatically, since the job may "
+            "exist and be billed. Check the provider's dashboard, then rerun to submit again",
             provider=provider,
         )
 

@@ -27,6 +27,7 @@ from castflow.providers.base import (
     PermanentError,
     ProviderResult,
     RequestNotFound,
+    SubmitOutcomeUnknown,
     TransientError,
 )
 from castflow.providers.http import (
@@ -93,6 +94,7 @@ class FalClient:
         self._key = key
         self.webhook_url = webhook_url
         self.hint = hint
+        self._handles: dict[str, FalHandle] = {}  # request id → the URLs its submit returned
         self.queue_url = queue_url.rstrip("/")
         self.rest_url = rest_url.rstrip("/")
         self.cdn_url = cdn_url.rstrip("/")
@@ -124,23 +126,35 @@ class FalClient:
             async with self._client() as client:
                 resp = await post_submit(client, url, payload, PROVIDER)
             if resp.status_code in (429, 502, 503, 504) and "x-fal-request-id" not in resp.headers:
-                raise RetryableHTTPError(resp)
+                raise RetryableHTTPError(resp)  # fal's ingress answered: nothing was queued
+            if resp.status_code in (408, 429) or resp.status_code >= 500:
+                # fal itself answered: the request may be queued (and billed), so never resent.
+                raise SubmitOutcomeUnknown(PROVIDER, f"HTTP {resp.status_code}")
             _check(resp)
-            body = resp.json()
+            try:
+                body = resp.json()
+            except ValueError:
+                raise SubmitOutcomeUnknown(PROVIDER, "the answer is not JSON") from None
             request_id = str(body["request_id"])
-            documented = self.handle_for(model_id, request_id)
-            return FalHandle(
+            documented = self.documented_handle(model_id, request_id)
+            handle = FalHandle(
                 model_id=model_id,
                 request_id=request_id,
                 status_url=body.get("status_url") or documented.status_url,
                 response_url=body.get("response_url") or documented.response_url,
                 cancel_url=body.get("cancel_url") or documented.cancel_url,
             )
+            self._handles[request_id] = handle
+            return handle
 
         return await with_retries(call, self.policy, provider=PROVIDER)
 
     def handle_for(self, model_id: str, request_id: str) -> FalHandle:
-        """The documented URLs of a request (to re-attach to one recorded before a crash)."""
+        """The URLs the submit returned (fal.md 1.2: follow them), or the documented ones for a request
+        recorded by another process (re-attaching after a crash)."""
+        return self._handles.get(request_id) or self.documented_handle(model_id, request_id)
+
+    def documented_handle(self, model_id: str, request_id: str) -> FalHandle:
         base = f"{self.queue_url}/{app_path(model_id)}/requests/{request_id}"
         return FalHandle(model_id, request_id, f"{base}/status", base, f"{base}/cancel")
 

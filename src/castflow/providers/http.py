@@ -109,7 +109,8 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
             provider=provider,
         ) from exc
     except httpx.TransportError as exc:
-        raise TransientError(f"{provider}: {type(exc).__name__} after retries", provider=provider) from exc
+        # ``from None``: transport errors may quote request headers (an Authorization value).
+        raise TransientError(f"{provider}: {type(exc).__name__} after retries", provider=provider) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -170,7 +171,7 @@ async def post_submit(
     except (httpx.ConnectError, httpx.ConnectTimeout):
         raise
     except httpx.TransportError as exc:
-        raise SubmitOutcomeUnknown(provider, exc) from exc
+        raise SubmitOutcomeUnknown(provider, type(exc).__name__) from None
 
 
 def short_body(response: httpx.Response, limit: int = 300) -> str:

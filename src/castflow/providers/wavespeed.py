@@ -33,6 +33,7 @@ from castflow.providers.base import (
     ProviderError,
     ProviderResult,
     RequestNotFound,
+    SubmitOutcomeUnknown,
     TransientError,
 )
 from castflow.providers.http import (
@@ -140,11 +141,11 @@ class WaveSpeedClient:
                 raise RetryableHTTPError(resp)  # rate limit: the task was not created
             if resp.status_code >= 500:
                 # The SDK never retries a submit: a 5xx may still have created a billed task.
-                raise TransientError(
-                    f"wavespeed: submit answered HTTP {resp.status_code}: {short_body(resp)}",
-                    provider=PROVIDER,
-                )
-            return _prediction(resp)
+                raise SubmitOutcomeUnknown(PROVIDER, f"HTTP {resp.status_code}")
+            try:
+                return _prediction(resp)
+            except TransientError as exc:  # a 2xx that is not JSON, or an envelope code >= 500
+                raise SubmitOutcomeUnknown(PROVIDER, str(exc)) from None
 
         return await with_retries(call, self.policy, provider=PROVIDER)
 
