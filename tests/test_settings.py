@@ -58,3 +58,19 @@ def test_invalid_values_fail_at_start_up(name: str, value: str, monkeypatch: pyt
     with pytest.raises(ValidationError) as info:
         Settings()
     assert name.removeprefix("CASTFLOW_").split("__")[-1].lower() in str(info.value)
+
+
+def test_secrets_are_trimmed_refused_without_echo_and_never_in_reprs(tmp_path: Path) -> None:
+    s = Settings(
+        data_dir=tmp_path,
+        providers={"fal_key": "  id:secretXYZ\n"},  # type: ignore[arg-type]
+        database={"url": "postgresql+psycopg://castflow:pwXYZ@db/castflow"},  # type: ignore[arg-type]
+    )
+    assert s.providers.fal_key is not None
+    assert s.providers.fal_key.get_secret_value() == "id:secretXYZ"
+    assert s.database_url == "postgresql+psycopg://castflow:pwXYZ@db/castflow"
+    assert "XYZ" not in repr(s)
+    with pytest.raises(ValidationError) as bad:
+        Settings(data_dir=tmp_path, providers={"wavespeed_key": "abc\x07defXYZ"})  # type: ignore[arg-type]
+    assert "control characters" in str(bad.value)
+    assert "XYZ" not in str(bad.value)

@@ -455,3 +455,20 @@ def test_a_storage_failure_after_the_render_keeps_the_paid_job(
     monkeypatch.setattr(ws_rt.storage, "put_file", real_put)
     pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
     assert fake.calls["submit"] == 1
+
+
+def test_a_webhook_that_arrives_before_the_status_changes_wakes_the_wait_once(
+    fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]
+) -> None:
+    """The hint fires, but the result still says processing: one early poll, then the normal schedule
+    (no busy loop)."""
+    image, audio, _ = inputs
+    client = client_for(fake)
+    client.poll = PollSchedule(first=0.2, factor=1, cap=0.2)
+    urls = asyncio.run(_upload_both(client, image, audio))
+    fake.knobs.queue_seconds = 1.0
+    rid = asyncio.run(client.submit("wavespeed-ai/infinitetalk", urls)).id
+    asyncio.run(client.wait(rid, deadline_s=10, hint=lambda: "delivered early"))
+    assert (
+        fake.calls["result"] <= 15
+    )  # ~1.3 s at one poll per 0.2 s, plus the early one (a busy loop: thousands)

@@ -42,7 +42,12 @@ def _guard(name: str, fn: Callable[[], Check]) -> Check:
     try:
         return fn()
     except httpx.HTTPError as exc:
-        return Check(name, "fail", f"unreachable: {type(exc).__name__}: {exc}")
+        # Only the type and the URL: an HTTP library's message may quote request headers (a key).
+        try:
+            where = f" ({exc.request.url.scheme}://{exc.request.url.netloc.decode()})"
+        except RuntimeError:
+            where = ""
+        return Check(name, "fail", f"unreachable: {type(exc).__name__}{where}")
     except Exception as exc:
         return Check(name, "fail", f"{type(exc).__name__}: {exc}")
 

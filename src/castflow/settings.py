@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Resolution = Literal["480p", "720p"]
@@ -15,22 +15,44 @@ Resolution = Literal["480p", "720p"]
 FRAME_SIZES: dict[str, tuple[int, int]] = {"480p": (480, 854), "720p": (720, 1280)}
 
 
-class DatabaseSettings(BaseModel):
+class Section(BaseModel):
+    """A settings group. Validation errors never echo the input (it may be a key or a password)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+
+class DatabaseSettings(Section):
     """Where castflow keeps its own records (not Prefect's)."""
 
-    url: str | None = Field(
+    url: SecretStr | None = Field(
         default=None,
-        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. Default: SQLite in the data dir.",
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host/db (a secret: it may hold "
+        "a password). Default: SQLite in the data dir.",
     )
     echo: bool = False
     busy_timeout_ms: int = Field(default=30_000, ge=1_000, description="SQLite busy timeout.")
 
 
-class SupabaseStorageSettings(BaseModel):
+def clean_secret(value: SecretStr | None) -> SecretStr | None:
+    """Keys pasted with surrounding spaces or a newline are trimmed; any other control character is
+    refused (it would end up quoted, with the key, in an HTTP library's error message)."""
+    if value is None:
+        return None
+    text = value.get_secret_value().strip()
+    if not text:
+        return None
+    if any(ord(c) < 32 or ord(c) == 127 or c.isspace() for c in text):
+        raise ValueError("contains spaces or control characters (value not shown)")
+    return SecretStr(text)
+
+
+class SupabaseStorageSettings(Section):
     """Supabase Storage (the ``supabase`` storage backend). Buckets are chosen by the key's media type."""
 
     url: str = Field(default="", description="Project URL, e.g. https://<ref>.supabase.co (or a fake's).")
     service_role_key: SecretStr | None = None
+
+    _key = field_validator("service_role_key")(clean_secret)
     audio_bucket: str = "ugc-audio"
     video_bucket: str = "ugc-video"
     image_bucket: str = "ugc-images"
@@ -51,7 +73,7 @@ class SupabaseStorageSettings(BaseModel):
     timeout_s: float = Field(default=300, gt=0)
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(Section):
     """Where finished media lives."""
 
     backend: Literal["local", "supabase"] = "local"
@@ -62,7 +84,7 @@ class StorageSettings(BaseModel):
     supabase: SupabaseStorageSettings = SupabaseStorageSettings()
 
 
-class ProviderSettings(BaseModel):
+class ProviderSettings(Section):
     """Which implementation plays each role (speech follows each actor's voice provider)."""
 
     image: Literal["local", "fal"] = "local"
@@ -76,8 +98,10 @@ class ProviderSettings(BaseModel):
     fal_key: SecretStr | None = None
     wavespeed_key: SecretStr | None = None
 
+    _keys = field_validator("fal_key", "wavespeed_key")(clean_secret)
 
-class FalSettings(BaseModel):
+
+class FalSettings(Section):
     """fal.ai hosts and models (the hosts are settings so the loopback fake can stand in)."""
 
     queue_url: str = "https://queue.fal.run"
@@ -89,7 +113,7 @@ class FalSettings(BaseModel):
     speech_deadline_s: float = Field(default=600, gt=0)
 
 
-class WaveSpeedSettings(BaseModel):
+class WaveSpeedSettings(Section):
     """WaveSpeed (InfiniteTalk lip-sync). The host is a setting so the loopback fake can stand in."""
 
     base_url: str = "https://api.wavespeed.ai"
@@ -108,7 +132,7 @@ class WaveSpeedSettings(BaseModel):
     poll_cap_s: float = Field(default=30, gt=0)
 
 
-class WebhookSettings(BaseModel):
+class WebhookSettings(Section):
     """Signed completion callbacks from fal and WaveSpeed (``castflow webhooks serve``).
 
     Polling stays the default; when ``public_url`` is set, submits ask the providers to call it.
@@ -123,13 +147,15 @@ class WebhookSettings(BaseModel):
     )
     jwks_cache_s: int = Field(default=24 * 3600, ge=60)
     wavespeed_secret: SecretStr | None = Field(default=None, description="whsec_... from WaveSpeed.")
+
+    _secret = field_validator("wavespeed_secret")(clean_secret)
     tolerance_s: int = Field(default=300, ge=1)
     poll_cap_s: float = Field(
         default=60, gt=0, description="Fallback polling interval cap while webhooks are expected."
     )
 
 
-class PriceSettings(BaseModel):
+class PriceSettings(Section):
     """Price table (USD) used to cost each stage; defaults from the providers' published prices."""
 
     image_edit_per_image: dict[str, float] = {
@@ -153,7 +179,7 @@ class PriceSettings(BaseModel):
         return round(self.tts_per_1k_chars.get(model, 0.0) * characters / 1000, 6)
 
 
-class PipelineSettings(BaseModel):
+class PipelineSettings(Section):
     """Knobs of the video DAG."""
 
     fps: int = Field(default=25, ge=1, le=60)
@@ -176,7 +202,7 @@ class PipelineSettings(BaseModel):
     max_workers: int = Field(default=8, ge=1, description="Thread pool size of the flow's task runner.")
 
 
-class CampaignSettings(BaseModel):
+class CampaignSettings(Section):
     """Campaign runs over sheets."""
 
     max_rows: int = Field(default=10_000, ge=1, description="Most rows a sheet may have.")
@@ -195,6 +221,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        hide_input_in_errors=True,
     )
 
     data_dir: Path = Field(default=Path(".castflow"), description="Holds the embedded database and storage.")
@@ -251,7 +278,8 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        return self.database.url or f"sqlite:///{self.data_dir / 'castflow.db'}"
+        url = self.database.url
+        return url.get_secret_value() if url else f"sqlite:///{self.data_dir / 'castflow.db'}"
 
     @property
     def storage_root(self) -> Path:

@@ -235,7 +235,8 @@ class FalClient:
                     provider=PROVIDER,
                     request_id=handle.request_id,
                 )
-            await sleep_or_hint(min(delay, left), sleep, hint)
+            if await sleep_or_hint(min(delay, left), sleep, hint):
+                hint = None  # woken by the webhook: from now on, the normal schedule
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def download(self, url: str, dest: Path) -> Path:

@@ -116,16 +116,21 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
 
 async def sleep_or_hint(
     seconds: float, sleep: Callable[[float], Any], hint: Callable[[], object | None] | None
-) -> None:
-    """Sleep ``seconds``; with a webhook hint, wake early (checked every second) once it has news."""
+) -> bool:
+    """Sleep ``seconds``; with a webhook hint, wake early (checked every second) once it has news.
+
+    Returns True when the hint woke it: the caller polls once and then stops asking the hint (a status
+    that lags behind the webhook must not turn the wait into a busy loop).
+    """
     if hint is None:
         await sleep(seconds)
-        return
+        return False
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
         if hint() is not None:
-            return
+            return True
         await sleep(min(1.0, left))
+    return False
 
 
 async def file_chunks(fh: Any, size: int = 1 << 20) -> AsyncIterator[bytes]:

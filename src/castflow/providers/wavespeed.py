@@ -201,7 +201,8 @@ class WaveSpeedClient:
                     provider=PROVIDER,
                     request_id=request_id,
                 )
-            await sleep_or_hint(min(delay, left), sleep, hint)
+            if await sleep_or_hint(min(delay, left), sleep, hint):
+                hint = None  # woken by the webhook: from now on, the normal schedule
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def upload(self, path: Path) -> str:
