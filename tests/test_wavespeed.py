@@ -472,3 +472,21 @@ def test_a_webhook_that_arrives_before_the_status_changes_wakes_the_wait_once(
     assert (
         fake.calls["result"] <= 15
     )  # ~1.3 s at one poll per 0.2 s, plus the early one (a busy loop: thousands)
+
+
+def test_a_paid_render_that_fails_qc_is_not_paid_for_again(
+    ws_rt: Runtime, fake: FakeWaveSpeed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QC failures of paid renders fail the video, not the paid stage: a rerun reports the same problem
+    instead of paying for the same render again."""
+    actor = pipeline.actor_ref(ws_rt, "leo")
+    speech = pipeline.speech(ws_rt, actor, "Checked twice.")
+    assert speech.output.seconds is not None
+    video = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    with pytest.raises(pipeline.StageFailed, match="lasts"):
+        pipeline.quality_check(ws_rt, video, audio_seconds=speech.output.seconds + 1, resolution="480p")
+    again = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert again.reused
+    assert fake.calls["submit"] == 1
+    assert ws_rt.lipsync.size_problem(960, 960, "720p") is None  # a square portrait gives a square video
+    assert ws_rt.lipsync.size_problem(480, 854, "720p") is not None

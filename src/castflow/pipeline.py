@@ -462,7 +462,12 @@ def lipsync(
 
 
 def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, resolution: str) -> None:
-    """Probe the lip-sync output; a failure marks the lip-sync run failed (so a rerun renders again)."""
+    """Probe the lip-sync output; a failure fails the video at ``qc``.
+
+    With the embedded renderer the lip-sync run is marked failed too, so a rerun renders again (free).
+    A paid render stays recorded: rendering the same inputs again would cost as much and most likely
+    fail the same way, so a rerun reports the same QC problem instead of paying again.
+    """
     problems = media.check_video(
         rt.storage.local_path(video.output.key),
         audio_seconds=audio_seconds,
@@ -472,8 +477,9 @@ def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, res
     )
     if problems:
         message = "; ".join(problems)
-        with rt.session() as s:
-            queries.fail_stage_run(s, stage_key=video.stage_key, error=f"quality check failed: {message}")
+        if rt.lipsync.name == "local":
+            with rt.session() as s:
+                queries.fail_stage_run(s, stage_key=video.stage_key, error=f"quality check failed: {message}")
         raise StageFailed("qc", message)
 
 

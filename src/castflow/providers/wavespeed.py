@@ -430,13 +430,12 @@ class WaveSpeedLipSync:
         return asyncio.run(go())
 
     def size_problem(self, width: int, height: int, resolution: str) -> str | None:
-        """InfiniteTalk picks the bucket nearest the input's aspect ratio (exact sizes unverified):
-        accept a portrait frame whose pixel area is within 25 % of the resolution's bucket."""
+        """InfiniteTalk picks the bucket nearest the input's aspect ratio (exact sizes unverified, and a
+        square portrait gives a square video): accept a frame whose pixel area is within 25 % of the
+        resolution's bucket."""
         area = BUCKET_AREA.get(resolution)
         if area is None:
             return f"unknown resolution {resolution}"
-        if height <= width:
-            return f"frame {width}x{height} is not portrait"
         if abs(width * height - area) > 0.25 * area:
             return f"frame {width}x{height} does not match the {resolution} bucket (~{area} pixels)"
         return None
