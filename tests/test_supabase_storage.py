@@ -502,3 +502,18 @@ def test_tus_can_use_the_direct_storage_host(fake: FakeSupabaseStorage, tmp_path
     assert fake.read("ugc-video", "v/direct.mp4") == data.read_bytes()
     create = next(r for r in fake.requests if r.path.endswith("/upload/resumable"))
     assert create.headers["Host"].startswith("localhost:")  # the PATCHes follow the Location it returns
+
+
+def test_the_local_cache_is_capped_least_recently_used_first(
+    fake: FakeSupabaseStorage, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    with make(fake, cache, cache_max_bytes=300 * KIB) as storage:
+        files = [random_file(tmp_path / f"f{i}", 200 * KIB) for i in range(3)]
+        for i, f in enumerate(files):
+            storage.put_file(f"v/{i}.mp4", f, "video/mp4")
+        cached = list(cache.rglob("*.mp4"))
+        assert sum(p.stat().st_size for p in cached) <= 300 * KIB
+        assert [p.name for p in cached] == ["2.mp4"]  # the newest stays
+        again = storage.local_path("v/0.mp4")  # evicted: downloaded again, same bytes
+        assert again.read_bytes() == files[0].read_bytes()

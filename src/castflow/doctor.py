@@ -79,7 +79,10 @@ def check_storage(settings: Settings) -> Check:
     from castflow.storage import build_storage
 
     storage = build_storage(settings)
-    problems = storage.check()  # type: ignore[attr-defined]
+    try:
+        problems = storage.check()  # type: ignore[attr-defined]
+    finally:
+        storage.close()  # type: ignore[attr-defined]
     if problems:
         return Check("storage", "fail", "; ".join(problems))
     sb = settings.storage.supabase

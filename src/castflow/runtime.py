@@ -74,6 +74,12 @@ class Runtime:
         with session_scope(self.engine) as session:
             yield session
 
+    def close(self) -> None:
+        """Release what the runtime holds open (the storage backend's HTTP client)."""
+        close = getattr(self.storage, "close", None)
+        if callable(close):
+            close()
+
     @contextmanager
     def provider_slot(self, provider: str) -> Iterator[None]:
         """Hold one of the provider's concurrency slots (settings.campaign.provider_limits)."""
@@ -201,6 +207,8 @@ def get_runtime() -> Runtime:
     settings = get_settings()
     with _RUNTIME_LOCK:
         if _RUNTIME is None or _RUNTIME[0] is not settings:
+            if _RUNTIME is not None:
+                _RUNTIME[1].close()
             _RUNTIME = (settings, build_runtime(settings))
         return _RUNTIME[1]
 
@@ -208,4 +216,6 @@ def get_runtime() -> Runtime:
 def reset_runtime() -> None:
     global _RUNTIME
     with _RUNTIME_LOCK:
+        if _RUNTIME is not None:
+            _RUNTIME[1].close()
         _RUNTIME = None

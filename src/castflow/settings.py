@@ -71,6 +71,9 @@ class SupabaseStorageSettings(Section):
         "host https://<ref>.storage.supabase.co/storage/v1/upload/resumable for big files.",
     )
     timeout_s: float = Field(default=300, gt=0)
+    cache_max_bytes: int = Field(
+        default=2 * 1024**3, ge=0, description="Local copies kept at most (least recently used go first)."
+    )
 
 
 class StorageSettings(Section):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import heapq
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -93,7 +94,7 @@ class FakeFal(LoopbackServer):
         self.handler = _Handler
         self.knobs = Knobs()
         self.jobs: dict[str, Job] = {}
-        self.files: dict[str, tuple[bytes, str]] = {}
+        self.files: dict[str, tuple[Path, str]] = {}  # URL path → (file on disk, content type)
         self.calls: dict[str, int] = {
             "submit": 0,
             "status": 0,
@@ -117,6 +118,7 @@ class FakeFal(LoopbackServer):
         self._stop.set()
         for t in list(self._threads):
             t.join(timeout=5)
+        shutil.rmtree(self._work, ignore_errors=True)
 
     # ---- webhooks -------------------------------------------------------------------------------
 
@@ -145,6 +147,7 @@ class FakeFal(LoopbackServer):
     def _start_webhook(self, job: Job) -> None:
         thread = threading.Thread(target=self._deliver, args=(job,), daemon=True)
         with self.lock:
+            self._threads = [t for t in self._threads if t.is_alive()]  # finished deliveries
             self._threads.append(thread)
         thread.start()
 
@@ -258,7 +261,7 @@ class FakeFal(LoopbackServer):
             out = LocalImageEditor().edit(
                 src, str(job.payload["prompt"]), seed=int(job.payload.get("seed", 0)), workdir=work
             )
-            url = self._store(out.path.read_bytes(), "image/png", "output.png")
+            url = self._store(out.path, "image/png", "output.png")
             job.output = {
                 "images": [{"url": url, "content_type": "image/png", "file_name": "output.png"}],
                 "description": "",
@@ -270,20 +273,29 @@ class FakeFal(LoopbackServer):
             )
             voice = Voice(provider="local", model="espeak-ng", voice_id=VOICES.get(voice_name, "en-us"))
             out = EspeakSpeech().synthesize(text, voice, workdir=work)
-            url = self._store(out.path.read_bytes(), "audio/wav", "speech.wav")
+            url = self._store(out.path, "audio/wav", "speech.wav")
             job.output = {"audio": {"url": url, "content_type": "audio/wav", "file_name": "speech.wav"}}
             if "minimax" in job.model:
                 job.output["duration_ms"] = int((out.seconds or 0) * 1000)
+        shutil.rmtree(work, ignore_errors=True)
 
     def _download(self, url: str) -> bytes:
         if url.startswith(self.url):
-            return self.files[urlparse(url).path][0]
+            return self.files[urlparse(url).path][0].read_bytes()
         return httpx.get(url, timeout=30).content
 
-    def _store(self, data: bytes, content_type: str, name: str) -> str:
-        path = f"/files/b/{uuid.uuid4().hex}/{name}"
+    def _store(self, data: bytes | Path, content_type: str, name: str) -> str:
+        """Keep a file (on disk, not in memory) and return its CDN URL."""
+        token = uuid.uuid4().hex
+        dest = self._work / "files" / f"{token}-{name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, Path):
+            shutil.copyfile(data, dest)
+        else:
+            dest.write_bytes(data)
+        path = f"/files/b/{token}/{name}"
         with self.lock:
-            self.files[path] = (data, content_type)
+            self.files[path] = (dest, content_type)
         return self.url + path
 
 
@@ -347,7 +359,7 @@ class _Handler(JsonHandler):
             if item is None:
                 self.send(404, {"detail": "Not found"})
                 return
-            self.send(200, item[0], {"Content-Type": item[1]})
+            self.send(200, item[0].read_bytes(), {"Content-Type": item[1]})
             return
         if not self._authorised():
             return

@@ -9,6 +9,7 @@ dropped connections and latency; ``calls`` counts requests per route.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email.parser
 import hashlib
@@ -199,7 +200,7 @@ class FakeSupabaseStorage:
         self.tokens: dict[str, tuple[str, str, float]] = {}
         self.faults: list[Fault] = []
         self.calls: Counter[str] = Counter()
-        self.requests: list[RecordedRequest] = []
+        self.requests: collections.deque[RecordedRequest] = collections.deque(maxlen=10_000)
         self.lock = threading.Lock()
         self.dir = Path(tempfile.mkdtemp(prefix="fake-supabase-"))
         self._server: _Server | None = None

@@ -105,6 +105,7 @@ class FakeWaveSpeed(LoopbackServer):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        self.cleanup()
 
     def cleanup(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)

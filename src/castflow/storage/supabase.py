@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -155,6 +156,8 @@ class SupabaseStorage:
             timeout=httpx.Timeout(settings.timeout_s, connect=10), transport=transport
         )
         self._sdk = SyncStorageClient(self.base_url, dict(self._auth), http_client=self._http)
+        self._cache_lock = threading.Lock()
+        self._cache_bytes: int | None = None  # measured on first use
 
     shares_urls = True  # public or signed HTTPS URLs: providers fetch inputs straight from storage
 
@@ -260,9 +263,35 @@ class SupabaseStorage:
         """A local copy of the object, downloaded into the cache on first use."""
         parts = check_key(key).parts
         path = self.cache_dir.joinpath(self.bucket_for(key), *parts)
-        if not path.is_file():
-            self.fetch(key, path)
+        if path.is_file():
+            os.utime(path)  # recently used: evicted last
+            return path
+        self.fetch(key, path)
+        self._cached(path)
         return path
+
+    def _cached(self, path: Path) -> None:
+        """Count a new cache file; past ``cache_max_bytes`` drop the least recently used down to 80 %."""
+        limit = self.settings.cache_max_bytes
+        with self._cache_lock:
+            if self._cache_bytes is None:
+                self._cache_bytes = sum(f.stat().st_size for f in self._cache_files())
+            else:
+                self._cache_bytes += path.stat().st_size
+            if self._cache_bytes <= limit:
+                return
+            files = sorted(self._cache_files(), key=lambda f: f.stat().st_mtime)
+            total = sum(f.stat().st_size for f in files)
+            for old in files:
+                if total <= 0.8 * limit or old == path:
+                    continue
+                size = old.stat().st_size
+                old.unlink(missing_ok=True)
+                total -= size
+            self._cache_bytes = total
+
+    def _cache_files(self) -> list[Path]:
+        return [f for f in self.cache_dir.rglob("*") if f.is_file() and not f.name.startswith(".")]
 
     # ---- health ----------------------------------------------------------------------------------
 
@@ -473,6 +502,7 @@ class SupabaseStorage:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with _atomic_writer(dest) as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out, _BLOCK)
+        self._cached(dest)
 
 
 @contextmanager
