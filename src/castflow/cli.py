@@ -32,6 +32,8 @@ app.add_typer(actors_app, name="actors")
 app.add_typer(variant_app, name="variant")
 app.add_typer(db_app, name="db")
 app.add_typer(webhooks_app, name="webhooks")
+campaign_app = typer.Typer(help="Campaign sheets: validate, estimate and run.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
 
 T = TypeVar("T")
 
@@ -276,6 +278,19 @@ def actors_import(file: Annotated[Path, typer.Argument(help="Actor file (.yaml, 
     _run(go)
 
 
+@actors_app.command("samples")
+def actors_samples() -> None:
+    """Add the three drawn sample actors (maya, leo, ava) with eSpeak NG voices."""
+
+    def go() -> None:
+        from castflow.actors import SAMPLE_ACTORS, ensure_sample_actors
+
+        ensure_sample_actors(_runtime())
+        typer.echo(f"sample actors ready: {', '.join(a.key for a in SAMPLE_ACTORS)}")
+
+    _run(go)
+
+
 @actors_app.command("list")
 def actors_list() -> None:
     """List the actors."""
@@ -287,7 +302,7 @@ def actors_list() -> None:
         with rt.session() as s:
             rows = queries.list_actors(s)
             if not rows:
-                typer.echo("no actors yet: `castflow actors import FILE` or `castflow demo`")
+                typer.echo("no actors yet: `castflow actors import FILE` or `castflow actors samples`")
             for a in rows:
                 typer.echo(
                     f"{a.key:<12} {a.name:<20} {a.voice_provider}/{a.voice_model}:{a.voice_id}  {a.image_key}"
@@ -433,6 +448,146 @@ def webhooks_serve(
         )
 
     _run(go)
+
+
+# ---- campaigns ----------------------------------------------------------------------------------------
+
+SheetArg = Annotated[Path, typer.Argument(help="The campaign sheet (CSV).", show_default=False)]
+
+
+def _load_sheet(path: Path) -> Any:
+    from castflow import campaigns
+
+    if not path.is_file():
+        raise CliError(f"sheet {path} does not exist")
+    return campaigns.load_sheet(_runtime(), path)
+
+
+def _print_problems(sheet: Any, *, skip_invalid: bool) -> None:
+    for problem in sheet.errors:
+        typer.echo(f"error: {problem}", err=True)
+    for problem in sheet.warnings:
+        typer.echo(f"warning: {problem}", err=True)
+    if sheet.sheet_errors or (sheet.errors and not skip_invalid):
+        raise CliError(
+            f"{sheet.name}: {len(sheet.errors)} error(s) in {sheet.total_rows} row(s); nothing was run"
+            + ("" if sheet.sheet_errors else " (--skip-invalid runs the valid rows)")
+        )
+
+
+@campaign_app.command("validate")
+def campaign_validate(sheet: SheetArg) -> None:
+    """Check every row of a sheet (actors, scripts, audio files, ids, limits) without running anything."""
+
+    def go() -> None:
+        loaded = _load_sheet(sheet)
+        _print_problems(loaded, skip_invalid=False)
+        typer.echo(f"{loaded.name}: {len(loaded.rows)} row(s) ok")
+
+    _run(go)
+
+
+@campaign_app.command("run")
+def campaign_run(
+    sheet: SheetArg,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Campaign name (default: the file name).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate the cost only; no paid call.")] = False,
+    budget: Annotated[
+        float | None, typer.Option("--budget", min=0.01, help="Never start a paid stage past this (USD).")
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Run the valid rows, report the others.")
+    ] = False,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Rows in flight.")] = None,
+) -> None:
+    """Run a campaign sheet: every row becomes a video (resumes a sheet run before)."""
+
+    def go() -> None:
+        from castflow import campaigns, pipeline
+
+        rt = _runtime()
+        loaded = _load_sheet(sheet)
+        _print_problems(loaded, skip_invalid=skip_invalid)
+        if dry_run:
+            estimates = [
+                campaigns.estimate_row(rt, pipeline.prepare_video(rt, campaigns.to_request(row)), row)
+                for row in loaded.rows
+            ]
+            for e in estimates:
+                typer.echo(
+                    f"row {e.row:<5} {e.row_id:<16} {e.actor:<10} ~{e.speech_seconds:5.1f} s  "
+                    f"image ${e.image_usd:.3f}  speech ${e.speech_usd:.4f}  lip-sync ${e.lipsync_usd:.3f}  "
+                    f"= ${e.total_usd:.4f}" + (f"  ({e.reused_stages} reused)" if e.reused_stages else "")
+                )
+            typer.echo(f"estimate: ${campaigns.budget_total(estimates):.2f} for {len(estimates)} row(s)")
+            return
+        _run_campaign_flow(sheet, name, budget, skip_invalid, concurrency, total=loaded.total_rows)
+
+    _run(go)
+
+
+def _run_campaign_flow(
+    sheet: Path,
+    name: str | None,
+    budget: float | None,
+    skip_invalid: bool,
+    concurrency: int | None,
+    total: int,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from castflow import campaigns
+
+    counts = {"succeeded": 0, "failed": 0, "skipped": 0}
+    with (
+        _flows(),
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as bar,
+    ):
+        from flows.run_campaign import CampaignParams, run_campaign
+
+        task = bar.add_task(name or sheet.stem, total=total, counts="")
+
+        def advance(done: int, total: int, result: campaigns.RowResult) -> None:
+            counts[result.status] = counts.get(result.status, 0) + 1
+            text = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+            bar.update(task, completed=done, total=total, counts=text)
+
+        remove = campaigns.add_progress_listener(advance)
+        try:
+            state = run_campaign(
+                CampaignParams(
+                    sheet=str(sheet),
+                    name=name,
+                    budget_usd=budget,
+                    skip_invalid=skip_invalid,
+                    row_concurrency=concurrency,
+                ),
+                return_state=True,
+            )
+        finally:
+            remove()
+    if not state.is_completed():
+        raise CliError(f"campaign failed: {state.message}")
+    result = state.result()
+    for row in result.results:
+        if row.status != "succeeded":
+            typer.echo(f"{row.status:<9} row {row.row} ({row.row_id}): {row.error}")
+    typer.echo(
+        f"{result.name}: {result.succeeded} succeeded, {result.failed} failed, {result.skipped} skipped; "
+        f"spent ${result.cost_usd:.2f}" + (" (resumed)" if result.resumed else "")
+    )
+    typer.echo(f"manifest: {result.manifest_path}")
+    if result.failed:
+        raise typer.Exit(1)
 
 
 # ---- doctor -------------------------------------------------------------------------------------------
