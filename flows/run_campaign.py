@@ -104,10 +104,7 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
     warnings = [str(p) for p in sheet.warnings]
     estimates: list[RowEstimate] = []
     if params.dry_run or params.budget_usd is not None:
-        estimates = [
-            campaigns.estimate_row(rt, pipeline.prepare_video(rt, campaigns.to_request(row)), row)
-            for row in sheet.rows
-        ]
+        estimates = campaigns.estimate_sheet(rt, sheet.rows)
     estimate_total = campaigns.budget_total(estimates)
     if params.dry_run:
         return CampaignResult(

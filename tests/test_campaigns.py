@@ -145,3 +145,24 @@ def test_dry_run_estimates_without_calling_paid_apis_and_the_budget_caps_spend(
     assert run.skipped == 4
     assert all((r.error or "").startswith("budget") for r in run.results if r.status == "skipped")
     assert run.cost_usd == pytest.approx(2 * per_row.total_usd)
+
+
+def test_dry_run_counts_a_stage_shared_by_rows_once(
+    paid_rt: Runtime, tmp_path: Path, prefect_server: None
+) -> None:
+    from flows.run_campaign import CampaignParams, run_campaign
+
+    sheet = write(
+        tmp_path,
+        "row_id,actor,script,scene,resolution\n"
+        "a,nia,Same words.,same place,480p\n"
+        "b,nia,Same words.,same place,720p\n"  # shares the variant and the speech, not the lip-sync
+        "c,nia,Same words.,same place,480p\n",  # shares everything with a
+        "shared.csv",
+    )
+    a, b, c = run_campaign(CampaignParams(sheet=str(sheet), dry_run=True)).estimates
+    assert a.image_usd > 0
+    assert a.speech_usd > 0
+    assert (b.image_usd, b.speech_usd, b.reused_stages) == (0, 0, 2)
+    assert b.lipsync_usd == pytest.approx(2 * a.lipsync_usd)  # 720p costs twice 480p
+    assert (c.total_usd, c.reused_stages) == (0, 3)

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from castflow import pipeline
 from castflow.db import queries
 from castflow.db.tables import CampaignStatus, StageStatus, Video, VideoStatus, utcnow
-from castflow.models import StageOutcome, VideoRequest
+from castflow.models import MediaRef, StageOutcome, VideoRequest
 from castflow.providers.wavespeed import billed_seconds
 from castflow.runtime import Runtime
 from castflow.sheets import ActorInfo, Sheet, SheetRow, escape_cell, read_sheet
@@ -118,28 +118,74 @@ def lipsync_cost(rt: Runtime, seconds: float, resolution: str) -> float:
     return round(billed * prices.lipsync_per_second.get(resolution, 0.0), 6)
 
 
-def estimate_row(rt: Runtime, prepared: pipeline.PreparedVideo, row: SheetRow) -> RowEstimate:
-    """Cost estimate of one row without calling any paid API."""
+def _succeeded(rt: Runtime, key: str) -> MediaRef | None:
+    """The output of a finished stage, or None."""
+    with rt.session() as s:
+        run = queries.get_stage_run(s, stage_key=key)
+        if (
+            run is None
+            or run.status is not StageStatus.succeeded
+            or not run.output_key
+            or not run.output_hash
+        ):
+            return None
+        seconds = run.meta.get("seconds")
+        return MediaRef(
+            key=run.output_key,
+            sha256=run.output_hash,
+            content_type=str(run.meta.get("content_type", "application/octet-stream")),
+            seconds=float(seconds) if isinstance(seconds, int | float) else None,
+        )
+
+
+def estimate_row(
+    rt: Runtime, prepared: pipeline.PreparedVideo, row: SheetRow, seen: set[str] | None = None
+) -> RowEstimate:
+    """Cost estimate of one row without calling any paid API. Stages already done cost nothing; with
+    ``seen`` (shared by the rows of a sheet) a stage an earlier row will pay for costs nothing either."""
+    seen = set() if seen is None else seen
     prices = rt.settings.prices
     req = prepared.request
     reused = 0
     image_usd = 0.0
+    image: MediaRef | None = pipeline.given_image(prepared).output
+    image_id = image.sha256 if image else ""
     if req.scene:
         key = pipeline.scene_variant_key(rt, prepared.actor.image, req.scene, req.seed)
-        if _done(rt, key):
+        image, image_id = _succeeded(rt, key), key
+        if image is not None or key in seen:
             reused += 1
         elif rt.image.name != "local":
             image_usd = prices.image_edit(rt.image.model)
+        seen.add(key)
     speech_usd = 0.0
+    audio: MediaRef | None = None
     if prepared.script is not None:
-        seconds = len(prepared.script) / ESTIMATE_CHARS_PER_SECOND
-        if _done(rt, pipeline.speech_key(prepared.actor.voice, prepared.script)):
+        key = pipeline.speech_key(prepared.actor.voice, prepared.script)
+        audio, audio_id = _succeeded(rt, key), key
+        seconds = (
+            audio.seconds if audio and audio.seconds else len(prepared.script) / ESTIMATE_CHARS_PER_SECOND
+        )
+        if audio is not None or key in seen:
             reused += 1
         elif prepared.actor.voice.provider != "local":
             speech_usd = prices.tts(prepared.actor.voice.model, len(prepared.script))
+        seen.add(key)
     else:
         seconds = row.audio_seconds or 0.0
-    lipsync_usd = lipsync_cost(rt, seconds, req.resolution)
+        audio_id = prepared.audio_sha256 or ""
+    lip_id = f"lipsync:{image_id}:{audio_id}:{req.resolution}:{req.seed}"
+    done = (
+        image is not None
+        and audio is not None
+        and _done(rt, pipeline.lipsync_key(rt, image, audio, req.resolution, req.seed))
+    )
+    if done or lip_id in seen:
+        reused += 1
+        lipsync_usd = 0.0
+    else:
+        lipsync_usd = lipsync_cost(rt, seconds, req.resolution)
+    seen.add(lip_id)
     return RowEstimate(
         row=row.row,
         row_id=row.row_id,
@@ -150,6 +196,12 @@ def estimate_row(rt: Runtime, prepared: pipeline.PreparedVideo, row: SheetRow) -
         speech_seconds=round(seconds, 2),
         reused_stages=reused,
     )
+
+
+def estimate_sheet(rt: Runtime, rows: Iterable[SheetRow]) -> list[RowEstimate]:
+    """Every row's estimate, counting each stage shared between rows once."""
+    seen: set[str] = set()
+    return [estimate_row(rt, pipeline.prepare_video(rt, to_request(row)), row, seen) for row in rows]
 
 
 class Budget:

@@ -505,16 +505,13 @@ def campaign_run(
     """Run a campaign sheet: every row becomes a video (resumes a sheet run before)."""
 
     def go() -> None:
-        from castflow import campaigns, pipeline
+        from castflow import campaigns
 
         rt = _runtime()
         loaded = _load_sheet(sheet)
         _print_problems(loaded, skip_invalid=skip_invalid)
         if dry_run:
-            estimates = [
-                campaigns.estimate_row(rt, pipeline.prepare_video(rt, campaigns.to_request(row)), row)
-                for row in loaded.rows
-            ]
+            estimates = campaigns.estimate_sheet(rt, loaded.rows)
             for e in estimates:
                 typer.echo(
                     f"row {e.row:<5} {e.row_id:<16} {e.actor:<10} ~{e.speech_seconds:5.1f} s  "
