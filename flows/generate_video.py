@@ -67,11 +67,18 @@ def generate_video(request: VideoRequest) -> VideoResult:
         )
         stage = "qc"
         t.quality_check(video, audio.output.seconds, request.resolution)
-        stage = "publish"
         key = pipeline.video_key(prepared.actor.key, prepared.request_key, request.resolution)
-        url = t.retrying(t.publish, rt.settings)(video, key)
+        final, srt_key = video, None
+        if request.captions and prepared.script:
+            stage = "captions"
+            final, srt_text = pipeline.burn_captions(rt, video, audio, prepared.script)
+            srt_key = pipeline.publish_text(
+                rt, key.removesuffix(".mp4") + ".srt", srt_text, "application/x-subrip"
+            )
+        stage = "publish"
+        url = t.retrying(t.publish, rt.settings)(final, key)
         stage = "record"
-        return t.retrying(t.record, rt.settings)(prepared, image, audio, video, key, url)
+        return t.retrying(t.record, rt.settings)(prepared, image, audio, video, key, url, srt_key)
     except Exception as exc:
         failed = exc.stage if isinstance(exc, pipeline.StageFailed) else stage
         message = exc.message if isinstance(exc, pipeline.StageFailed) else str(exc)

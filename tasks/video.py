@@ -135,8 +135,16 @@ def record(
     video: StageOutcome,
     key: str,
     url: str,
+    captions_key: str | None = None,
 ) -> VideoResult:
     """Write the finished video's row (idempotent per request)."""
     return pipeline.record_success(
-        get_runtime(), prepared, image=image, audio=audio, video=video, key=key, url=url
+        get_runtime(),
+        prepared,
+        image=image,
+        audio=audio,
+        video=video,
+        key=key,
+        url=url,
+        captions_key=captions_key,
     )

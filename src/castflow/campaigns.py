@@ -70,6 +70,7 @@ def to_request(row: SheetRow) -> VideoRequest:
         image_variant_id=row.image_variant_id,
         resolution=row.resolution,
         seed=row.seed,
+        captions=row.captions,
     )
 
 

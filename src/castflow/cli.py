@@ -122,6 +122,9 @@ def video(
     variant: Annotated[str | None, typer.Option("--variant", help="Reuse this image variant id.")] = None,
     resolution: Annotated[str, typer.Option("--resolution", "-r", help="480p or 720p.")] = "480p",
     seed: Annotated[int, typer.Option("--seed", help="Seed for the edit and lip-sync.")] = 0,
+    captions: Annotated[
+        bool, typer.Option("--captions", help="Burn the script in as captions and write an SRT.")
+    ] = False,
 ) -> None:
     """Make one video of ACTOR saying --script (or playing --audio)."""
     from castflow.models import VideoRequest
@@ -136,6 +139,7 @@ def video(
                 image_variant_id=variant,
                 resolution=resolution,
                 seed=seed,
+                captions=captions,
             )
         except ValidationError as exc:
             raise CliError(_validation_message(exc)) from exc

@@ -154,6 +154,19 @@ class Probe:
     video_duration: float | None = None
 
 
+def decode_video_frames(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
+    """The video's frames as RGB arrays, one at a time (never the whole video in memory)."""
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise MediaError(f"cannot open {path.name}: {exc}") from exc
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"{path.name} has no video stream")
+        for frame in container.decode(container.streams.video[0]):
+            yield np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
+
+
 def probe(path: Path) -> Probe:
     """Read a media file's streams and durations."""
     try:

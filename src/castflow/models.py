@@ -65,6 +65,7 @@ class VideoRequest(Frozen):
     image_variant_id: str | None = Field(default=None, description="Reuse an existing image variant.")
     resolution: Resolution = "480p"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    captions: bool = Field(default=False, description="Burn the script in as captions, and write an SRT.")
 
     @model_validator(mode="after")
     def _one_source(self) -> VideoRequest:
@@ -81,7 +82,7 @@ class VideoRequest(Frozen):
         return Path(self.audio).expanduser() if self.audio else None
 
 
-StageName = Literal["scene_variant", "speech", "audio_ingest", "lipsync"]
+StageName = Literal["scene_variant", "speech", "audio_ingest", "lipsync", "captions"]
 
 
 class StageOutcome(Frozen):

@@ -29,6 +29,7 @@ from castflow.models import (
     Voice,
 )
 from castflow.providers.base import (
+    Billing,
     PermanentError,
     ProviderError,
     ProviderResult,
@@ -162,6 +163,7 @@ def prepare_video(rt: Runtime, req: VideoRequest) -> PreparedVideo:
         variant=req.image_variant_id,
         resolution=req.resolution,
         seed=req.seed,
+        **({"captions": True} if req.captions else {}),  # absent: keys of plain videos stay as they were
     )
     return PreparedVideo(req, request_key, actor, script, audio_path, audio_sha, variant)
 
@@ -400,7 +402,6 @@ def ingest_audio(rt: Runtime, path: Path, sha256: str) -> StageOutcome:
     def call(_wd: Path) -> ProviderResult:
         sound = media.decode_audio(path, max_seconds=rt.settings.pipeline.max_audio_seconds)
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        from castflow.providers.base import Billing
 
         return ProviderResult(path, ctype, Billing(0, "files"), seconds=sound.seconds)
 
@@ -461,6 +462,40 @@ def lipsync(
     )
 
 
+CAPTIONS_MODEL = "captions-v1"  # bump when the look or the timing rules change
+
+
+def captions_key(video: MediaRef, text: str) -> str:
+    return stage_key(
+        "captions", provider="local", model=CAPTIONS_MODEL, video=video.sha256, text=normalise_text(text)
+    )
+
+
+def burn_captions(
+    rt: Runtime, video: StageOutcome, audio: StageOutcome, script: str
+) -> tuple[StageOutcome, str]:
+    """The video with the script burned in as captions timed to the speech, and the SRT text."""
+    from castflow import captions
+
+    sound = media.decode_audio(rt.storage.local_path(audio.output.key))
+    cues = captions.timed_cues(script, sound)
+
+    def call(workdir: Path) -> ProviderResult:
+        out = captions.burn(rt.storage.local_path(video.output.key), sound, cues, workdir / "captioned.mp4")
+        return ProviderResult(out, "video/mp4", Billing(0, "videos"), seconds=media.probe(out).duration)
+
+    outcome = run_stage(
+        rt,
+        stage="captions",
+        key=captions_key(video.output, script),
+        provider="local",
+        model=CAPTIONS_MODEL,
+        call=call,
+        meta={"cues": len(cues)},
+    )
+    return outcome, captions.srt(cues)
+
+
 def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, resolution: str) -> None:
     """Probe the lip-sync output; a failure fails the video at ``qc``.
 
@@ -485,6 +520,15 @@ def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, res
 
 def video_key(actor: str, request_key: str, resolution: str) -> str:
     return f"videos/{actor}/{request_key.removeprefix('video:')[:24]}_{resolution}.mp4"
+
+
+def publish_text(rt: Runtime, key: str, text: str, content_type: str) -> str:
+    """Store a small text file (an SRT) at ``key``; returns the key."""
+    with tempfile.TemporaryDirectory(prefix="castflow-text-") as tmp:
+        path = Path(tmp) / Path(key).name
+        path.write_text(text, encoding="utf-8")
+        rt.storage.put_file(key, path, content_type)
+    return key
 
 
 def publish(rt: Runtime, video: StageOutcome, key: str) -> str:
@@ -551,10 +595,17 @@ def make_video(
         told(video)
         stage = "qc"
         quality_check(rt, video, audio_seconds=audio.output.seconds, resolution=req.resolution)
+        final, srt_key = video, None
+        if req.captions and prepared.script:
+            stage = "captions"
+            final, srt_text = burn_captions(rt, video, audio, prepared.script)
+            srt_key = publish_text(rt, key.removesuffix(".mp4") + ".srt", srt_text, "application/x-subrip")
         stage = "publish"
-        url = publish(rt, video, key)
+        url = publish(rt, final, key)
         stage = "record"
-        return record_success(rt, prepared, image=image, audio=audio, video=video, key=key, url=url)
+        return record_success(
+            rt, prepared, image=image, audio=audio, video=video, key=key, url=url, captions_key=srt_key
+        )
     except Skipped:
         raise
     except Exception as exc:
@@ -607,6 +658,7 @@ def record_success(
     video: StageOutcome,
     key: str,
     url: str,
+    captions_key: str | None = None,
 ) -> VideoResult:
     info = media.probe(rt.storage.local_path(key))
     cost = sum(o.cost_usd for o in (image, audio, video) if not o.reused)
@@ -624,6 +676,7 @@ def record_success(
             audio_seconds=audio.output.seconds,
             video_seconds=info.duration,
             cost_usd=cost,
+            captions_key=captions_key,
             failed_stage=None,
             error=None,
         )

@@ -350,6 +350,10 @@ def _validate_row(
     captions = captions_text in TRUE
     if captions_text not in TRUE | FALSE:
         error("captions", f"{cell('captions')!r} is not yes/no")
+    elif captions and audio_text and not script:
+        problems.append(
+            SheetProblem(line, "captions", "captions need a script; this audio row gets none", "warning")
+        )
 
     if any(p.severity == "error" for p in problems):
         return None, problems
