@@ -565,12 +565,20 @@ def make_video(
     each finished stage (what it cost). Failures are recorded and re-raised.
     """
     req = prepared.request
-    told: Callable[[StageOutcome], None] = on_stage or (lambda _outcome: None)
+
+    def told(outcome: StageOutcome) -> None:
+        link_stage(rt, prepared, outcome)
+        if on_stage is not None:
+            on_stage(outcome)
+
     stage = "prepare"
     try:
         stage = "scene_variant"
-        image = scene_variant(rt, prepared.actor, req.scene, req.seed) if req.scene else given_image(prepared)
-        told(image)
+        if req.scene:
+            image = scene_variant(rt, prepared.actor, req.scene, req.seed)
+            told(image)
+        else:
+            image = given_image(prepared)
         if prepared.script is not None:
             stage = "speech"
             audio = speech(rt, prepared.actor, prepared.script)
@@ -599,6 +607,7 @@ def make_video(
         if req.captions and prepared.script:
             stage = "captions"
             final, srt_text = burn_captions(rt, video, audio, prepared.script)
+            told(final)
             srt_key = publish_text(rt, key.removesuffix(".mp4") + ".srt", srt_text, "application/x-subrip")
         stage = "publish"
         url = publish(rt, final, key)
@@ -616,6 +625,19 @@ def make_video(
 
 
 # ---- records -----------------------------------------------------------------------------------------
+
+
+def link_stage(rt: Runtime, prepared: PreparedVideo, outcome: StageOutcome) -> None:
+    """Note on the video's record that it used this stage, and what it paid for it."""
+    with rt.session() as s:
+        queries.link_video_stage(
+            s,
+            request_key=prepared.request_key,
+            stage=outcome.stage,
+            stage_key=outcome.stage_key,
+            reused=outcome.reused,
+            cost_usd=0.0 if outcome.reused else outcome.cost_usd,
+        )
 
 
 def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -> str:

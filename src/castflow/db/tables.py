@@ -227,3 +227,19 @@ class WebhookEvent(Base):
     # What the provider's result endpoint would return (fal: model output; WaveSpeed: the prediction).
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VideoStage(Base):
+    """Which stages a video used and what it paid for each (0 when the stage was reused): the link that
+    lets reports split a campaign's spend by stage, provider and actor."""
+
+    __tablename__ = "video_stage"
+    __table_args__ = (sa.UniqueConstraint("video_id", "stage", name="uq_video_stage_video_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    video_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("video.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(sa.String(32))
+    stage_key: Mapped[str] = mapped_column(sa.String(64), index=True)
+    reused: Mapped[bool] = mapped_column(default=False)
+    cost_usd: Mapped[float] = mapped_column(default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
