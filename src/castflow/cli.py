@@ -591,6 +591,35 @@ def _run_campaign_flow(
         raise typer.Exit(1)
 
 
+# ---- reports ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    campaign: Annotated[str, typer.Argument(help="Campaign name (its newest run) or id.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the files.")] = None,
+) -> None:
+    """Write a campaign's report: CSV, Parquet, XLSX and an HTML page with charts and a gallery."""
+
+    def go() -> None:
+        from castflow import reports
+
+        try:
+            built = reports.build(_runtime(), campaign, out)
+        except reports.ReportError as exc:
+            raise CliError(str(exc)) from exc
+        t = built.totals
+        typer.echo(
+            f"{built.name}: {t['succeeded']}/{t['rows']} finished, {t['failed']} failed, {t['skipped']} skipped; "
+            f"spent ${t['spend_usd']:.2f}"
+        )
+        typer.echo(f"html: {built.files['html']}")
+        typer.echo(f"xlsx: {built.files['xlsx']}")
+        typer.echo(f"csv and parquet: {built.files['csv']}")
+
+    _run(go)
+
+
 # ---- doctor -------------------------------------------------------------------------------------------
 
 

@@ -167,6 +167,32 @@ def decode_video_frames(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
             yield np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
 
 
+def thumbnail(path: Path, *, width: int = 160, at: float = 0.5) -> bytes:
+    """A JPEG of the frame at ``at`` (a fraction of the duration), ``width`` pixels wide."""
+    import io
+
+    from PIL import Image
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise MediaError(f"cannot open {path.name}: {exc}") from exc
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"{path.name} has no video stream")
+        stream = container.streams.video[0]
+        if container.duration:
+            container.seek(int(container.duration * at))  # lands on the keyframe before
+        frame = next(container.decode(stream), None)
+        if frame is None:
+            raise MediaError(f"{path.name} has no frames")
+        image = frame.to_image()  # type: ignore[no-untyped-call]
+    height = max(1, round(image.height * width / image.width))
+    out = io.BytesIO()
+    image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(out, "JPEG", quality=70)
+    return out.getvalue()
+
+
 def probe(path: Path) -> Probe:
     """Read a media file's streams and durations."""
     try:
