@@ -110,6 +110,7 @@ def build_runtime(settings: Settings) -> Runtime:
             queue_url=settings.fal.queue_url,
             rest_url=settings.fal.rest_url,
             cdn_url=settings.fal.cdn_url,
+            poll=PollSchedule(first=settings.fal.poll_first_s, factor=2.0, cap=settings.fal.poll_cap_s),
             **webhook_options(settings, engine, "fal"),
         )
         speech["fal"] = FalSpeech(

@@ -114,6 +114,8 @@ class FalSettings(Section):
     aspect_ratio: str = "9:16"
     image_deadline_s: float = Field(default=600, gt=0)
     speech_deadline_s: float = Field(default=600, gt=0)
+    poll_first_s: float = Field(default=1.0, gt=0, description="First status poll delay; doubles each time.")
+    poll_cap_s: float = Field(default=16.0, gt=0, description="Longest delay between status polls.")
 
 
 class WaveSpeedSettings(Section):

@@ -66,9 +66,30 @@ def dispose_engines() -> None:
         _ENGINES.clear()
 
 
+_WRITERS: dict[int, threading.RLock] = {}
+
+
+def _writer_lock(engine: sa.Engine) -> threading.RLock | None:
+    """SQLite: one transaction at a time per process, queued on a Python lock.
+
+    SQLite lets one writer in; the others would wait in its busy handler, which sleeps in growing steps
+    (up to 100 ms) instead of waking when the lock frees. With many threads that turns milliseconds of
+    work into seconds of waiting. Other processes still coordinate through the busy timeout.
+    """
+    if engine.dialect.name != "sqlite":
+        return None
+    with _ENGINES_LOCK:
+        return _WRITERS.setdefault(id(engine), threading.RLock())
+
+
 @contextmanager
 def session_scope(engine: sa.Engine) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
     factory = sessionmaker(engine, expire_on_commit=False)
-    with factory() as session, session.begin():
+    lock = _writer_lock(engine)
+    if lock is None:
+        with factory() as session, session.begin():
+            yield session
+        return
+    with lock, factory() as session, session.begin():
         yield session

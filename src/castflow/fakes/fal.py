@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import collections
 import heapq
+import io
 import json
 import shutil
 import tempfile
 import threading
 import time
 import uuid
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from castflow.fakes._base import JsonHandler, LoopbackServer
@@ -57,6 +60,10 @@ class Knobs:
     webhook_deliver_twice: bool = False  # after a 2xx, send the identical request once more
     webhook_user_id: str = "fake-user-0001"
     concurrency: int = 0  # account cap on IN_PROGRESS requests (0: none); the rest wait IN_QUEUE, as on fal
+    run_seconds_by_model: dict[str, float] = field(default_factory=dict)  # overrides run_seconds per model
+    # Cheap outputs for benchmarks: the edit returns its input image, speech is a tone as long as the
+    # text would take to say (~15 characters a second). Real media either way, so QC still applies.
+    synthetic: bool = False
     latency: float = 0.0  # seconds added before every API answer (slow networks, client timeouts)
 
 
@@ -254,6 +261,9 @@ class FakeFal(LoopbackServer):
         if job.cancelled:
             job.error = ("Request was cancelled", "client_cancelled")
             return
+        if self.knobs.synthetic:
+            self._finish_synthetic(job)
+            return
         work = Path(tempfile.mkdtemp(dir=self._work))
         if job.model in EDIT_MODELS:
             src = work / "input.png"
@@ -278,6 +288,25 @@ class FakeFal(LoopbackServer):
             if "minimax" in job.model:
                 job.output["duration_ms"] = int((out.seconds or 0) * 1000)
         shutil.rmtree(work, ignore_errors=True)
+
+    def _finish_synthetic(self, job: Job) -> None:
+        if job.model in EDIT_MODELS:
+            data = self._download(job.payload["image_urls"][0])
+            url = self._store(data, "image/png", "output.png")
+            job.output = {"images": [{"url": url, "content_type": "image/png", "file_name": "output.png"}]}
+            return
+        text = str(job.payload.get("text") or job.payload.get("prompt"))
+        rate = 16_000
+        t = np.arange(int(rate * max(0.5, len(text) / 15))) / rate
+        tone = (np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) * 9000).astype("int16")
+        buffer = io.BytesIO()
+        with wave.open(buffer, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(rate)
+            out.writeframes(tone.tobytes())
+        url = self._store(buffer.getvalue(), "audio/wav", "speech.wav")
+        job.output = {"audio": {"url": url, "content_type": "audio/wav", "file_name": "speech.wav"}}
 
     def _download(self, url: str) -> bytes:
         if url.startswith(self.url):
@@ -348,6 +377,10 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:
         fake = self.fake
+        if self.path == "/_fake/calls":  # for benchmarks running the fake in another process
+            with fake.lock:
+                self.send(200, dict(fake.calls))
+            return
         time.sleep(fake.knobs.latency)
         path = urlparse(self.path).path
         if path == "/.well-known/jwks.json":
@@ -491,7 +524,7 @@ class _Handler(JsonHandler):
             payload,
             time.monotonic(),
             fake.knobs.queue_seconds,
-            fake.knobs.run_seconds,
+            fake.knobs.run_seconds_by_model.get(model, fake.knobs.run_seconds),
         )
         webhook = parse_qs(url.query).get("fal_webhook")
         if webhook:

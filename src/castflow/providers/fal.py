@@ -34,6 +34,7 @@ from castflow.providers.http import (
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
+    async_client,
     download,
     file_chunks,
     post_submit,
@@ -105,7 +106,7 @@ class FalClient:
         self._cdn_token: tuple[str, str, float] | None = None  # (token, base_url, expires_at)
 
     def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
+        return async_client(
             transport=self._transport,
             timeout=httpx.Timeout(self._timeout, connect=10.0),
             headers={"Authorization": f"Key {self._key.get_secret_value()}", "User-Agent": "castflow"},
@@ -271,9 +272,7 @@ class FalClient:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
         async def call() -> str:
-            async with httpx.AsyncClient(
-                transport=self._transport, timeout=httpx.Timeout(300, connect=10)
-            ) as c:
+            async with async_client(transport=self._transport, timeout=httpx.Timeout(300, connect=10)) as c:
                 with open(path, "rb") as fh:
                     resp = await c.post(
                         f"{self.cdn_url}/files/upload",

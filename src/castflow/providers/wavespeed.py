@@ -40,6 +40,7 @@ from castflow.providers.http import (
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
+    async_client,
     download,
     file_chunks,
     post_submit,
@@ -119,7 +120,7 @@ class WaveSpeedClient:
         self._timeout = timeout
 
     def _client(self, timeout: float | None = None) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
+        return async_client(
             transport=self.transport,
             timeout=httpx.Timeout(timeout or self._timeout, connect=10.0),
             headers={"Authorization": f"Bearer {self._key.get_secret_value()}", "User-Agent": "castflow"},
@@ -239,7 +240,7 @@ class WaveSpeedClient:
                 raise PermanentError("wavespeed: upload ticket without a URL", provider=PROVIDER)
             headers = {str(k): str(v) for k, v in (upload.get("headers") or {}).items()}
             headers["Content-Length"] = str(size)
-            async with httpx.AsyncClient(
+            async with async_client(
                 transport=self.transport, timeout=httpx.Timeout(300, connect=10)
             ) as plain:
                 with open(path, "rb") as fh:
