@@ -27,6 +27,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
+import numpy as np
+from PIL import Image
 
 from castflow import media
 from castflow.fakes._base import JsonHandler, LoopbackServer, multipart_file
@@ -59,8 +61,8 @@ class Knobs:
     webhook_tamper: bool = False  # sign deliveries with a wrong secret
     webhook_repeat: int = 1  # deliver each webhook this many times (idempotency tests)
     submit_answer_delay: float = 0.0  # the task is created, then the answer comes this late (lost answers)
-    # Benchmarks: render once per (length in frames, resolution) and hand out copies. The video lasts as
-    # long as the audio and passes QC; its picture and sound are those of the first such job.
+    # Benchmarks: encode one still-frame video per (length in frames, resolution) and hand out copies.
+    # It lasts as long as the audio and passes QC; its picture and sound are those of the first such job.
     synthetic: bool = False
 
 
@@ -190,11 +192,16 @@ class FakeWaveSpeed(LoopbackServer):
             key = (media.frame_count(seconds, 25), resolution)
             with self._render_locks.setdefault(key, threading.Lock()):
                 rendered = self._rendered.get(key)
-                if rendered is None:
-                    out = PreviewLipSync(sizes=SIZES).render(
-                        image, audio, resolution=resolution, seed=0, mouth=None, workdir=work
+                if rendered is None:  # a still frame for the whole length: cheap to encode
+                    size = SIZES.get(resolution, SIZES["480p"])
+                    with Image.open(image) as picture:
+                        still = np.asarray(picture.convert("RGB").resize(size), dtype=np.uint8)
+                    still_mp4 = work / "still.mp4"
+                    sound = media.decode_audio(audio)
+                    media.encode_video(
+                        still_mp4, (still for _ in range(key[0])), size=size, fps=25, audio=sound
                     )
-                    rendered = self._rendered[key] = out.path.read_bytes()
+                    rendered = self._rendered[key] = still_mp4.read_bytes()
             url = self.store(rendered, "video/mp4", f"{task.id}.mp4")
         else:
             out = PreviewLipSync(sizes=SIZES).render(
