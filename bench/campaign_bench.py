@@ -10,7 +10,7 @@ real latencies (image edit 0.1 s, TTS 0.05 s, lip-sync 0.15 s per second of audi
 - P4 ``peak_rss_mb``: peak RSS of this (orchestrating) process (target <= 300 MB)
 
 The fakes run in a separate process, so their CPU and memory are not counted. Usage:
-``python bench/campaign_bench.py [--rows 1000] [--row-concurrency 160] [--keep]``.
+``python bench/campaign_bench.py [--rows 1000] [--row-concurrency 64] [--keep]``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1000, help="Rows in the campaign sheet.")
-    parser.add_argument("--row-concurrency", type=int, default=160, help="Rows in flight.")
+    parser.add_argument("--row-concurrency", type=int, default=64, help="Rows in flight.")
     parser.add_argument("--keep", action="store_true", help="Keep the working folder (printed in the JSON).")
     args = parser.parse_args(argv)
 
@@ -137,10 +137,12 @@ def configure(work: Path, info: dict[str, Any], row_concurrency: int) -> None:
         "CASTFLOW_FAL__POLL_CAP_S": "0.16",
         "CASTFLOW_WAVESPEED__POLL_FIRST_S": "0.05",
         "CASTFLOW_WAVESPEED__POLL_CAP_S": "0.3",
-        # castflow's own limits sit above the accounts' caps so the providers' queues stay full.
+        # castflow's limits equal the accounts' caps: no job waits in a provider's queue being polled.
         "CASTFLOW_CAMPAIGN__PROVIDER_LIMITS": json.dumps(
-            {"fal": 2 * FAL_CAP, "wavespeed": 2 * WAVESPEED_CAP, "local": 4, "upload": 16}
+            {"fal": FAL_CAP, "wavespeed": WAVESPEED_CAP, "local": 4, "upload": 16}
         ),
+        # The docs' 10 s of render per audio second, at 1/100: the first poll waits that long.
+        "CASTFLOW_WAVESPEED__EXPECTED_SECONDS_PER_AUDIO_SECOND": "0.1",
         "CASTFLOW_CAMPAIGN__ROW_CONCURRENCY": str(row_concurrency),
         "CASTFLOW_PIPELINE__RETRY_BACKOFF_S": "0.05",
         "PREFECT_HOME": str(work / "prefect"),

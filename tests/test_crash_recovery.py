@@ -39,6 +39,7 @@ def paid_rt(
         "CASTFLOW_FAL__CDN_URL": fal.url,
         "CASTFLOW_WAVESPEED__BASE_URL": ws.url,
         "CASTFLOW_WAVESPEED__POLL_FIRST_S": "0.1",
+        "CASTFLOW_WAVESPEED__EXPECTED_SECONDS_PER_AUDIO_SECOND": "0",
         "CASTFLOW_WAVESPEED__POLL_CAP_S": "0.3",
     }
     for name, value in env.items():

@@ -322,6 +322,7 @@ def ws_rt(fake: FakeWaveSpeed, data_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CASTFLOW_PROVIDERS__WAVESPEED_KEY", VALID_KEY)
     monkeypatch.setenv("CASTFLOW_WAVESPEED__BASE_URL", fake.url)
     monkeypatch.setenv("CASTFLOW_WAVESPEED__POLL_FIRST_S", "0.05")
+    monkeypatch.setenv("CASTFLOW_WAVESPEED__EXPECTED_SECONDS_PER_AUDIO_SECOND", "0")
     monkeypatch.setenv("CASTFLOW_WAVESPEED__POLL_CAP_S", "0.3")
     reset_settings()
     rt = get_runtime()
@@ -490,3 +491,19 @@ def test_a_paid_render_that_fails_qc_is_not_paid_for_again(
     assert fake.calls["submit"] == 1
     assert ws_rt.lipsync.size_problem(960, 960, "720p") is None  # a square portrait gives a square video
     assert ws_rt.lipsync.size_problem(480, 854, "720p") is not None
+
+
+def test_the_first_poll_waits_for_the_expected_render_time_and_uploads_are_reused(
+    fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]
+) -> None:
+    image, audio, _ = inputs
+    client = client_for(fake)
+    fake.knobs.queue_seconds = 0.3
+    rid = asyncio.run(
+        client.submit("wavespeed-ai/infinitetalk", asyncio.run(_upload_both(client, image, audio)))
+    ).id
+    assert fake.calls["upload"] == 2
+    asyncio.run(_upload_both(client, image, audio))
+    assert fake.calls["upload"] == 2  # the same files: their URLs are reused
+    asyncio.run(client.wait(rid, deadline_s=10, expected_s=1.5))
+    assert fake.calls["result"] == 1  # one look, once the render should be done

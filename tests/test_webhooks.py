@@ -610,6 +610,7 @@ def test_webhooks_end_the_stage_waits_without_more_polling(
             "CASTFLOW_FAL__CDN_URL": fal.url,
             "CASTFLOW_WAVESPEED__BASE_URL": ws.url,
             "CASTFLOW_WAVESPEED__POLL_FIRST_S": "30",
+            "CASTFLOW_WAVESPEED__EXPECTED_SECONDS_PER_AUDIO_SECOND": "0",
             "CASTFLOW_WEBHOOKS__WAVESPEED_SECRET": ws.webhook_secret,
             "CASTFLOW_WEBHOOKS__FAL_JWKS_URL": f"{fal.url}/.well-known/jwks.json",
         }

@@ -176,6 +176,7 @@ def build_lipsync(settings: Settings, engine: sa.Engine) -> LipSyncer | QueueLip
             deadline_base_s=ws.deadline_base_s,
             deadline_per_audio_s=ws.deadline_per_audio_s,
             prompt=ws.prompt,
+            expected_per_audio_s=ws.expected_seconds_per_audio_second,
         )
     return PreviewLipSync(fps=settings.pipeline.fps, max_audio_seconds=settings.pipeline.max_audio_seconds)
 

@@ -133,6 +133,11 @@ class WaveSpeedSettings(Section):
     # per second of video; 60 s per second leaves room for queueing).
     deadline_base_s: float = Field(default=600, gt=0)
     deadline_per_audio_s: float = Field(default=60, ge=0)
+    expected_seconds_per_audio_second: float = Field(
+        default=10,
+        ge=0,
+        description="The docs say 10-30 s of wall time per second of video: the first poll waits the low end.",
+    )
     poll_first_s: float = Field(default=5, gt=0, description="The docs ask for >= 5 s between checks.")
     poll_cap_s: float = Field(default=30, gt=0)
 

@@ -46,6 +46,7 @@ def serve_fakes(settings: Settings) -> Settings:
     update.wavespeed.base_url = ws_fake.url
     update.wavespeed.poll_first_s = min(update.wavespeed.poll_first_s, 0.2)
     update.wavespeed.poll_cap_s = min(update.wavespeed.poll_cap_s, 1.0)
+    update.wavespeed.expected_seconds_per_audio_second = 0.0  # the fakes render at once
     return update
 
 

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 import wave
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,7 +299,10 @@ class FakeFal(LoopbackServer):
         text = str(job.payload.get("text") or job.payload.get("prompt"))
         rate = 16_000
         t = np.arange(int(rate * max(0.5, len(text) / 15))) / rate
-        tone = (np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) * 9000).astype("int16")
+        pitch = 120 + zlib.crc32(text.encode()) % 160  # different texts sound (and hash) different
+        tone = (np.sin(2 * np.pi * pitch * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) * 9000).astype(
+            "int16"
+        )
         buffer = io.BytesIO()
         with wave.open(buffer, "wb") as out:
             out.setnchannels(1)

@@ -34,6 +34,7 @@ from castflow.providers.http import (
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
+    UploadCache,
     async_client,
     download,
     file_chunks,
@@ -96,6 +97,7 @@ class FalClient:
         self.webhook_url = webhook_url
         self.hint = hint
         self._handles: dict[str, FalHandle] = {}  # request id → the URLs its submit returned
+        self.uploads = UploadCache()
         self.queue_url = queue_url.rstrip("/")
         self.rest_url = rest_url.rstrip("/")
         self.cdn_url = cdn_url.rstrip("/")
@@ -267,7 +269,14 @@ class FalClient:
         return self._cdn_token[0], self._cdn_token[1]
 
     async def upload_file(self, path: Path) -> str:
-        """Upload a local file to fal's CDN (v3 token flow); returns its public URL. Streams the file."""
+        """Upload a local file to fal's CDN (v3 token flow); returns its public URL. Streams the file.
+        A file already uploaded by this process in the last hour is not uploaded again."""
+        cached = self.uploads.get(path)
+        if cached:
+            return cached
+        return self.uploads.put(path, await self._upload_file(path))
+
+    async def _upload_file(self, path: Path) -> str:
         token, _base = await self._token()
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 

@@ -13,6 +13,7 @@ import email.utils
 import functools
 import random
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -77,6 +78,34 @@ def async_client(
 ) -> httpx.AsyncClient:
     """An httpx client sharing the process's TLS context."""
     return httpx.AsyncClient(transport=transport, timeout=timeout, headers=headers, verify=tls_context())
+
+
+class UploadCache:
+    """Provider URLs of files already uploaded in this process (the same portrait or variant is the
+    input of many jobs). Keyed by path, size and modification time; entries expire after ``ttl_s``."""
+
+    def __init__(self, ttl_s: float = 3600.0, size: int = 4096) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._urls: dict[tuple[str, int, int], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(path: Path) -> tuple[str, int, int]:
+        stat = path.stat()
+        return str(path), stat.st_size, stat.st_mtime_ns
+
+    def get(self, path: Path) -> str | None:
+        with self._lock:
+            hit = self._urls.get(self._key(path))
+        return hit[0] if hit and hit[1] > time.monotonic() else None
+
+    def put(self, path: Path, url: str) -> str:
+        with self._lock:
+            if len(self._urls) >= self.size:
+                self._urls.clear()
+            self._urls[self._key(path)] = (url, time.monotonic() + self.ttl_s)
+        return url
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -226,6 +255,7 @@ __all__ = [
     "RetryPolicy",
     "RetryableHTTPError",
     "TransientError",
+    "UploadCache",
     "raise_for_status",
     "retry_after_seconds",
     "sleep_or_hint",

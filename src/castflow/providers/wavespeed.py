@@ -40,6 +40,7 @@ from castflow.providers.http import (
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
+    UploadCache,
     async_client,
     download,
     file_chunks,
@@ -109,6 +110,7 @@ class WaveSpeedClient:
     ) -> None:
         """``webhook_url`` is sent with every submit; ``hint(request_id)`` looks up a delivered webhook."""
         self._key = key
+        self.uploads = UploadCache()
         self.webhook_url = webhook_url
         self.hint = hint
         self.base_url = base_url.rstrip("/")
@@ -175,15 +177,19 @@ class WaveSpeedClient:
         deadline_s: float,
         sleep: Callable[[float], Any] = asyncio.sleep,
         hint: Callable[[], object | None] | None = None,
+        expected_s: float = 0.0,
     ) -> Prediction:
         """Poll with exponential backoff until a terminal status or the deadline.
 
-        ``hint`` (a webhook record lookup) is asked before each poll: a completion delivered by webhook
-        ends the wait with one result call instead of more polling.
+        ``expected_s``: how long the job should take; the first poll waits that long (a render is not
+        worth asking about before it can be done). ``hint`` (a webhook record lookup) is asked while
+        waiting: a completion delivered by webhook ends the wait with one result call.
         """
         if hint is None and self.hint is not None:
             hint = functools.partial(self.hint, request_id)
         started = time.monotonic()
+        if expected_s > 0 and await sleep_or_hint(min(expected_s, deadline_s), sleep, hint):
+            hint = None
         for delay in self.poll.delays():
             pred = await self.result(request_id)
             if pred.status == "completed":
@@ -207,7 +213,14 @@ class WaveSpeedClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def upload(self, path: Path) -> str:
-        """Upload a local file (streamed); returns the ``download_url`` to pass as image/audio."""
+        """Upload a local file (streamed); returns the ``download_url`` to pass as image/audio.
+        A file already uploaded by this process in the last hour is not uploaded again."""
+        cached = self.uploads.get(path)
+        if cached:
+            return cached
+        return self.uploads.put(path, await self._upload(path))
+
+    async def _upload(self, path: Path) -> str:
         if self.upload_mode == "ticket":
             return await self._upload_ticket(path)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -361,9 +374,11 @@ class WaveSpeedLipSync:
         deadline_base_s: float,
         deadline_per_audio_s: float,
         prompt: str | None = None,
+        expected_per_audio_s: float = 0.0,
     ) -> None:
         self.client = client
         self.model = model
+        self.expected_per_audio_s = expected_per_audio_s
         self.prices = prices
         self.min_seconds = min_seconds
         self.deadline_base_s = deadline_base_s
@@ -410,7 +425,11 @@ class WaveSpeedLipSync:
         self, request_id: str, *, audio_seconds: float, resolution: str, workdir: Path
     ) -> ProviderResult:
         async def go() -> ProviderResult:
-            pred = await self.client.wait(request_id, deadline_s=self.deadline(audio_seconds))
+            pred = await self.client.wait(
+                request_id,
+                deadline_s=self.deadline(audio_seconds),
+                expected_s=self.expected_per_audio_s * audio_seconds,
+            )
             path = await self.client.download(pred.outputs[0], workdir / "lipsync.mp4")
             try:
                 info = media.probe(path)
