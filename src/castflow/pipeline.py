@@ -344,6 +344,8 @@ def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> Stage
         )
     else:
         outcome = stage(call=lambda wd: editor.edit(source, text, seed=seed, workdir=wd))
+    if outcome.reused:
+        return outcome  # its image variant was recorded when the stage ran
     with rt.session() as s:
         db_actor = queries.get_actor(s, key=actor.key)
         assert db_actor is not None
@@ -566,8 +568,10 @@ def make_video(
     """
     req = prepared.request
 
+    used: list[StageOutcome] = []
+
     def told(outcome: StageOutcome) -> None:
-        link_stage(rt, prepared, outcome)
+        used.append(outcome)
         if on_stage is not None:
             on_stage(outcome)
 
@@ -612,14 +616,17 @@ def make_video(
         stage = "publish"
         url = publish(rt, final, key)
         stage = "record"
+        link_stages(rt, prepared, used)
         return record_success(
             rt, prepared, image=image, audio=audio, video=video, key=key, url=url, captions_key=srt_key
         )
     except Skipped:
+        link_stages(rt, prepared, used)
         raise
     except Exception as exc:
         failed = exc.stage if isinstance(exc, StageFailed) else stage
         message = exc.message if isinstance(exc, StageFailed) else str(exc)
+        link_stages(rt, prepared, used)
         record_failure(rt, prepared, stage=failed, error=message)
         raise
 
@@ -627,17 +634,20 @@ def make_video(
 # ---- records -----------------------------------------------------------------------------------------
 
 
-def link_stage(rt: Runtime, prepared: PreparedVideo, outcome: StageOutcome) -> None:
-    """Note on the video's record that it used this stage, and what it paid for it."""
+def link_stages(rt: Runtime, prepared: PreparedVideo, outcomes: list[StageOutcome]) -> None:
+    """Note on the video's record which stages it used and what it paid for each (one transaction)."""
+    if not outcomes:
+        return
     with rt.session() as s:
-        queries.link_video_stage(
-            s,
-            request_key=prepared.request_key,
-            stage=outcome.stage,
-            stage_key=outcome.stage_key,
-            reused=outcome.reused,
-            cost_usd=0.0 if outcome.reused else outcome.cost_usd,
-        )
+        for outcome in outcomes:
+            queries.link_video_stage(
+                s,
+                request_key=prepared.request_key,
+                stage=outcome.stage,
+                stage_key=outcome.stage_key,
+                reused=outcome.reused,
+                cost_usd=0.0 if outcome.reused else outcome.cost_usd,
+            )
 
 
 def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -> str:

@@ -64,6 +64,8 @@ def dispose_engines() -> None:
         for engine in _ENGINES.values():
             engine.dispose()
         _ENGINES.clear()
+        _FACTORIES.clear()
+        _WRITERS.clear()
 
 
 _WRITERS: dict[int, threading.RLock] = {}
@@ -82,10 +84,23 @@ def _writer_lock(engine: sa.Engine) -> threading.RLock | None:
         return _WRITERS.setdefault(id(engine), threading.RLock())
 
 
+_FACTORIES: dict[int, tuple[sa.Engine, sessionmaker[Session]]] = {}
+
+
+def _factory(engine: sa.Engine) -> sessionmaker[Session]:
+    """One session factory per engine (building one per session costs more than a short transaction)."""
+    found = _FACTORIES.get(id(engine))
+    if found is None or found[0] is not engine:
+        found = (engine, sessionmaker(engine, expire_on_commit=False))
+        with _ENGINES_LOCK:
+            _FACTORIES[id(engine)] = found
+    return found[1]
+
+
 @contextmanager
 def session_scope(engine: sa.Engine) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
-    factory = sessionmaker(engine, expire_on_commit=False)
+    factory = _factory(engine)
     lock = _writer_lock(engine)
     if lock is None:
         with factory() as session, session.begin():

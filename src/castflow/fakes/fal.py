@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from PIL import Image, ImageDraw
 
 from castflow.fakes._base import JsonHandler, LoopbackServer
 from castflow.models import Voice
@@ -292,8 +293,16 @@ class FakeFal(LoopbackServer):
 
     def _finish_synthetic(self, job: Job) -> None:
         if job.model in EDIT_MODELS:
-            data = self._download(job.payload["image_urls"][0])
-            url = self._store(data, "image/png", "output.png")
+            # The edit: a small mark whose colour and place follow the prompt and seed, so every
+            # (portrait, scene, seed) gives its own image (and content hash), as a real edit would.
+            with Image.open(io.BytesIO(self._download(job.payload["image_urls"][0]))) as picture:
+                edited = picture.convert("RGB")
+            mark = zlib.crc32(f"{job.payload.get('prompt')}|{job.payload.get('seed')}".encode())
+            x, y = mark % max(1, edited.width - 8), (mark >> 12) % max(1, edited.height - 8)
+            ImageDraw.Draw(edited).rectangle((x, y, x + 8, y + 8), fill=(mark & 255, (mark >> 8) & 255, 90))
+            buffer = io.BytesIO()
+            edited.save(buffer, "PNG", compress_level=1)
+            url = self._store(buffer.getvalue(), "image/png", "output.png")
             job.output = {"images": [{"url": url, "content_type": "image/png", "file_name": "output.png"}]}
             return
         text = str(job.payload.get("text") or job.payload.get("prompt"))

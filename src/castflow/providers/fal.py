@@ -8,6 +8,7 @@ loopback fake in tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import mimetypes
 import time
@@ -31,11 +32,11 @@ from castflow.providers.base import (
     TransientError,
 )
 from castflow.providers.http import (
+    ClientPool,
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
     UploadCache,
-    async_client,
     download,
     file_chunks,
     post_submit,
@@ -44,6 +45,7 @@ from castflow.providers.http import (
     sleep_or_hint,
     with_retries,
 )
+from castflow.providers.loop import run_sync
 
 PROVIDER = "fal"
 
@@ -105,14 +107,17 @@ class FalClient:
         self.policy = policy or RetryPolicy()
         self.poll = poll or PollSchedule()
         self._timeout = timeout
+        self._pool = ClientPool(
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"Authorization": f"Key {key.get_secret_value()}", "User-Agent": "castflow"},
+        )
+        self._plain = ClientPool(transport=transport, timeout=httpx.Timeout(300, connect=10))  # no key
         self._cdn_token: tuple[str, str, float] | None = None  # (token, base_url, expires_at)
 
-    def _client(self) -> httpx.AsyncClient:
-        return async_client(
-            transport=self._transport,
-            timeout=httpx.Timeout(self._timeout, connect=10.0),
-            headers={"Authorization": f"Key {self._key.get_secret_value()}", "User-Agent": "castflow"},
-        )
+    def _client(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+        """The pooled client with the API key (kept open; connections are reused)."""
+        return self._pool.get()
 
     # ---- queue ------------------------------------------------------------------------------------
 
@@ -244,7 +249,7 @@ class FalClient:
 
     async def download(self, url: str, dest: Path) -> Path:
         """Fetch an output file (fal's result URLs expire: copy them promptly)."""
-        return await download(url, dest, transport=self._transport, policy=self.policy, provider=PROVIDER)
+        return await download(url, dest, pool=self._plain, policy=self.policy, provider=PROVIDER)
 
     # ---- CDN upload -------------------------------------------------------------------------------
 
@@ -281,7 +286,7 @@ class FalClient:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
         async def call() -> str:
-            async with async_client(transport=self._transport, timeout=httpx.Timeout(300, connect=10)) as c:
+            async with self._plain.get() as c:
                 with open(path, "rb") as fh:
                     resp = await c.post(
                         f"{self.cdn_url}/files/upload",
@@ -383,7 +388,7 @@ class FalImageEditor:
             }
             return (await self.client.submit(self.model, payload)).request_id
 
-        return asyncio.run(go())
+        return run_sync(go())
 
     def collect(self, request_id: str, *, workdir: Path) -> ProviderResult:
         async def go() -> ProviderResult:
@@ -406,7 +411,7 @@ class FalImageEditor:
                 },
             )
 
-        return asyncio.run(go())
+        return run_sync(go())
 
 
 class FalSpeech:
@@ -432,10 +437,10 @@ class FalSpeech:
                 await self.client.submit(voice.model, self.payload(voice.model, text, voice.voice_id))
             ).request_id
 
-        return asyncio.run(go())
+        return run_sync(go())
 
     def collect(self, request_id: str, text: str, voice: Voice, *, workdir: Path) -> ProviderResult:
-        async def go() -> ProviderResult:
+        async def go() -> tuple[Path, str, FalStatus]:
             handle = self.client.handle_for(voice.model, request_id)
             output, _headers, status = await self.client.wait(handle, deadline_s=self.deadline_s)
             audio = output.get("audio") or {}
@@ -445,21 +450,21 @@ class FalSpeech:
                 )
             ctype = audio.get("content_type") or "audio/mpeg"
             suffix = mimetypes.guess_extension(ctype) or ".mp3"
-            path = await self.client.download(audio["url"], workdir / f"speech{suffix}")
-            try:
-                seconds = media.decode_audio(path).seconds
-            except media.MediaError as exc:
-                raise PermanentError(
-                    f"fal: speech output unreadable: {exc}", provider=PROVIDER, request_id=request_id
-                ) from exc
-            cost = round(self.prices.get(voice.model, 0.0) * len(text) / 1000, 6)
-            return ProviderResult(
-                path,
-                ctype,
-                Billing(len(text), "characters", cost),
-                request_id=request_id,
-                seconds=seconds,
-                meta={"inference_time": status.inference_time},
-            )
+            return await self.client.download(audio["url"], workdir / f"speech{suffix}"), ctype, status
 
-        return asyncio.run(go())
+        path, ctype, status = run_sync(go())
+        try:  # decoding is CPU work: here, not on the providers' event loop
+            seconds = media.decode_audio(path).seconds
+        except media.MediaError as exc:
+            raise PermanentError(
+                f"fal: speech output unreadable: {exc}", provider=PROVIDER, request_id=request_id
+            ) from exc
+        cost = round(self.prices.get(voice.model, 0.0) * len(text) / 1000, 6)
+        return ProviderResult(
+            path,
+            ctype,
+            Billing(len(text), "characters", cost),
+            request_id=request_id,
+            seconds=seconds,
+            meta={"inference_time": status.inference_time},
+        )

@@ -9,12 +9,15 @@ layer has given up.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import functools
 import random
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +81,37 @@ def async_client(
 ) -> httpx.AsyncClient:
     """An httpx client sharing the process's TLS context."""
     return httpx.AsyncClient(transport=transport, timeout=timeout, headers=headers, verify=tls_context())
+
+
+class ClientPool:
+    """One open httpx client per event loop, reused by every request made on that loop.
+
+    Creating a client costs far more CPU than a request (environment and proxy lookup, pools), and a
+    reused client keeps connections alive. Clients of loops that are gone are dropped with them.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: httpx.AsyncBaseTransport | None,
+        timeout: httpx.Timeout,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._transport = transport
+        self._timeout = timeout
+        self._headers = headers
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @contextlib.asynccontextmanager
+    async def get(self) -> AsyncIterator[httpx.AsyncClient]:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = async_client(transport=self._transport, timeout=self._timeout, headers=self._headers)
+            self._clients[loop] = client
+        yield client
 
 
 class UploadCache:
@@ -191,18 +225,16 @@ async def download(
     url: str,
     dest: Path,
     *,
-    transport: httpx.AsyncBaseTransport | None,
+    pool: ClientPool,
     policy: RetryPolicy,
     provider: str,
     check: Callable[[httpx.Response], None] | None = None,
 ) -> Path:
-    """Stream a provider's output URL to ``dest`` with retries (result URLs expire: copy promptly)."""
+    """Stream a provider's output URL to ``dest`` with retries (result URLs expire: copy promptly).
+    ``pool`` holds clients without credentials: output URLs are public or pre-signed."""
 
     async def call() -> Path:
-        async with (
-            async_client(transport=transport, timeout=httpx.Timeout(300, connect=10)) as client,
-            client.stream("GET", url) as resp,
-        ):
+        async with pool.get() as client, client.stream("GET", url) as resp:
             if not resp.is_success:
                 await resp.aread()
                 (check or functools.partial(raise_for_status, provider=provider))(resp)
@@ -249,6 +281,7 @@ def raise_for_status(
 
 
 __all__ = [
+    "ClientPool",
     "PermanentError",
     "PollSchedule",
     "ProviderError",

@@ -12,6 +12,7 @@ connection errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import mimetypes
@@ -37,11 +38,11 @@ from castflow.providers.base import (
     TransientError,
 )
 from castflow.providers.http import (
+    ClientPool,
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
     UploadCache,
-    async_client,
     download,
     file_chunks,
     post_submit,
@@ -49,6 +50,7 @@ from castflow.providers.http import (
     sleep_or_hint,
     with_retries,
 )
+from castflow.providers.loop import run_sync
 
 PROVIDER = "wavespeed"
 TERMINAL = frozenset({"completed", "failed", "cancelled", "timeout", "deleted"})
@@ -120,13 +122,16 @@ class WaveSpeedClient:
         self.policy = policy or RetryPolicy()
         self.poll = poll or PollSchedule(first=5.0, factor=2.0, cap=30.0)
         self._timeout = timeout
-
-    def _client(self, timeout: float | None = None) -> httpx.AsyncClient:
-        return async_client(
-            transport=self.transport,
-            timeout=httpx.Timeout(timeout or self._timeout, connect=10.0),
-            headers={"Authorization": f"Bearer {self._key.get_secret_value()}", "User-Agent": "castflow"},
+        self._pool = ClientPool(
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"Authorization": f"Bearer {key.get_secret_value()}", "User-Agent": "castflow"},
         )
+        self._plain = ClientPool(transport=transport, timeout=httpx.Timeout(300, connect=10))  # no key
+
+    def _client(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+        """The pooled client with the API key (kept open; connections are reused)."""
+        return self._pool.get()
 
     async def submit(
         self, model_id: str, payload: dict[str, Any], *, webhook_url: str | None = None
@@ -158,8 +163,8 @@ class WaveSpeedClient:
 
     async def result(self, request_id: str) -> Prediction:
         async def call() -> Prediction:
-            async with self._client(30.0) as client:
-                resp = await client.get(self.result_url(request_id))
+            async with self._client() as client:
+                resp = await client.get(self.result_url(request_id), timeout=httpx.Timeout(30, connect=10))
             if resp.status_code == 404:
                 raise RequestNotFound(
                     f"wavespeed: prediction {request_id} not found (results are kept 7 days)",
@@ -226,11 +231,12 @@ class WaveSpeedClient:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
         async def call() -> str:
-            async with self._client(300.0) as client:
+            async with self._client() as client:
                 with open(path, "rb") as fh:
                     resp = await client.post(
                         f"{self.base_url}/api/v3/media/upload/binary",
                         files={"file": (path.name, fh, content_type)},
+                        timeout=httpx.Timeout(300, connect=10),
                     )
             return _download_url(resp)
 
@@ -253,9 +259,7 @@ class WaveSpeedClient:
                 raise PermanentError("wavespeed: upload ticket without a URL", provider=PROVIDER)
             headers = {str(k): str(v) for k, v in (upload.get("headers") or {}).items()}
             headers["Content-Length"] = str(size)
-            async with async_client(
-                transport=self.transport, timeout=httpx.Timeout(300, connect=10)
-            ) as plain:
+            async with self._plain.get() as plain:
                 with open(path, "rb") as fh:
                     put = await plain.request(
                         str(upload.get("method") or "PUT"),
@@ -277,7 +281,7 @@ class WaveSpeedClient:
     async def download(self, url: str, dest: Path) -> Path:
         """Fetch an output to a local file, streaming (outputs are deleted after 7 days: copy promptly)."""
         return await download(
-            url, dest, transport=self.transport, policy=self.policy, provider=PROVIDER, check=_raise_http
+            url, dest, pool=self._plain, policy=self.policy, provider=PROVIDER, check=_raise_http
         )
 
 
@@ -419,35 +423,35 @@ class WaveSpeedLipSync:
             pred = await self.client.submit(self.model, payload)
             return pred.id
 
-        return asyncio.run(go())
+        return run_sync(go())
 
     def collect(
         self, request_id: str, *, audio_seconds: float, resolution: str, workdir: Path
     ) -> ProviderResult:
-        async def go() -> ProviderResult:
+        async def go() -> tuple[Path, Prediction]:
             pred = await self.client.wait(
                 request_id,
                 deadline_s=self.deadline(audio_seconds),
                 expected_s=self.expected_per_audio_s * audio_seconds,
             )
-            path = await self.client.download(pred.outputs[0], workdir / "lipsync.mp4")
-            try:
-                info = media.probe(path)
-            except media.MediaError as exc:
-                raise PermanentError(
-                    f"wavespeed: output video unreadable: {exc}", provider=PROVIDER, request_id=request_id
-                ) from exc
-            units, cost = self.cost(audio_seconds, resolution)
-            return ProviderResult(
-                path,
-                "video/mp4",
-                Billing(units, "seconds", cost),
-                request_id=request_id,
-                seconds=info.duration,
-                meta={"execution_ms": pred.execution_ms, "resolution": resolution},
-            )
+            return await self.client.download(pred.outputs[0], workdir / "lipsync.mp4"), pred
 
-        return asyncio.run(go())
+        path, pred = run_sync(go())
+        try:  # probing is CPU work: here, not on the providers' event loop
+            info = media.probe(path)
+        except media.MediaError as exc:
+            raise PermanentError(
+                f"wavespeed: output video unreadable: {exc}", provider=PROVIDER, request_id=request_id
+            ) from exc
+        units, cost = self.cost(audio_seconds, resolution)
+        return ProviderResult(
+            path,
+            "video/mp4",
+            Billing(units, "seconds", cost),
+            request_id=request_id,
+            seconds=info.duration,
+            meta={"execution_ms": pred.execution_ms, "resolution": resolution},
+        )
 
     def size_problem(self, width: int, height: int, resolution: str) -> str | None:
         """InfiniteTalk picks the bucket nearest the input's aspect ratio (exact sizes unverified, and a
