@@ -64,6 +64,18 @@ def decode_audio(path: Path, rate: int = AUDIO_RATE, max_seconds: float | None =
     return Audio(samples=samples, rate=rate)
 
 
+def audio_seconds(path: Path) -> float:
+    """An audio file's length: from the header for PCM WAV (instant), else by decoding it."""
+    if path.suffix.lower() == ".wav":
+        try:
+            with wave.open(str(path), "rb") as wav:
+                if wav.getframerate() > 0 and wav.getnframes() > 0:
+                    return wav.getnframes() / wav.getframerate()
+        except (wave.Error, EOFError, OSError):
+            pass  # not plain PCM: decode below
+    return decode_audio(path).seconds
+
+
 def write_wav(path: Path, pcm16: npt.NDArray[np.int16], rate: int) -> None:
     """Write mono 16-bit PCM as a WAV file."""
     with wave.open(str(path), "wb") as out:

@@ -618,7 +618,15 @@ def make_video(
         stage = "record"
         link_stages(rt, prepared, used)
         return record_success(
-            rt, prepared, image=image, audio=audio, video=video, key=key, url=url, captions_key=srt_key
+            rt,
+            prepared,
+            image=image,
+            audio=audio,
+            video=video,
+            key=key,
+            url=url,
+            captions_key=srt_key,
+            video_seconds=final.output.seconds,
         )
     except Skipped:
         link_stages(rt, prepared, used)
@@ -691,8 +699,12 @@ def record_success(
     key: str,
     url: str,
     captions_key: str | None = None,
+    video_seconds: float | None = None,
 ) -> VideoResult:
-    info = media.probe(rt.storage.local_path(key))
+    """Mark the video finished. ``video_seconds`` is the published file's length when known (saves
+    probing it again)."""
+    if video_seconds is None:
+        video_seconds = media.probe(rt.storage.local_path(key)).duration
     cost = sum(o.cost_usd for o in (image, audio, video) if not o.reused)
     reused = sum(1 for o in (image, audio, video) if o.reused)
     with rt.session() as s:
@@ -706,7 +718,7 @@ def record_success(
             video_key=key,
             video_url=url,
             audio_seconds=audio.output.seconds,
-            video_seconds=info.duration,
+            video_seconds=video_seconds,
             cost_usd=cost,
             captions_key=captions_key,
             failed_stage=None,
@@ -722,7 +734,7 @@ def record_success(
         video_key=key,
         video_url=url,
         audio_seconds=audio.output.seconds,
-        video_seconds=info.duration,
+        video_seconds=video_seconds,
         cost_usd=cost,
         reused_stages=reused,
     )

@@ -454,7 +454,7 @@ class FalSpeech:
 
         path, ctype, status = run_sync(go())
         try:  # decoding is CPU work: here, not on the providers' event loop
-            seconds = media.decode_audio(path).seconds
+            seconds = media.audio_seconds(path)
         except media.MediaError as exc:
             raise PermanentError(
                 f"fal: speech output unreadable: {exc}", provider=PROVIDER, request_id=request_id
