@@ -66,7 +66,9 @@ def decode_audio(path: Path, rate: int = AUDIO_RATE, max_seconds: float | None =
 
 def audio_seconds(path: Path) -> float:
     """An audio file's length: from the header for PCM WAV (instant), else by decoding it."""
-    if path.suffix.lower() == ".wav":
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         try:
             with wave.open(str(path), "rb") as wav:
                 if wav.getframerate() > 0 and wav.getnframes() > 0:

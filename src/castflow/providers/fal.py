@@ -48,6 +48,7 @@ from castflow.providers.http import (
 from castflow.providers.loop import run_sync
 
 PROVIDER = "fal"
+AUDIO_SUFFIXES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/mpeg": ".mp3", "audio/mp3": ".mp3"}
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,11 @@ class FalClient:
         if hint is None and self.hint is not None:
             hint = functools.partial(self.hint, handle.request_id)
         started = time.monotonic()
-        for delay in self.poll.delays():
+        delays = self.poll.delays()
+        # A request is not done the moment it is queued: the first look waits the first delay.
+        if await sleep_or_hint(min(next(delays), deadline_s), sleep, hint):
+            hint = None
+        for delay in delays:
             status = await self.status(handle)
             if status.status == "COMPLETED":
                 if status.error:
@@ -449,7 +454,7 @@ class FalSpeech:
                     "fal: the speech returned no audio", provider=PROVIDER, request_id=request_id
                 )
             ctype = audio.get("content_type") or "audio/mpeg"
-            suffix = mimetypes.guess_extension(ctype) or ".mp3"
+            suffix = AUDIO_SUFFIXES.get(ctype) or mimetypes.guess_extension(ctype) or ".mp3"
             return await self.client.download(audio["url"], workdir / f"speech{suffix}"), ctype, status
 
         path, ctype, status = run_sync(go())

@@ -159,12 +159,7 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RetryableHTTPError):
-            hinted = retry_after_seconds(exc.response)
-            if hinted is not None:
-                return min(hinted, policy.max_delay)
-        backoff = min(policy.max_delay, policy.base_delay * 2 ** (state.attempt_number - 1))
-        return random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not security
+        return _delay(policy, exc, state.attempt_number + 1)  # the first try was made before
 
     return wait
 
@@ -173,27 +168,43 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, RetryableHTTPError | httpx.TransportError)
 
 
+def _delay(policy: RetryPolicy, exc: BaseException | None, attempt: int) -> float:
+    """Seconds before retry number ``attempt``: Retry-After when given, else jittered exponential."""
+    if isinstance(exc, RetryableHTTPError):
+        hinted = retry_after_seconds(exc.response)
+        if hinted is not None:
+            return min(hinted, policy.max_delay)
+    backoff = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+    return random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not security
+
+
 async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *, provider: str) -> T:
     """Run an idempotent request with retries; what still fails becomes a TransientError."""
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(_is_retryable),
-        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.total_seconds),
-        wait=_wait(policy),
-        reraise=True,
-    )
-    try:
-        async for attempt in retrying:
-            with attempt:
-                return await call()
-    except RetryableHTTPError as exc:
+    try:  # the usual case, without building a retry controller
+        return await call()
+    except (RetryableHTTPError, httpx.TransportError) as exc:
+        failure: BaseException = exc
+    if policy.attempts > 1:
+        await asyncio.sleep(_delay(policy, failure, 1))
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retryable),
+            stop=stop_after_attempt(policy.attempts - 1) | stop_after_delay(policy.total_seconds),
+            wait=_wait(policy),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await call()
+        except (RetryableHTTPError, httpx.TransportError) as exc:
+            failure = exc
+    if isinstance(failure, RetryableHTTPError):
         raise TransientError(
-            f"{provider}: HTTP {exc.response.status_code} after retries: {short_body(exc.response)}",
+            f"{provider}: HTTP {failure.response.status_code} after retries: {short_body(failure.response)}",
             provider=provider,
-        ) from exc
-    except httpx.TransportError as exc:
-        # ``from None``: transport errors may quote request headers (an Authorization value).
-        raise TransientError(f"{provider}: {type(exc).__name__} after retries", provider=provider) from None
-    raise AssertionError("unreachable")  # pragma: no cover
+        ) from failure
+    # ``from None``: transport errors may quote request headers (an Authorization value).
+    raise TransientError(f"{provider}: {type(failure).__name__} after retries", provider=provider) from None
 
 
 async def sleep_or_hint(
