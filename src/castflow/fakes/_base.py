@@ -10,6 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default listen backlog (5) drops connections when a campaign opens dozens at once.
+    request_queue_size = 512
+
+
 class LoopbackServer:
     """A fake served on an ephemeral loopback port while :meth:`running` is active; ``url`` is its base."""
 
@@ -22,8 +28,7 @@ class LoopbackServer:
     @contextmanager
     def running(self) -> Iterator[Any]:
         handler = type("Handler", (self.handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         thread.start()
