@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from castflow import campaigns, pipeline
 from castflow.campaigns import Budget, RowEstimate, RowResult
+from castflow.models import ActorRef
 from castflow.runtime import get_runtime
 from castflow.sheets import SheetInvalid, SheetRow
 from tasks.video import is_transient
@@ -69,6 +70,7 @@ _BUDGETS: dict[str, Budget] = {}  # the run's budget, by campaign id (tasks get 
 # Each finished row's result, handed to the flow directly (reading it back through the task's state
 # costs more CPU than the rest of a reused row).
 _RESULTS: dict[str, dict[str, RowResult]] = {}
+_ACTORS: dict[str, dict[str, ActorRef]] = {}  # actors looked up once per run
 
 
 @task(
@@ -79,12 +81,18 @@ _RESULTS: dict[str, dict[str, RowResult]] = {}
 )
 def campaign_row(campaign_id: str, campaign_name: str, row: SheetRow) -> RowResult:
     """One row of the sheet: its video, within the budget."""
+    rt = get_runtime()
+    actors = _ACTORS.setdefault(campaign_id, {})
+    actor = actors.get(row.actor)
+    if actor is None:
+        actor = actors[row.actor] = pipeline.actor_ref(rt, row.actor)
     result = campaigns.run_row(
-        get_runtime(),
+        rt,
         campaign_id=uuid.UUID(campaign_id),
         campaign_name=campaign_name,
         row=row,
         budget=_BUDGETS[campaign_id],
+        actor=actor,
     )
     _RESULTS.setdefault(campaign_id, {})[row.row_id] = result
     return result
@@ -136,8 +144,14 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
         retry_jitter_factor=cfg.pipeline.retry_jitter,
     )
     limit = params.row_concurrency or cfg.campaign.row_concurrency
+    finished = campaigns.finished_rows(rt, campaign_id) if resumed else {}
+    for row in sheet.rows:
+        if row.row_id in finished:  # resumed: the video is there already, nothing to run or pay
+            earlier = finished[row.row_id].model_copy(update={"row": row.row})
+            results.append(earlier)
+            progress.step(earlier)
     try:
-        pending = list(reversed(sheet.rows))
+        pending = [row for row in reversed(sheet.rows) if row.row_id not in finished]
         running: dict[Any, tuple[PrefectFuture[RowResult], SheetRow]] = {}
         while pending or running:
             while pending and len(running) < limit:
@@ -153,6 +167,7 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
     finally:
         _BUDGETS.pop(key, None)
         _RESULTS.pop(key, None)
+        _ACTORS.pop(key, None)
         progress.close()
     totals = campaigns.finish_campaign(rt, campaign_id, results)
     manifest_path, manifest_url = campaigns.write_manifest(

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from castflow import pipeline
 from castflow.db import queries
 from castflow.db.tables import CampaignStatus, StageStatus, Video, VideoStatus, utcnow
-from castflow.models import MediaRef, StageOutcome, VideoRequest
+from castflow.models import ActorRef, MediaRef, StageOutcome, VideoRequest
 from castflow.providers.wavespeed import billed_seconds
 from castflow.runtime import Runtime
 from castflow.sheets import ActorInfo, Sheet, SheetRow, escape_cell, read_sheet
@@ -244,9 +244,11 @@ class RowResult(BaseModel):
     error: str | None = None
 
 
-def start_row(rt: Runtime, campaign_id: uuid.UUID, row: SheetRow) -> pipeline.PreparedVideo:
+def start_row(
+    rt: Runtime, campaign_id: uuid.UUID, row: SheetRow, actor: ActorRef | None = None
+) -> pipeline.PreparedVideo:
     """Validate the row's request again (the library may have changed) and mark it running."""
-    prepared = pipeline.prepare_video(rt, to_request(row))
+    prepared = pipeline.prepare_video(rt, to_request(row), actor=actor)
     prepared = _with_key(prepared, request_key(campaign_id, row.row_id))
     pipeline.record_start(rt, prepared, campaign_id=campaign_id, row_id=row.row_id, extra=dict(row.extra))
     return prepared
@@ -258,18 +260,34 @@ def _with_key(prepared: pipeline.PreparedVideo, key: str) -> pipeline.PreparedVi
     return replace(prepared, request_key=key)
 
 
+def finished_rows(rt: Runtime, campaign_id: uuid.UUID) -> dict[str, RowResult]:
+    """The rows of a campaign that already have their video (one query): a resumed run skips them."""
+    with rt.session() as s:
+        done = [
+            (v.row_id, v.video_key, v.video_url)
+            for v in queries.campaign_videos(s, campaign_id=campaign_id)
+            if v.status is VideoStatus.succeeded and v.video_key and v.row_id
+        ]
+    return {
+        row_id: RowResult(row=0, row_id=row_id, status="succeeded", video_url=url)
+        for row_id, key, url in done
+        if row_id and key and rt.storage.exists(key)
+    }
+
+
 def run_row(
-    rt: Runtime, *, campaign_id: uuid.UUID, campaign_name: str, row: SheetRow, budget: Budget
+    rt: Runtime,
+    *,
+    campaign_id: uuid.UUID,
+    campaign_name: str,
+    row: SheetRow,
+    budget: Budget,
+    actor: ActorRef | None = None,
 ) -> RowResult:
     """Make one row's video, within the budget. Failures are recorded on the row and re-raised (so the
-    task layer can retry transient ones); a row the budget cannot afford ends ``skipped``."""
-    with rt.session() as s:
-        done = queries.get_video(s, request_key=request_key(campaign_id, row.row_id))
-        finished_key = done.video_key if done is not None and done.status is VideoStatus.succeeded else None
-        finished_url = done.video_url if done is not None else None
-    if finished_key and rt.storage.exists(finished_key):  # a resumed campaign: this row is done
-        return RowResult(row=row.row, row_id=row.row_id, status="succeeded", video_url=finished_url)
-    prepared = start_row(rt, campaign_id, row)
+    task layer can retry transient ones); a row the budget cannot afford ends ``skipped``. Rows that
+    were finished before are left out by the caller (:func:`finished_rows`)."""
+    prepared = start_row(rt, campaign_id, row, actor)
     estimate = estimate_row(rt, prepared, row) if budget.limit is not None else None
     held = estimate.total_usd if estimate else 0.0
     if not budget.reserve(held):

@@ -109,10 +109,12 @@ class PreparedVideo:
     variant: MediaRef | None  # an existing image variant to reuse
 
 
-def prepare_video(rt: Runtime, req: VideoRequest) -> PreparedVideo:
-    """Validate a request before any spend; raises UserError naming what is wrong."""
+def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = None) -> PreparedVideo:
+    """Validate a request before any spend; raises UserError naming what is wrong. ``actor``: the
+    request's actor when the caller already looked it up (a campaign looks each actor up once)."""
     cfg = rt.settings.pipeline
-    actor = actor_ref(rt, req.actor)
+    if actor is None or actor.key != req.actor:
+        actor = actor_ref(rt, req.actor)
     script = None
     audio_path = None
     audio_sha = None

@@ -114,6 +114,14 @@ class FalClient:
             headers={"Authorization": f"Key {key.get_secret_value()}", "User-Agent": "castflow"},
         )
         self._plain = ClientPool(transport=transport, timeout=httpx.Timeout(300, connect=10))  # no key
+        # Submits go over a new connection each: a kept-alive one the server has just closed would make
+        # a lost answer out of a request that was never read.
+        self._submits = ClientPool(
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"Authorization": f"Key {key.get_secret_value()}", "User-Agent": "castflow"},
+            keep_alive=False,
+        )
         self._cdn_token: tuple[str, str, float] | None = None  # (token, base_url, expires_at)
 
     def _client(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
@@ -132,7 +140,7 @@ class FalClient:
             url += f"?fal_webhook={quote(webhook_url, safe='')}"
 
         async def call() -> FalHandle:
-            async with self._client() as client:
+            async with self._submits.get() as client:
                 resp = await post_submit(client, url, payload, PROVIDER)
             if resp.status_code in (429, 502, 503, 504) and "x-fal-request-id" not in resp.headers:
                 raise RetryableHTTPError(resp)  # fal's ingress answered: nothing was queued

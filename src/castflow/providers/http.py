@@ -78,9 +78,16 @@ def async_client(
     transport: httpx.AsyncBaseTransport | None,
     timeout: httpx.Timeout,
     headers: dict[str, str] | None = None,
+    limits: httpx.Limits | None = None,
 ) -> httpx.AsyncClient:
     """An httpx client sharing the process's TLS context."""
-    return httpx.AsyncClient(transport=transport, timeout=timeout, headers=headers, verify=tls_context())
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=timeout,
+        headers=headers,
+        verify=tls_context(),
+        limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    )
 
 
 class ClientPool:
@@ -96,10 +103,12 @@ class ClientPool:
         transport: httpx.AsyncBaseTransport | None,
         timeout: httpx.Timeout,
         headers: dict[str, str] | None = None,
+        keep_alive: bool = True,
     ) -> None:
         self._transport = transport
         self._timeout = timeout
         self._headers = headers
+        self._limits = None if keep_alive else httpx.Limits(max_keepalive_connections=0)
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -109,7 +118,9 @@ class ClientPool:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None or client.is_closed:
-            client = async_client(transport=self._transport, timeout=self._timeout, headers=self._headers)
+            client = async_client(
+                transport=self._transport, timeout=self._timeout, headers=self._headers, limits=self._limits
+            )
             self._clients[loop] = client
         yield client
 

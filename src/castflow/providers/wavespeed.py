@@ -128,6 +128,14 @@ class WaveSpeedClient:
             headers={"Authorization": f"Bearer {key.get_secret_value()}", "User-Agent": "castflow"},
         )
         self._plain = ClientPool(transport=transport, timeout=httpx.Timeout(300, connect=10))  # no key
+        # Submits go over a new connection each: a kept-alive one the server has just closed would make
+        # a lost answer out of a request that was never read.
+        self._submits = ClientPool(
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={"Authorization": f"Bearer {key.get_secret_value()}", "User-Agent": "castflow"},
+            keep_alive=False,
+        )
 
     def _client(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
         """The pooled client with the API key (kept open; connections are reused)."""
@@ -143,7 +151,7 @@ class WaveSpeedClient:
             url += f"?webhook={quote(webhook_url, safe='')}"
 
         async def call() -> Prediction:
-            async with self._client() as client:
+            async with self._submits.get() as client:
                 resp = await post_submit(client, url, payload, PROVIDER)
             if resp.status_code == 429:
                 raise RetryableHTTPError(resp)  # rate limit: the task was not created
