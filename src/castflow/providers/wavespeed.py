@@ -12,10 +12,12 @@ connection errors.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import math
 import mimetypes
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -391,11 +393,21 @@ class WaveSpeedLipSync:
         self.client = client
         self.model = model
         self.expected_per_audio_s = expected_per_audio_s
+        self._observed: collections.deque[float] = collections.deque(maxlen=50)  # render s per audio s
+        self._lock = threading.Lock()
         self.prices = prices
         self.min_seconds = min_seconds
         self.deadline_base_s = deadline_base_s
         self.deadline_per_audio_s = deadline_per_audio_s
         self.prompt = prompt
+
+    def expected_seconds(self, audio_seconds: float) -> float:
+        """How long a render of this audio should take: the settings' floor, or what recent renders
+        took (WaveSpeed reports ``executionTime``), so the first poll comes about when it is done."""
+        with self._lock:
+            seen = sorted(self._observed)
+        learned = 0.9 * seen[len(seen) // 2] if len(seen) >= 5 else 0.0
+        return audio_seconds * max(self.expected_per_audio_s, learned)
 
     def deadline(self, audio_seconds: float) -> float:
         """How long to wait for one render: grows with the audio (the docs say 10-30 s per second)."""
@@ -440,11 +452,14 @@ class WaveSpeedLipSync:
             pred = await self.client.wait(
                 request_id,
                 deadline_s=self.deadline(audio_seconds),
-                expected_s=self.expected_per_audio_s * audio_seconds,
+                expected_s=self.expected_seconds(audio_seconds),
             )
             return await self.client.download(pred.outputs[0], workdir / "lipsync.mp4"), pred
 
         path, pred = run_sync(go())
+        if pred.execution_ms and audio_seconds > 0:
+            with self._lock:
+                self._observed.append(pred.execution_ms / 1000 / audio_seconds)
         try:  # probing is CPU work: here, not on the providers' event loop
             info = media.probe(path)
         except media.MediaError as exc:
