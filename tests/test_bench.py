@@ -1,0 +1,43 @@
+"""The campaign benchmark's smoke test: a small run of bench/campaign_bench.py (fakes in their own
+process, a temporary Prefect server) must finish every row, pay once per unique stage and nothing on
+the re-run. The full 1,000-row figures are reported in the README and the closing notes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "campaign_bench.py"
+
+
+@pytest.mark.timeout(600)
+def test_small_benchmark_runs_and_pays_once(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CASTFLOW_", "PREFECT_"))}
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--rows", "12", "--row-concurrency", "8"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert (report["rows"], report["succeeded"], report["failed"], report["rerun_succeeded"]) == (
+        12,
+        12,
+        0,
+        12,
+    )
+    assert report["P3_paid_per_unique_stage"] == 1.0
+    assert report["P3_rerun_paid_calls"] == 0
+    assert report["paid_calls"] == report["unique_paid_stage_keys"] > 0
+    assert report["makespan_s"] > report["ideal_lower_bound_s"] > 0
+    assert report["trivial_task_cpu_s"] > 0
+    assert report["P4_peak_rss_mb"] > 50
