@@ -325,7 +325,7 @@ def run_row(
         )
     except pipeline.Skipped as exc:
         budget.settle(held, spent)
-        return skip_row(rt, prepared, row, str(exc))
+        return skip_row(rt, prepared, row, str(exc), exc.used)
     except Exception:
         budget.settle(held, spent)
         raise
@@ -339,7 +339,13 @@ def run_row(
     )
 
 
-def skip_row(rt: Runtime, prepared: pipeline.PreparedVideo, row: SheetRow, reason: str) -> RowResult:
+def skip_row(
+    rt: Runtime,
+    prepared: pipeline.PreparedVideo,
+    row: SheetRow,
+    reason: str,
+    used: list[StageOutcome] | None = None,
+) -> RowResult:
     with rt.session() as s:
         queries.finish_video(
             s,
@@ -349,6 +355,13 @@ def skip_row(rt: Runtime, prepared: pipeline.PreparedVideo, row: SheetRow, reaso
             failed_stage=None,
             error=reason,
         )
+        video = queries.get_video(s, request_key=prepared.request_key)
+        if video is not None and used:
+            queries.link_video_stages(
+                s,
+                video_id=video.id,
+                links=[(o.stage, o.stage_key, o.reused, 0.0 if o.reused else o.cost_usd) for o in used],
+            )
     return RowResult(row=row.row, row_id=row.row_id, status="skipped", error=reason)
 
 

@@ -546,7 +546,10 @@ def publish(rt: Runtime, video: StageOutcome, key: str) -> str:
 
 
 class Skipped(Exception):
-    """A video not made on purpose (e.g. the budget would be crossed); carries the reason."""
+    """A video not made on purpose (e.g. the budget would be crossed); carries the reason and the
+    stages it used before stopping."""
+
+    used: list[StageOutcome] | None = None
 
 
 def given_image(prepared: PreparedVideo) -> StageOutcome:
@@ -618,7 +621,6 @@ def make_video(
         stage = "publish"
         url = publish(rt, final, key)
         stage = "record"
-        link_stages(rt, prepared, used)
         return record_success(
             rt,
             prepared,
@@ -629,35 +631,42 @@ def make_video(
             url=url,
             captions_key=srt_key,
             video_seconds=final.output.seconds,
+            used=used,
         )
-    except Skipped:
-        link_stages(rt, prepared, used)
+    except Skipped as exc:
+        exc.used = used  # the caller records the skip with what was paid so far
         raise
     except Exception as exc:
         failed = exc.stage if isinstance(exc, StageFailed) else stage
         message = exc.message if isinstance(exc, StageFailed) else str(exc)
-        link_stages(rt, prepared, used)
-        record_failure(rt, prepared, stage=failed, error=message)
+        record_failure(rt, prepared, stage=failed, error=message, used=used)
         raise
 
 
 # ---- records -----------------------------------------------------------------------------------------
 
 
-def link_stages(rt: Runtime, prepared: PreparedVideo, outcomes: list[StageOutcome]) -> None:
-    """Note on the video's record which stages it used and what it paid for each (one transaction)."""
-    if not outcomes:
-        return
+def _links(outcomes: list[StageOutcome] | None) -> list[tuple[str, str, bool, float]]:
+    return [(o.stage, o.stage_key, o.reused, 0.0 if o.reused else o.cost_usd) for o in outcomes or []]
+
+
+def _finish(
+    rt: Runtime,
+    prepared: PreparedVideo,
+    used: list[StageOutcome] | None,
+    status: VideoStatus,
+    **values: object,
+) -> str:
+    """Write the video's final state and the stages it used, in one transaction; returns its id."""
     with rt.session() as s:
-        for outcome in outcomes:
-            queries.link_video_stage(
-                s,
-                request_key=prepared.request_key,
-                stage=outcome.stage,
-                stage_key=outcome.stage_key,
-                reused=outcome.reused,
-                cost_usd=0.0 if outcome.reused else outcome.cost_usd,
-            )
+        queries.finish_video(
+            s, request_key=prepared.request_key, status=status, finished_at=utcnow(), **values
+        )
+        row = queries.get_video(s, request_key=prepared.request_key)
+        assert row is not None
+        if used:
+            queries.link_video_stages(s, video_id=row.id, links=_links(used))
+        return str(row.id)
 
 
 def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -> str:
@@ -702,33 +711,30 @@ def record_success(
     url: str,
     captions_key: str | None = None,
     video_seconds: float | None = None,
+    used: list[StageOutcome] | None = None,
 ) -> VideoResult:
     """Mark the video finished. ``video_seconds`` is the published file's length when known (saves
-    probing it again)."""
+    probing it again); ``used`` are the stages it used, linked to it for the spend reports."""
     if video_seconds is None:
         video_seconds = media.probe(rt.storage.local_path(key)).duration
     cost = sum(o.cost_usd for o in (image, audio, video) if not o.reused)
     reused = sum(1 for o in (image, audio, video) if o.reused)
-    with rt.session() as s:
-        queries.finish_video(
-            s,
-            request_key=prepared.request_key,
-            status=VideoStatus.succeeded,
-            finished_at=utcnow(),
-            image_key=image.output.key,
-            audio_key=audio.output.key,
-            video_key=key,
-            video_url=url,
-            audio_seconds=audio.output.seconds,
-            video_seconds=video_seconds,
-            cost_usd=cost,
-            captions_key=captions_key,
-            failed_stage=None,
-            error=None,
-        )
-        row = queries.get_video(s, request_key=prepared.request_key)
-        assert row is not None
-        video_id = str(row.id)
+    video_id = _finish(
+        rt,
+        prepared,
+        used,
+        VideoStatus.succeeded,
+        image_key=image.output.key,
+        audio_key=audio.output.key,
+        video_key=key,
+        video_url=url,
+        audio_seconds=audio.output.seconds,
+        video_seconds=video_seconds,
+        cost_usd=cost,
+        captions_key=captions_key,
+        failed_stage=None,
+        error=None,
+    )
     return VideoResult(
         video_id=video_id,
         actor=prepared.actor.key,
@@ -742,19 +748,10 @@ def record_success(
     )
 
 
-def record_failure(rt: Runtime, prepared: PreparedVideo, *, stage: str, error: str) -> VideoResult:
-    with rt.session() as s:
-        queries.finish_video(
-            s,
-            request_key=prepared.request_key,
-            status=VideoStatus.failed,
-            finished_at=utcnow(),
-            failed_stage=stage,
-            error=error[:4000],
-        )
-        row = queries.get_video(s, request_key=prepared.request_key)
-        assert row is not None
-        video_id = str(row.id)
+def record_failure(
+    rt: Runtime, prepared: PreparedVideo, *, stage: str, error: str, used: list[StageOutcome] | None = None
+) -> VideoResult:
+    video_id = _finish(rt, prepared, used, VideoStatus.failed, failed_stage=stage, error=error[:4000])
     return VideoResult(
         video_id=video_id, actor=prepared.actor.key, status="failed", failed_stage=stage, error=error
     )

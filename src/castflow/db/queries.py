@@ -351,20 +351,18 @@ def find_webhook_completion(
     return session.scalars(stmt).first()
 
 
-def link_video_stage(
-    session: Session, *, request_key: str, stage: str, stage_key: str, reused: bool, cost_usd: float
+def link_video_stages(
+    session: Session, *, video_id: uuid.UUID, links: Sequence[tuple[str, str, bool, float]]
 ) -> None:
-    """Record that the video of ``request_key`` used a stage (one row per video and stage). A rerun
-    that reused the stage keeps what the first attempt recorded (and paid)."""
-    video = get_video(session, request_key=request_key)
-    if video is None:
-        return
+    """Record which stages a video used: (stage, stage key, reused, cost paid) each, one row per video
+    and stage. A rerun that reused a stage keeps what the first attempt recorded (and paid)."""
     now = utcnow()
     ins = _insert(session, VideoStage.__table__)  # type: ignore[arg-type]
-    values = {"stage_key": stage_key, "reused": reused, "cost_usd": cost_usd}
-    stmt = ins.values(id=uuid.uuid4(), video_id=video.id, stage=stage, created_at=now, **values)
-    if reused:
-        stmt = stmt.on_conflict_do_nothing(index_elements=["video_id", "stage"])
-    else:
-        stmt = stmt.on_conflict_do_update(index_elements=["video_id", "stage"], set_=values)
-    session.execute(stmt)
+    for stage, stage_key, reused, cost_usd in links:
+        values = {"stage_key": stage_key, "reused": reused, "cost_usd": cost_usd}
+        stmt = ins.values(id=uuid.uuid4(), video_id=video_id, stage=stage, created_at=now, **values)
+        if reused:
+            stmt = stmt.on_conflict_do_nothing(index_elements=["video_id", "stage"])
+        else:
+            stmt = stmt.on_conflict_do_update(index_elements=["video_id", "stage"], set_=values)
+        session.execute(stmt)

@@ -8,6 +8,7 @@ loopback fake in tests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import mimetypes
@@ -101,6 +102,7 @@ class FalClient:
         self.hint = hint
         self._handles: dict[str, FalHandle] = {}  # request id → the URLs its submit returned
         self.uploads = UploadCache()
+        self._ran: dict[str, collections.deque[float]] = {}  # model → recent inference times (s)
         self.queue_url = queue_url.rstrip("/")
         self.rest_url = rest_url.rstrip("/")
         self.cdn_url = cdn_url.rstrip("/")
@@ -165,6 +167,11 @@ class FalClient:
             return handle
 
         return await with_retries(call, self.policy, provider=PROVIDER)
+
+    def typical_seconds(self, model_id: str) -> float:
+        """0.9 x the median inference time of the model's last requests (0 until five are known)."""
+        seen = sorted(self._ran.get(model_id, ()))
+        return 0.9 * seen[len(seen) // 2] if len(seen) >= 5 else 0.0
 
     def handle_for(self, model_id: str, request_id: str) -> FalHandle:
         """The URLs the submit returned (fal.md 1.2: follow them), or the documented ones for a request
@@ -233,12 +240,18 @@ class FalClient:
             hint = functools.partial(self.hint, handle.request_id)
         started = time.monotonic()
         delays = self.poll.delays()
-        # A request is not done the moment it is queued: the first look waits the first delay.
-        if await sleep_or_hint(min(next(delays), deadline_s), sleep, hint):
+        # A request is not done the moment it is queued: the first look waits the first delay, or
+        # about as long as this model's recent requests ran (fal reports their inference time).
+        first = max(next(delays), self.typical_seconds(handle.model_id))
+        if await sleep_or_hint(min(first, deadline_s), sleep, hint):
             hint = None
         for delay in delays:
             status = await self.status(handle)
             if status.status == "COMPLETED":
+                if status.inference_time:
+                    self._ran.setdefault(handle.model_id, collections.deque(maxlen=50)).append(
+                        status.inference_time
+                    )
                 if status.error:
                     raise _job_error(status, handle)
                 output, headers = await self.result(handle)
