@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from pydantic import Field
 
-from castflow import pipeline
+from castflow import callbacks, pipeline
 from castflow.models import StageOutcome, VideoRequest, VideoResult
 from castflow.runtime import get_runtime
 from tasks import video as t
@@ -32,9 +33,42 @@ def _outcome(future: PrefectFuture[StageOutcome]) -> StageOutcome:
     task_runner=_runner(),
     validate_parameters=True,
 )
-def generate_video(request: VideoRequest) -> VideoResult:
+def generate_video(
+    request: VideoRequest,
+    callback_url: Annotated[
+        str | None,
+        Field(description="POST the result here when the run ends (signed; see the deployments README)."),
+    ] = None,
+) -> VideoResult:
     """Make one lip-synced video of an actor saying a script (or playing an audio file) in a scene."""
     rt = get_runtime()
+    if callback_url:
+        try:  # refused before any spend, like bad input
+            callbacks.check_url(callback_url, rt.settings.callbacks)
+        except callbacks.CallbackRefused as exc:
+            raise pipeline.UserError(str(exc)) from exc
+    try:
+        result = _generate(rt, request)
+    except Exception as exc:
+        if callback_url:
+            _call_back(rt, callback_url, {"status": "failed", "actor": request.actor, "error": str(exc)})
+        raise
+    if callback_url:
+        _call_back(rt, callback_url, result.model_dump())
+    return result
+
+
+def _call_back(rt: Any, url: str, payload: dict[str, Any]) -> None:
+    """Deliver the result; a receiver that stays down is logged, it does not fail the finished video."""
+    try:
+        callbacks.deliver(url, payload, rt.settings.callbacks)
+    except Exception as exc:
+        get_run_logger().warning(
+            "callback to %s failed: %s", url.split("?", maxsplit=1)[0], type(exc).__name__
+        )
+
+
+def _generate(rt: Any, request: VideoRequest) -> VideoResult:
     prepared = pipeline.prepare_video(rt, request)  # bad input fails here, before any spend
     pipeline.record_start(rt, prepared)
     stage = "prepare"

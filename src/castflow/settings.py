@@ -165,6 +165,20 @@ class WebhookSettings(Section):
     )
 
 
+class CallbackSettings(Section):
+    """Signed POSTs of a run's result to the ``callback_url`` an API caller gave."""
+
+    secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key of the signatures.")
+    allow_private: bool = Field(
+        default=False, description="Allow callbacks to loopback, private and link-local addresses."
+    )
+    attempts: int = Field(default=5, ge=1)
+    backoff_s: float = Field(default=1.0, ge=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    _secret = field_validator("secret")(clean_secret)
+
+
 class PriceSettings(Section):
     """Price table (USD) used to cost each stage; defaults from the providers' published prices."""
 
@@ -241,6 +255,7 @@ class Settings(BaseSettings):
     fal: FalSettings = FalSettings()
     wavespeed: WaveSpeedSettings = WaveSpeedSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    callbacks: CallbackSettings = CallbackSettings()
     prices: PriceSettings = PriceSettings()
     pipeline: PipelineSettings = PipelineSettings()
     campaign: CampaignSettings = CampaignSettings()

@@ -1,0 +1,134 @@
+"""Result callbacks: when a run triggered with a ``callback_url`` ends, castflow POSTs its result there.
+
+The body is JSON (status, video URL, cost, error, ...). It is signed like the providers sign their
+webhooks: ``X-Castflow-Timestamp`` (Unix seconds) and ``X-Castflow-Signature: v1=<hex>``, the HMAC-SHA256
+of ``"{timestamp}.{body}"`` keyed with ``CASTFLOW_CALLBACKS__SECRET``; receivers should check it in
+constant time and refuse timestamps older than a few minutes. Delivery is retried with backoff on
+connection errors, 429 and 5xx.
+
+Callback URLs come from outside (API callers), so they are checked before anything is sent: http(s)
+only, and never to a host that resolves to a loopback, private, link-local, multicast or reserved
+address unless ``CASTFLOW_CALLBACKS__ALLOW_PRIVATE`` is set (server-side request forgery).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from castflow.providers.http import tls_context
+from castflow.settings import CallbackSettings
+
+log = logging.getLogger(__name__)
+
+
+class CallbackRefused(ValueError):
+    """A callback URL castflow will not call (bad scheme, private address, no secret configured)."""
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise CallbackRefused(f"callback host {host!r} does not resolve") from exc
+    return [ipaddress.ip_address(info[4][0]) for info in infos]
+
+
+def check_url(url: str, settings: CallbackSettings, resolve: Callable[[str], list[Any]] = _addresses) -> str:
+    """The URL if castflow may call it; CallbackRefused (with the reason) otherwise."""
+    if settings.secret is None:
+        raise CallbackRefused("callbacks need CASTFLOW_CALLBACKS__SECRET to sign them; none is set")
+    parts = urlparse(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise CallbackRefused(f"callback URL must be http(s) with a host, not {url[:100]!r}")
+    if settings.allow_private:
+        return url
+    for address in resolve(parts.hostname):
+        if (
+            address.is_loopback
+            or address.is_private
+            or address.is_link_local
+            or address.is_multicast
+            or address.is_reserved
+            or address.is_unspecified
+        ):
+            raise CallbackRefused(
+                f"callback host {parts.hostname!r} resolves to {address}, a non-public address "
+                "(set CASTFLOW_CALLBACKS__ALLOW_PRIVATE=true to allow it)"
+            )
+    return url
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"v1={digest}"
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance_s: int = 300) -> bool:
+    """What a receiver does: a fresh timestamp and a matching signature (constant-time)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        timestamp = int(lowered["x-castflow-timestamp"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), lowered.get("x-castflow-signature", ""))
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and (
+        exc.response.status_code == 429 or exc.response.status_code >= 500
+    )
+
+
+def deliver(
+    url: str,
+    payload: dict[str, Any],
+    settings: CallbackSettings,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    resolve: Callable[[str], list[Any]] = _addresses,
+) -> int:
+    """Check, sign and POST ``payload`` to ``url`` with retries; returns the final HTTP status."""
+    check_url(url, settings, resolve)
+    assert settings.secret is not None
+    body = json.dumps(payload, sort_keys=True, default=str).encode()
+    secret = settings.secret.get_secret_value()
+
+    def post() -> int:
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "castflow-callback",
+            "X-Castflow-Timestamp": str(timestamp),
+            "X-Castflow-Signature": sign(secret, timestamp, body),
+        }
+        with httpx.Client(
+            transport=transport, timeout=settings.timeout_s, verify=tls_context(), follow_redirects=False
+        ) as client:
+            resp = client.post(url, content=body, headers=headers)
+        if resp.status_code == 429 or resp.status_code >= 500:
+            resp.raise_for_status()
+        return resp.status_code
+
+    retrying = Retrying(
+        retry=retry_if_exception(_retryable),
+        stop=stop_after_attempt(settings.attempts),
+        wait=wait_random_exponential(multiplier=settings.backoff_s, max=60),
+        reraise=True,
+    )
+    return int(retrying(post))
