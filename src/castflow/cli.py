@@ -620,6 +620,62 @@ def report(
     _run(go)
 
 
+# ---- serve ---------------------------------------------------------------------------------------------
+
+
+def deployments_from_yaml(path: Path | None = None) -> list[Any]:
+    """The deployments of prefect.yaml (the repository's, or the copy in the installed package) as
+    runner deployments: flow, name, description, tags and schedules as declared there."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.schedules import Schedule
+
+    root = Path(__file__).resolve().parents[2]
+    path = path or (
+        root / "prefect.yaml"
+        if (root / "prefect.yaml").is_file()
+        else Path(__file__).parent / "_data" / "prefect.yaml"
+    )
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    built = []
+    for spec in config["deployments"]:
+        file, func = spec["entrypoint"].split(":")
+        flow: Any = load_flow_from_entrypoint(f"{root / file}:{func}")
+        schedules = [
+            Schedule(cron=s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True))
+            for s in spec.get("schedules", [])
+            if "cron" in s
+        ]
+        built.append(
+            flow.to_deployment(
+                name=spec["name"],
+                description=spec.get("description"),
+                tags=spec.get("tags", []),
+                schedules=schedules or None,
+            )
+        )
+    return built
+
+
+@app.command()
+def serve() -> None:
+    """Serve every castflow deployment from this process against your Prefect server (PREFECT_API_URL).
+
+    Runs triggered from the UI, schedules or the API execute here until you stop it (Ctrl-C).
+    """
+
+    def go() -> None:
+        from prefect import serve as prefect_serve
+
+        _runtime()  # configuration and database checked before anything is registered
+        deployments = deployments_from_yaml()
+        typer.echo(f"serving {len(deployments)} deployments: " + ", ".join(d.name for d in deployments))
+        sys.stdout.flush()
+        prefect_serve(*deployments, print_starting_message=False)
+
+    _run(go)
+
+
 # ---- doctor -------------------------------------------------------------------------------------------
 
 

@@ -288,6 +288,13 @@ def open_campaign(
     return session.scalars(query).one(), False
 
 
+def campaign_by_hash(session: Session, *, sheet_hash: str) -> Campaign | None:
+    """The first campaign run from a sheet with this content (under any name)."""
+    return session.scalars(
+        sa.select(Campaign).where(Campaign.sheet_hash == sheet_hash).order_by(Campaign.created_at).limit(1)
+    ).one_or_none()
+
+
 def get_campaign(session: Session, *, name: str) -> Campaign | None:
     """The newest campaign called ``name`` (a name may have run several sheets)."""
     return session.scalars(
