@@ -1,0 +1,239 @@
+"""End to end, as a team runs castflow: a real Prefect server on loopback, `castflow serve`, runs
+triggered through the REST API, `prefect deployment run` and `run_deployment()`, results checked in
+castflow's database and as artifacts through the API, the UI's page of a finished run rendered in
+headless Chromium (screenshot kept under test-artifacts/), and everything shut down in bounded time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("CASTFLOW_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except (httpx.HTTPError, OSError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: float = 30) -> float:
+    """Stop a process and its children; returns how long it took (killed after ``timeout``)."""
+    started = time.monotonic()
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A Prefect server and `castflow serve`, sharing a data dir with the test."""
+    work = tmp_path_factory.mktemp("e2e")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("CASTFLOW_", "PREFECT_"))}
+    prefect_env = {
+        **base_env,
+        "PREFECT_HOME": str(work / "prefect-server"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_UI_API_URL": api,
+    }
+    server_log = open(work / "server.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=prefect_env,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    castflow_env = {
+        **base_env,
+        "PREFECT_API_URL": api,
+        "PREFECT_HOME": str(work / "prefect-client"),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "CASTFLOW_DATA_DIR": str(work / "data"),
+    }
+    serve_proc = None
+    serve_log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed below
+    try:
+        wait_for(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 180, "the Prefect server")
+        subprocess.run(
+            [sys.executable, "-m", "castflow", "actors", "samples"], env=castflow_env, check=True, timeout=120
+        )
+        serve_proc = subprocess.Popen(
+            [sys.executable, "-m", "castflow", "serve"],
+            env=castflow_env,
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=work,
+        )
+
+        def deployments() -> list[str] | None:
+            found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+            names = sorted(d["name"] for d in found)
+            return names if len(names) == 5 else None
+
+        wait_for(deployments, 180, "castflow serve to register its deployments")
+        yield {"api": api, "ui": f"http://127.0.0.1:{port}", "work": work, "env": castflow_env}
+    finally:
+        timings = {}
+        if serve_proc is not None:
+            timings["serve"] = stop(serve_proc)
+        timings["server"] = stop(server)
+        server_log.close()
+        serve_log.close()
+        assert all(t < 40 for t in timings.values()), timings
+
+
+def create_run(api: str, flow: str, deployment: str, parameters: dict[str, Any]) -> str:
+    dep = httpx.get(f"{api}/deployments/name/{flow}/{deployment}", timeout=10).json()
+    resp = httpx.post(
+        f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=10
+    )
+    resp.raise_for_status()
+    return str(resp.json()["id"])
+
+
+def finished(api: str, run_id: str, timeout: float = 300) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        return run if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+    return dict(wait_for(done, timeout, f"flow run {run_id}"))
+
+
+def test_deployments_forms_and_the_sweep_schedule(team: dict[str, Any]) -> None:
+    api = team["api"]
+    found = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
+    assert set(found) == {
+        "generate-video",
+        "create-image-variant",
+        "run-campaign",
+        "campaign-report",
+        "sweep-inbox",
+    }
+    form = found["run-campaign"]["parameter_openapi_schema"]
+    assert form["definitions"]["CampaignParams"]["properties"]["sheet"]["description"]
+    (schedule,) = found["sweep-inbox"]["schedules"]
+    assert schedule["active"] is False
+
+
+def test_generate_video_and_a_campaign_through_the_rest_api(team: dict[str, Any]) -> None:
+    api, work = team["api"], team["work"]
+    run_id = create_run(
+        api,
+        "generate-video",
+        "generate-video",
+        {"request": {"actor": "maya", "script": "Hello from the API."}},
+    )
+    sheet = work / "e2e.csv"
+    sheet.write_text("row_id,actor,script\na,leo,First row.\nb,ava,Second row.\n", encoding="utf-8")
+    campaign_id = create_run(
+        api, "run-campaign", "run-campaign", {"params": {"sheet": str(sheet), "name": "e2e"}}
+    )
+    for rid in (run_id, campaign_id):
+        run = finished(api, rid)
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+
+    engine = sa.create_engine(f"sqlite:///{work / 'data' / 'castflow.db'}")
+    with engine.connect() as conn:
+        statuses = dict(
+            conn.execute(sa.text("SELECT coalesce(row_id, actor_key), status FROM video")).all()  # type: ignore[arg-type]
+        )
+    engine.dispose()
+    assert statuses == {"maya": "succeeded", "a": "succeeded", "b": "succeeded"}
+    artifacts = httpx.post(
+        f"{api}/artifacts/filter", json={"artifacts": {"key": {"like_": "campaign-e2e"}}}, timeout=10
+    ).json()
+    assert {"campaign-e2e-progress", "campaign-e2e-summary"} <= {a["key"] for a in artifacts}
+    team["finished_run"] = campaign_id
+
+
+def test_prefect_cli_and_run_deployment_trigger_runs(team: dict[str, Any]) -> None:
+    env = team["env"]
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "prefect", "deployment", "run", "create-image-variant/create-image-variant",
+            "--param", "actor=leo", "--param", "prompt=on a rooftop at dusk", "--watch",
+        ],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    code = (
+        "from prefect.deployments import run_deployment\n"
+        "run = run_deployment('campaign-report/campaign-report', parameters={'params': {'campaign': 'e2e'}}, timeout=300)\n"
+        "print(run.state.type.value)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=330, check=False
+    )
+    assert out.stdout.strip().endswith("COMPLETED"), out.stdout[-2000:] + out.stderr[-2000:]
+    assert (team["work"] / "data" / "reports" / "e2e" / "report.html").is_file()
+
+
+def test_the_ui_page_of_a_finished_run_renders(team: dict[str, Any]) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    run_id = team.get("finished_run")
+    assert run_id, "the REST test runs first"
+    url = f"{team['ui']}/runs/flow-run/{run_id}"
+    profile = team["work"] / "chromium-profile"
+    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000"]
+    dom = subprocess.run(
+        [*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=False
+    )
+    run = httpx.get(f"{team['api']}/flow_runs/{run_id}", timeout=10).json()
+    assert run["name"] in dom.stdout, dom.stderr[-2000:]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "prefect-ui-flow-run.png"
+    subprocess.run(
+        [*common, "--window-size=1400,1000", f"--screenshot={shot}", url],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert shot.is_file()
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
