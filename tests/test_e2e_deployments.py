@@ -95,11 +95,19 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "PREFECT_HOME": str(work / "prefect-client"),
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "CASTFLOW_DATA_DIR": str(work / "data"),
+        # Provider slots shared by all workers through Prefect global concurrency limits.
+        "CASTFLOW_CAMPAIGN__GLOBAL_LIMIT_PREFIX": "castflow-",
     }
     serve_proc = None
     serve_log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed below
     try:
         wait_for(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 180, "the Prefect server")
+        for provider, limit in (("local", 2), ("upload", 4)):
+            httpx.post(
+                f"{api}/v2/concurrency_limits/",
+                json={"name": f"castflow-{provider}", "limit": limit},
+                timeout=10,
+            ).raise_for_status()
         subprocess.run(
             [sys.executable, "-m", "castflow", "actors", "samples"], env=castflow_env, check=True, timeout=120
         )
@@ -186,6 +194,17 @@ def test_generate_video_and_a_campaign_through_the_rest_api(team: dict[str, Any]
         )
     engine.dispose()
     assert statuses == {"maya": "succeeded", "a": "succeeded", "b": "succeeded"}
+    gcl = httpx.get(f"{api}/v2/concurrency_limits/castflow-local", timeout=10).json()
+    assert gcl["active_slots"] == 0  # every provider job gave its shared slot back
+    events = httpx.post(
+        f"{api}/events/filter",
+        json={"filter": {"event": {"prefix": ["prefect.concurrency-limit.acquired"]}}, "limit": 50},
+        timeout=10,
+    ).json()["events"]
+    acquired = {
+        r.get("prefect.resource.name") for e in events for r in [e["resource"], *e.get("related", [])]
+    }
+    assert "castflow-local" in acquired  # ... and took it through Prefect's global limit
     artifacts = httpx.post(
         f"{api}/artifacts/filter", json={"artifacts": {"key": {"like_": "campaign-e2e"}}}, timeout=10
     ).json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Iterator
@@ -82,12 +83,17 @@ class Runtime:
 
     @contextmanager
     def provider_slot(self, provider: str) -> Iterator[None]:
-        """Hold one of the provider's concurrency slots (settings.campaign.provider_limits)."""
-        slot = self.provider_slots.get(provider)
-        if slot is None:
-            yield
-            return
-        with slot:
+        """Hold one of the provider's concurrency slots: this process's (settings.campaign.provider_limits)
+        and, with a global limit prefix, one of the Prefect global concurrency limit shared by all workers."""
+        with contextlib.ExitStack() as stack:
+            prefix = self.settings.campaign.global_limit_prefix
+            if prefix:
+                from prefect.concurrency.sync import concurrency
+
+                stack.enter_context(concurrency(f"{prefix}{provider}", occupy=1, strict=True))
+            slot = self.provider_slots.get(provider)
+            if slot is not None:
+                stack.enter_context(slot)
             yield
 
 

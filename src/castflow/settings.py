@@ -234,6 +234,11 @@ class CampaignSettings(Section):
     # Jobs in flight per provider. The defaults suit a new account (fal: 2 concurrent requests until
     # invoices raise it; WaveSpeed Bronze: 2); raise them with your account level.
     provider_limits: dict[str, int] = {"fal": 2, "wavespeed": 2, "local": 2, "upload": 8}
+    global_limit_prefix: str | None = Field(
+        default=None,
+        description="With several workers: also hold a slot of the Prefect global concurrency limit "
+        "'<prefix><provider>' (e.g. castflow-fal) around each provider job; the limit must exist.",
+    )
 
 
 class Settings(BaseSettings):
