@@ -1,14 +1,17 @@
-"""The ``sweep_inbox`` flow: run each new sheet dropped into the inbox folder exactly once.
+"""The ``sweep_inbox`` flow: run each new sheet dropped into the inbox exactly once.
 
-A sheet is claimed by moving it into ``processing/`` (an atomic rename: two sweeps never take the same
-file), identified by its content hash (the same sheet dropped again is not run again), validated, and
-then run as a campaign; it ends in ``processed/``. A sheet that fails validation goes to ``rejected/``
-with a ``.errors.txt`` report beside it and is never retried.
+The inbox is a local folder, or ``storage:<prefix>`` for a prefix of castflow's storage (Supabase
+Storage: teams upload sheets there). A sheet is claimed by moving it into ``processing/`` (an atomic
+rename or server-side move: two sweeps never take the same sheet), identified by its content hash (the
+same sheet dropped again is not run again), validated, and then run as a campaign; it ends in
+``processed/``. A sheet that fails validation goes to ``rejected/`` with a ``.errors.txt`` report
+beside it and is never retried.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -18,6 +21,7 @@ from castflow import campaigns
 from castflow.db import queries
 from castflow.runtime import get_runtime
 from castflow.sheets import content_hash
+from castflow.storage import Storage
 from flows.run_campaign import CampaignParams, run_campaign
 
 
@@ -25,7 +29,9 @@ class InboxParams(BaseModel):
     """The form the Prefect UI shows for the sweep-inbox deployment."""
 
     inbox: str | None = Field(
-        default=None, description="Folder teams drop sheets into. Default: <data dir>/inbox."
+        default=None,
+        description="Folder teams drop sheets into, or storage:<prefix> in castflow's storage. "
+        "Default: <data dir>/inbox.",
     )
     budget_usd: float | None = Field(default=None, gt=0, description="Budget of each sheet's campaign (USD).")
     skip_invalid: bool = Field(default=False, description="Run the valid rows of sheets with errors.")
@@ -38,6 +44,60 @@ class SheetOutcome(BaseModel):
     detail: str = ""
 
 
+class _Folder:
+    """An inbox folder on this machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def new(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
+
+    def claim(self, name: str) -> Path | None:
+        """The sheet moved into processing/ (None: another sweep took it)."""
+        try:
+            return _move(self.root / name, self.root / "processing")
+        except FileNotFoundError:
+            return None
+
+    def finish(self, claimed: Path, folder: str, report: str | None = None) -> None:
+        done = _move(claimed, self.root / folder)
+        if report is not None:
+            done.with_name(done.name + ".errors.txt").write_text(report, encoding="utf-8")
+
+
+class _Prefix:
+    """An inbox prefix in castflow's storage (local folder or Supabase bucket)."""
+
+    def __init__(self, storage: Storage, prefix: str, work: Path) -> None:
+        self.storage, self.prefix, self.work = storage, prefix.strip("/"), work
+        self.keys: dict[Path, str] = {}
+        work.mkdir(parents=True, exist_ok=True)
+
+    def new(self) -> list[str]:
+        keys = self.storage.list_keys(self.prefix)
+        return [k.rsplit("/", 1)[-1] for k in keys if k.lower().endswith(".csv")]
+
+    def claim(self, name: str) -> Path | None:
+        """The sheet moved (server-side) to processing/ and fetched (None: another sweep took it)."""
+        key = f"{self.prefix}/processing/{uuid.uuid4().hex[:8]}-{name}"
+        if not self.storage.move(f"{self.prefix}/{name}", key):
+            return None
+        local = self.storage.fetch(key, self.work / key.rsplit("/", 1)[-1])
+        self.keys[local] = key
+        return local
+
+    def finish(self, claimed: Path, folder: str, report: str | None = None) -> None:
+        key = self.keys.pop(claimed)
+        name = key.rsplit("/", 1)[-1]
+        self.storage.move(key, f"{self.prefix}/{folder}/{name}")
+        if report is not None:
+            notes = claimed.with_name(claimed.name + ".errors.txt")
+            notes.write_text(report, encoding="utf-8")
+            self.storage.put_file(f"{self.prefix}/{folder}/{name}.errors.txt", notes, "text/plain")
+
+
 def _move(path: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / path.name
@@ -45,7 +105,7 @@ def _move(path: Path, folder: Path) -> Path:
     while dest.exists():  # never overwrite an earlier sheet of the same name
         dest = folder / f"{stem}-{n}{dest.suffix}"
         n += 1
-    os.replace(path, dest)
+    os.rename(path, dest)  # atomic; FileNotFoundError when another sweep moved it first
     return dest
 
 
@@ -55,50 +115,46 @@ def sweep_inbox(params: InboxParams | None = None) -> list[SheetOutcome]:
     params = params or InboxParams()
     rt = get_runtime()
     log = get_run_logger()
-    inbox = Path(params.inbox).expanduser() if params.inbox else rt.settings.data_dir / "inbox"
-    inbox.mkdir(parents=True, exist_ok=True)
+    spec = params.inbox or str(rt.settings.data_dir / "inbox")
+    inbox: _Folder | _Prefix
+    if spec.startswith("storage:"):
+        inbox = _Prefix(rt.storage, spec.removeprefix("storage:"), rt.settings.data_dir / "inbox-work")
+    else:
+        inbox = _Folder(Path(spec).expanduser())
     outcomes: list[SheetOutcome] = []
-    for dropped in sorted(p for p in inbox.iterdir() if p.is_file() and p.suffix.lower() == ".csv"):
-        try:
-            claimed = _move(dropped, inbox / "processing")
-        except FileNotFoundError:
+    for name in inbox.new():
+        claimed = inbox.claim(name)
+        if claimed is None:
             continue  # another sweep took it
         digest = content_hash(claimed.read_bytes())
         with rt.session() as s:
             earlier = queries.campaign_by_hash(s, sheet_hash=digest)
             earlier_id = str(earlier.id) if earlier else None
         if earlier_id:
-            _move(claimed, inbox / "processed")
-            outcomes.append(SheetOutcome(sheet=dropped.name, outcome="duplicate", campaign_id=earlier_id))
-            log.info("%s was run before (campaign %s): not run again", dropped.name, earlier_id)
+            inbox.finish(claimed, "processed")
+            outcomes.append(SheetOutcome(sheet=name, outcome="duplicate", campaign_id=earlier_id))
+            log.info("%s was run before (campaign %s): not run again", name, earlier_id)
             continue
         sheet = campaigns.load_sheet(rt, claimed)
         if sheet.sheet_errors or (sheet.errors and not params.skip_invalid):
-            rejected = _move(claimed, inbox / "rejected")
-            report = "\n".join(str(p) for p in sheet.problems)
-            rejected.with_name(rejected.name + ".errors.txt").write_text(report + "\n", encoding="utf-8")
+            inbox.finish(claimed, "rejected", "\n".join(str(p) for p in sheet.problems) + "\n")
             outcomes.append(
-                SheetOutcome(sheet=dropped.name, outcome="rejected", detail=f"{len(sheet.errors)} error(s)")
+                SheetOutcome(sheet=name, outcome="rejected", detail=f"{len(sheet.errors)} error(s)")
             )
-            log.warning(
-                "%s refused: %d error(s), see rejected/%s.errors.txt",
-                dropped.name,
-                len(sheet.errors),
-                rejected.name,
-            )
+            log.warning("%s refused: %d error(s), see rejected/%s.errors.txt", name, len(sheet.errors), name)
             continue
         result = run_campaign(
             CampaignParams(
                 sheet=str(claimed),
-                name=dropped.stem,
+                name=Path(name).stem,
                 budget_usd=params.budget_usd,
                 skip_invalid=params.skip_invalid,
             )
         )
-        _move(claimed, inbox / "processed")
+        inbox.finish(claimed, "processed")
         outcomes.append(
             SheetOutcome(
-                sheet=dropped.name,
+                sheet=name,
                 outcome="ran",
                 campaign_id=result.campaign_id,
                 detail=f"{result.succeeded} succeeded, {result.failed} failed, {result.skipped} skipped",

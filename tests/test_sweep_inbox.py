@@ -44,3 +44,33 @@ def test_sheets_run_once_and_bad_ones_are_moved_aside(
     assert (again.outcome, again.campaign_id) == ("duplicate", first["weekly.csv"].campaign_id)
     with rt.session() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Campaign)) == 1
+
+
+def test_a_storage_prefix_inbox_on_supabase(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None
+) -> None:
+    """Teams upload sheets to Supabase Storage (the fake): the sweep claims them by a server-side move."""
+    from castflow.fakes import running_fakes
+    from castflow.runtime import get_runtime
+    from castflow.settings import reset_settings
+    from flows.sweep_inbox import InboxParams, sweep_inbox
+
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_STORAGE__BACKEND", "supabase")
+    reset_settings()
+    rt = get_runtime()
+    ensure_sample_actors(rt)
+    uploads = data_dir.parent / "uploads"
+    uploads.mkdir()
+    (uploads / "launch.csv").write_text("actor,script\nleo,Straight from the bucket.\n", encoding="utf-8")
+    (uploads / "typo.csv").write_text("actor,script\nleo,\n", encoding="utf-8")
+    for name in ("launch.csv", "typo.csv"):
+        rt.storage.put_file(f"team-inbox/{name}", uploads / name, "text/csv")
+
+    outcomes = {o.sheet: o.outcome for o in sweep_inbox(InboxParams(inbox="storage:team-inbox"))}
+    assert outcomes == {"launch.csv": "ran", "typo.csv": "rejected"}
+    keys = {k for (_bucket, k) in running_fakes()["supabase"].objects}
+    assert not {"team-inbox/launch.csv", "team-inbox/typo.csv"} & keys  # taken out of the inbox
+    assert any(k.startswith("team-inbox/processed/") and k.endswith("launch.csv") for k in keys)
+    assert any(k.startswith("team-inbox/rejected/") and k.endswith("typo.csv.errors.txt") for k in keys)
+    assert sweep_inbox(InboxParams(inbox="storage:team-inbox")) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import email.parser
 import hashlib
 import json
@@ -43,6 +44,7 @@ BLOCK = 256 * 1024
 
 # Route names used by ``calls`` and by ``Fault.route``.
 ROUTES = (
+    "move",
     "bucket_create",
     "bucket_list",
     "bucket_get",
@@ -536,6 +538,8 @@ class _Handler(BaseHTTPRequestHandler):
         if head != "object" or not rest:
             return None
         sub = rest[0]
+        if sub == "move" and len(rest) == 1 and method == "POST":
+            return "move", self._move
         if sub in ("sign", "public", "info", "list") and len(rest) >= 2:
             bucket, key = rest[1], "/".join(rest[2:])
             if sub == "list" and method == "POST" and not key:
@@ -804,6 +808,19 @@ class _Handler(BaseHTTPRequestHandler):
                 }
         ordered = [entries[n] for n in sorted(entries)]
         self._send(200, ordered[offset : offset + limit])
+
+    def _move(self) -> None:
+        """POST /object/move {bucketId, sourceKey, destinationKey}: atomic here (one lock)."""
+        body = self._json_body()
+        bucket_id = str(body.get("bucketId") or "")
+        source, dest = str(body.get("sourceKey") or ""), str(body.get("destinationKey") or "")
+        self._bucket(bucket_id)
+        with self.fake.lock:
+            obj = self.fake.objects.pop((bucket_id, source), None)
+            if obj is None:
+                raise _not_found()
+            self.fake.objects[(bucket_id, dest)] = dataclasses.replace(obj, key=dest)
+        self._send(200, {"message": "Successfully moved"})
 
     def _remove(self, bucket_id: str) -> None:
         self._bucket(bucket_id)

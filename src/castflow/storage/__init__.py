@@ -34,6 +34,14 @@ class Storage(Protocol):
         """Copy the object at ``key`` to ``dest`` (a local file) and return it."""
         ...
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Keys of the objects directly under ``prefix`` (not in deeper folders)."""
+        ...
+
+    def move(self, key: str, dest: str) -> bool:
+        """Move an object; False when ``key`` is gone (someone else moved it first)."""
+        ...
+
     def local_path(self, key: str) -> Path:
         """A local file with the object's bytes: the file itself (local) or a cached copy (remote)."""
         ...

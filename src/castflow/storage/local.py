@@ -50,6 +50,22 @@ class LocalStorage:
     def url(self, key: str) -> str:
         return self.path(key).as_uri()
 
+    def list_keys(self, prefix: str) -> list[str]:
+        folder = self.path(prefix.strip("/")) if prefix.strip("/") else self.root
+        if not folder.is_dir():
+            return []
+        base = prefix.strip("/")
+        return sorted(f"{base}/{p.name}" if base else p.name for p in folder.iterdir() if p.is_file())
+
+    def move(self, key: str, dest: str) -> bool:
+        target = self.path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(self.path(key), target)  # atomic: of two movers, one gets FileNotFoundError
+        except FileNotFoundError:
+            return False
+        return True
+
     def fetch(self, key: str, dest: Path) -> Path:
         shutil.copyfile(self.path(key), dest)
         return dest

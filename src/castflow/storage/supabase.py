@@ -259,6 +259,24 @@ class SupabaseStorage:
         self._run(download, op="download", bucket=bucket, key=key)
         return dest
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """Keys directly under ``prefix`` in the bucket of its media type (sheets: the files bucket)."""
+        base = prefix.strip("/")
+        bucket = self.bucket_for(f"{base}/x.csv")
+        entries = self._run(
+            lambda: self._sdk.from_(bucket).list(base, {"limit": 1000}), op="list", bucket=bucket, key=base
+        )
+        return sorted(f"{base}/{e['name']}" for e in entries if e.get("id"))
+
+    def move(self, key: str, dest: str) -> bool:
+        """Server-side move within the key's bucket; False when ``key`` no longer exists."""
+        bucket = self.bucket_for(key)
+        try:
+            self._run(lambda: self._sdk.from_(bucket).move(key, dest), op="move", bucket=bucket, key=key)
+        except ObjectNotFound:
+            return False
+        return True
+
     def local_path(self, key: str) -> Path:
         """A local copy of the object, downloaded into the cache on first use."""
         parts = check_key(key).parts
