@@ -25,7 +25,7 @@ from castflow.db.tables import CampaignStatus, StageStatus, Video, VideoStatus, 
 from castflow.models import ActorRef, MediaRef, StageOutcome, VideoRequest
 from castflow.providers.wavespeed import billed_seconds
 from castflow.runtime import Runtime
-from castflow.sheets import ActorInfo, Sheet, SheetRow, escape_cell, read_sheet
+from castflow.sheets import KNOWN_COLUMNS, ActorInfo, Sheet, SheetRow, escape_cell, read_sheet
 from castflow.stages import normalise_text
 
 # Speech is estimated at this many characters per second; slower than typical TTS (~14-16), so the
@@ -431,18 +431,7 @@ def spent_so_far(rt: Runtime, campaign_id: uuid.UUID) -> float:
 
 # ---- manifest -------------------------------------------------------------------------------------------
 
-BASE_COLUMNS = [
-    "row",
-    "row_id",
-    "actor",
-    "script",
-    "audio",
-    "scene",
-    "image_variant_id",
-    "resolution",
-    "seed",
-    "captions",
-]
+BASE_COLUMNS = ["row", *KNOWN_COLUMNS]
 RESULT_COLUMNS = [
     "status",
     "failed_stage",

@@ -33,7 +33,6 @@ from castflow.providers.base import (
     TransientError,
 )
 from castflow.providers.http import (
-    ClientPool,
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
@@ -41,6 +40,7 @@ from castflow.providers.http import (
     download,
     file_chunks,
     post_submit,
+    provider_pools,
     raise_for_status,
     short_body,
     sleep_or_hint,
@@ -110,19 +110,8 @@ class FalClient:
         self.policy = policy or RetryPolicy()
         self.poll = poll or PollSchedule()
         self._timeout = timeout
-        self._pool = ClientPool(
-            transport=transport,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={"Authorization": f"Key {key.get_secret_value()}", "User-Agent": "castflow"},
-        )
-        self._plain = ClientPool(transport=transport, timeout=httpx.Timeout(300, connect=10))  # no key
-        # Submits go over a new connection each: a kept-alive one the server has just closed would make
-        # a lost answer out of a request that was never read.
-        self._submits = ClientPool(
-            transport=transport,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={"Authorization": f"Key {key.get_secret_value()}", "User-Agent": "castflow"},
-            keep_alive=False,
+        self._pool, self._plain, self._submits = provider_pools(
+            transport, timeout, f"Key {key.get_secret_value()}"
         )
         self._cdn_token: tuple[str, str, float] | None = None  # (token, base_url, expires_at)
 

@@ -243,6 +243,21 @@ async def file_chunks(fh: Any, size: int = 1 << 20) -> AsyncIterator[bytes]:
         yield block
 
 
+def provider_pools(
+    transport: httpx.AsyncBaseTransport | None, timeout: float, authorization: str
+) -> tuple[ClientPool, ClientPool, ClientPool]:
+    """A provider client's three pools: API calls with the key, key-less downloads and uploads to
+    pre-signed URLs, and submits. Submits go over a new connection each: a kept-alive one the server
+    has just closed would turn a request that was never read into a lost answer."""
+    headers = {"Authorization": authorization, "User-Agent": "castflow"}
+    api_timeout = httpx.Timeout(timeout, connect=10.0)
+    return (
+        ClientPool(transport=transport, timeout=api_timeout, headers=headers),
+        ClientPool(transport=transport, timeout=httpx.Timeout(300, connect=10)),
+        ClientPool(transport=transport, timeout=api_timeout, headers=headers, keep_alive=False),
+    )
+
+
 async def download(
     url: str,
     dest: Path,

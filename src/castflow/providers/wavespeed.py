@@ -40,7 +40,6 @@ from castflow.providers.base import (
     TransientError,
 )
 from castflow.providers.http import (
-    ClientPool,
     PollSchedule,
     RetryableHTTPError,
     RetryPolicy,
@@ -48,6 +47,7 @@ from castflow.providers.http import (
     download,
     file_chunks,
     post_submit,
+    provider_pools,
     short_body,
     sleep_or_hint,
     with_retries,
@@ -124,19 +124,8 @@ class WaveSpeedClient:
         self.policy = policy or RetryPolicy()
         self.poll = poll or PollSchedule(first=5.0, factor=2.0, cap=30.0)
         self._timeout = timeout
-        self._pool = ClientPool(
-            transport=transport,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={"Authorization": f"Bearer {key.get_secret_value()}", "User-Agent": "castflow"},
-        )
-        self._plain = ClientPool(transport=transport, timeout=httpx.Timeout(300, connect=10))  # no key
-        # Submits go over a new connection each: a kept-alive one the server has just closed would make
-        # a lost answer out of a request that was never read.
-        self._submits = ClientPool(
-            transport=transport,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={"Authorization": f"Bearer {key.get_secret_value()}", "User-Agent": "castflow"},
-            keep_alive=False,
+        self._pool, self._plain, self._submits = provider_pools(
+            transport, timeout, f"Bearer {key.get_secret_value()}"
         )
 
     def _client(self) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
