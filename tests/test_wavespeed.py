@@ -4,6 +4,7 @@ same fake, costs, polling, errors, and the lip-sync stage in the video DAG."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -507,3 +508,52 @@ def test_the_first_poll_waits_for_the_expected_render_time_and_uploads_are_reuse
     assert fake.calls["upload"] == 2  # the same files: their URLs are reused
     asyncio.run(client.wait(rid, deadline_s=10, expected_s=1.5))
     assert fake.calls["result"] == 1  # one look, once the render should be done
+
+
+def test_a_stage_another_worker_is_submitting_is_joined_not_paid_twice(
+    ws_rt: Runtime, fake: FakeWaveSpeed
+) -> None:
+    """Two workers, one new stage: the second finds it claimed without a request id yet, waits for the
+    id and re-attaches to the same job. A stale claim (a worker that died before submitting) is not
+    waited for."""
+    import threading
+
+    from castflow.db import queries
+
+    syncer = ws_rt.lipsync
+    assert isinstance(syncer, WaveSpeedLipSync)
+    actor = pipeline.actor_ref(ws_rt, "maya")
+    speech = pipeline.speech(ws_rt, actor, "Two workers, one job.")
+    key = pipeline.lipsync_key(ws_rt, actor.image, speech.output, "480p", 0)
+    with ws_rt.session() as s:  # the other worker's claim
+        queries.start_stage_run(
+            s, stage_key=key, stage="lipsync", provider="wavespeed", model=syncer.model, meta={}
+        )
+
+    def other_worker_submits() -> None:
+        time.sleep(1.0)
+        rid = syncer.submit_render(
+            ws_rt.storage.local_path(actor.image.key), ws_rt.storage.local_path(speech.output.key),
+            resolution="480p", seed=0,
+        )  # fmt: skip
+        with ws_rt.session() as s:
+            queries.set_request_id(s, stage_key=key, request_id=rid)
+
+    other = threading.Thread(target=other_worker_submits)
+    other.start()
+    started = time.monotonic()
+    outcome = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    other.join()
+    assert time.monotonic() - started >= 1.0  # it waited for the other worker's request id
+    assert fake.calls["submit"] == 1
+    assert ws_rt.storage.exists(outcome.output.key)
+
+    ws_rt.settings.pipeline.submit_claim_s = 0.5
+    key2 = pipeline.lipsync_key(ws_rt, actor.image, speech.output, "720p", 0)
+    with ws_rt.session() as s:  # a claim nobody will finish
+        queries.start_stage_run(
+            s, stage_key=key2, stage="lipsync", provider="wavespeed", model=syncer.model, meta={}
+        )
+    time.sleep(0.6)
+    pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="720p", seed=0, mouth=None)
+    assert fake.calls["submit"] == 2

@@ -208,6 +208,8 @@ def _run_stage_locked(
     collect: Callable[[str, Path], ProviderResult] | None,
     meta: dict[str, object] | None,
 ) -> StageOutcome:
+    if submit is not None:
+        _wait_for_another_submitter(rt, key)
     with rt.session() as s:
         done = queries.get_stage_run(s, stage_key=key)
         if (
@@ -235,6 +237,7 @@ def _run_stage_locked(
         )
     started = time.monotonic()
     collected = False  # a paid job whose output we hold: a later failure must not lose it
+    job = {"recorded": in_flight is not None}  # a request id is on record (the job exists)
     try:
         with rt.provider_slot(provider), tempfile.TemporaryDirectory(prefix=f"castflow-{stage}-") as tmp:
             if call is not None:
@@ -242,7 +245,7 @@ def _run_stage_locked(
             else:
                 assert submit is not None
                 assert collect is not None
-                result = _submit_or_reattach(rt, key, in_flight, submit, collect, Path(tmp))
+                result = _submit_or_reattach(rt, key, in_flight, submit, collect, Path(tmp), job)
                 collected = True
             digest = sha256_file(result.path)
             out_key = f"stages/{stage}/{key[:2]}/{key}{_ext(result.content_type)}"
@@ -250,7 +253,7 @@ def _run_stage_locked(
     except Exception as exc:
         message = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
         with rt.session() as s:
-            if collected or (isinstance(exc, TransientError) and not exc.job_failed):
+            if collected or (job["recorded"] and isinstance(exc, TransientError) and not exc.job_failed):
                 # The provider's job finished (or may still): keep the stage running with its request
                 # id, so the next attempt re-attaches and fetches the output instead of paying again.
                 queries.note_stage_error(s, stage_key=key, error=message)
@@ -287,6 +290,7 @@ def _submit_or_reattach(
     submit: Callable[[], str],
     collect: Callable[[str, Path], ProviderResult],
     workdir: Path,
+    job: dict[str, bool],
 ) -> ProviderResult:
     """Wait on the recorded request if there is one, else submit (recording the id before waiting).
 
@@ -301,7 +305,25 @@ def _submit_or_reattach(
     request_id = submit()
     with rt.session() as s:
         queries.set_request_id(s, stage_key=key, request_id=request_id)
+    job["recorded"] = True
     return collect(request_id, workdir)
+
+
+def _wait_for_another_submitter(rt: Runtime, key: str) -> None:
+    """Another process (a second worker) may be submitting this very stage: it has claimed it (running,
+    fresh) but not yet recorded its request id. Wait for the id, then re-attach to that job instead of
+    paying for a second one. A claim older than ``submit_claim_s`` is a process that died before
+    submitting: go ahead."""
+    window = rt.settings.pipeline.submit_claim_s
+    deadline = time.monotonic() + window
+    while time.monotonic() < deadline:
+        with rt.session() as s:
+            run = queries.get_stage_run(s, stage_key=key)
+            if run is None or run.status is not StageStatus.running or run.request_id:
+                return
+            if (utcnow() - run.updated_at).total_seconds() > window:
+                return
+        time.sleep(0.5)
 
 
 def _float_or_none(value: object) -> float | None:

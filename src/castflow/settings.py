@@ -224,6 +224,12 @@ class PipelineSettings(Section):
     retry_backoff_s: float = Field(default=2.0, ge=0)
     retry_jitter: float = Field(default=0.5, ge=0)
     max_workers: int = Field(default=8, ge=1, description="Thread pool size of the flow's task runner.")
+    submit_claim_s: float = Field(
+        default=120,
+        gt=0,
+        description="How long a stage claimed by another process may take to record its provider request "
+        "before this one submits instead (several workers).",
+    )
 
 
 class CampaignSettings(Section):
