@@ -10,7 +10,7 @@ real latencies (image edit 0.1 s, TTS 0.05 s, lip-sync 0.15 s per second of audi
 - P4 ``peak_rss_mb``: peak RSS of this (orchestrating) process (target <= 300 MB)
 
 The fakes run in a separate process, so their CPU and memory are not counted. Usage:
-``python bench/campaign_bench.py [--rows 1000] [--row-concurrency 64] [--keep]``.
+``python bench/campaign_bench.py [--rows 1000] [--row-concurrency 40] [--keep] [--tuned-server]``.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1000, help="Rows in the campaign sheet.")
-    parser.add_argument("--row-concurrency", type=int, default=64, help="Rows in flight.")
+    parser.add_argument("--row-concurrency", type=int, default=40, help="Rows in flight.")
     parser.add_argument("--keep", action="store_true", help="Keep the working folder (printed in the JSON).")
     parser.add_argument(
         "--tuned-server",
