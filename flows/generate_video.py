@@ -105,10 +105,7 @@ def _generate(rt: Any, request: VideoRequest) -> VideoResult:
         final, srt_key = video, None
         if request.captions and prepared.script:
             stage = "captions"
-            final, srt_text = pipeline.burn_captions(rt, video, audio, prepared.script)
-            srt_key = pipeline.publish_text(
-                rt, key.removesuffix(".mp4") + ".srt", srt_text, "application/x-subrip"
-            )
+            final, srt_key = pipeline.add_captions(rt, video, audio, prepared.script, key)
         stage = "publish"
         url = t.retrying(t.publish, rt.settings)(final, key)
         stage = "record"

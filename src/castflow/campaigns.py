@@ -23,7 +23,7 @@ from castflow import pipeline
 from castflow.db import queries
 from castflow.db.tables import CampaignStatus, StageStatus, Video, VideoStatus, utcnow
 from castflow.models import ActorRef, MediaRef, StageOutcome, VideoRequest
-from castflow.providers.wavespeed import billed_seconds
+from castflow.providers.wavespeed import WaveSpeedLipSync
 from castflow.runtime import Runtime
 from castflow.sheets import KNOWN_COLUMNS, ActorInfo, Sheet, SheetRow, escape_cell, read_sheet
 from castflow.stages import normalise_text
@@ -105,18 +105,15 @@ class RowEstimate(BaseModel):
 
 
 def _done(rt: Runtime, key: str) -> bool:
-    with rt.session() as s:
-        run = queries.get_stage_run(s, stage_key=key)
-        return run is not None and run.status is StageStatus.succeeded
+    return _succeeded(rt, key) is not None
 
 
 def lipsync_cost(rt: Runtime, seconds: float, resolution: str) -> float:
-    """The lip-sync price of ``seconds`` of audio (the embedded renderer is free)."""
-    if rt.lipsync.name == "local":
-        return 0.0
-    prices = rt.settings.prices
-    billed = billed_seconds(seconds, minimum=prices.lipsync_min_seconds)
-    return round(billed * prices.lipsync_per_second.get(resolution, 0.0), 6)
+    """The lip-sync price of ``seconds`` of audio, by the provider's own billing rule (what its stage
+    will record); the embedded renderer is free."""
+    if isinstance(rt.lipsync, WaveSpeedLipSync):
+        return rt.lipsync.cost(seconds, resolution)[1]
+    return 0.0
 
 
 def _succeeded(rt: Runtime, key: str) -> MediaRef | None:
@@ -360,7 +357,7 @@ def skip_row(
             queries.link_video_stages(
                 s,
                 video_id=video.id,
-                links=[(o.stage, o.stage_key, o.reused, 0.0 if o.reused else o.cost_usd) for o in used],
+                links=pipeline.stage_links(used),
             )
     return RowResult(row=row.row, row_id=row.row_id, status="skipped", error=reason)
 

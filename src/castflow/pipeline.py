@@ -497,10 +497,11 @@ def captions_key(video: MediaRef, text: str) -> str:
     )
 
 
-def burn_captions(
-    rt: Runtime, video: StageOutcome, audio: StageOutcome, script: str
+def add_captions(
+    rt: Runtime, video: StageOutcome, audio: StageOutcome, script: str, key: str
 ) -> tuple[StageOutcome, str]:
-    """The video with the script burned in as captions timed to the speech, and the SRT text."""
+    """The video with the script burned in as captions timed to the speech; the matching SRT is stored
+    beside the video's ``key``. Returns the captioned video and the SRT's key."""
     from castflow import captions
 
     sound = media.decode_audio(rt.storage.local_path(audio.output.key))
@@ -519,7 +520,8 @@ def burn_captions(
         call=call,
         meta={"cues": len(cues)},
     )
-    return outcome, captions.srt(cues)
+    srt_key = _publish_text(rt, key.removesuffix(".mp4") + ".srt", captions.srt(cues), "application/x-subrip")
+    return outcome, srt_key
 
 
 def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, resolution: str) -> None:
@@ -548,7 +550,7 @@ def video_key(actor: str, request_key: str, resolution: str) -> str:
     return f"videos/{actor}/{request_key.removeprefix('video:')[:24]}_{resolution}.mp4"
 
 
-def publish_text(rt: Runtime, key: str, text: str, content_type: str) -> str:
+def _publish_text(rt: Runtime, key: str, text: str, content_type: str) -> str:
     """Store a small text file (an SRT) at ``key``; returns the key."""
     with tempfile.TemporaryDirectory(prefix="castflow-text-") as tmp:
         path = Path(tmp) / Path(key).name
@@ -637,9 +639,8 @@ def make_video(
         final, srt_key = video, None
         if req.captions and prepared.script:
             stage = "captions"
-            final, srt_text = burn_captions(rt, video, audio, prepared.script)
+            final, srt_key = add_captions(rt, video, audio, prepared.script, key)
             told(final)
-            srt_key = publish_text(rt, key.removesuffix(".mp4") + ".srt", srt_text, "application/x-subrip")
         stage = "publish"
         url = publish(rt, final, key)
         stage = "record"
@@ -668,7 +669,8 @@ def make_video(
 # ---- records -----------------------------------------------------------------------------------------
 
 
-def _links(outcomes: list[StageOutcome] | None) -> list[tuple[str, str, bool, float]]:
+def stage_links(outcomes: list[StageOutcome] | None) -> list[tuple[str, str, bool, float]]:
+    """(stage, stage key, reused, cost paid) of each outcome, as the video_stage rows record them."""
     return [(o.stage, o.stage_key, o.reused, 0.0 if o.reused else o.cost_usd) for o in outcomes or []]
 
 
@@ -687,7 +689,7 @@ def _finish(
         row = queries.get_video(s, request_key=prepared.request_key)
         assert row is not None
         if used:
-            queries.link_video_stages(s, video_id=row.id, links=_links(used))
+            queries.link_video_stages(s, video_id=row.id, links=stage_links(used))
         return str(row.id)
 
 
