@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,6 +47,24 @@ class JsonHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 handler with JSON/bytes replies and a body reader that understands chunked uploads."""
 
     protocol_version = "HTTP/1.1"
+    fake: Any  # the LoopbackServer serving this handler (it has ``lock`` and ``calls``)
+
+    def counted(self, call: str, errors: list[int], error_body: Callable[[int], Any]) -> bool:
+        """Count the call; answer it with the next injected HTTP error, if one is queued (True then)."""
+        with self.fake.lock:
+            self.fake.calls[call] += 1
+            code = errors.pop(0) if errors else None
+        if code:
+            self.send(code, error_body(code))
+        return code is not None
+
+    def answered_calls(self) -> bool:
+        """``GET /_fake/calls``: the call counters, for benchmarks that run the fake in another process."""
+        if self.path != "/_fake/calls":
+            return False
+        with self.fake.lock:
+            self.send(200, dict(self.fake.calls))
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         return

@@ -374,13 +374,7 @@ class _Handler(JsonHandler):
     fake: FakeFal
 
     def _injected(self, call: str, errors: list[int], error_type: str) -> bool:
-        """Count the call; answer it with the next injected HTTP error, if one is queued."""
-        with self.fake.lock:
-            self.fake.calls[call] += 1
-            code = errors.pop(0) if errors else None
-        if code:
-            self.send(code, {"detail": "injected", "error_type": error_type})
-        return code is not None
+        return self.counted(call, errors, lambda _code: {"detail": "injected", "error_type": error_type})
 
     def _authorised(self) -> bool:
         if self.headers.get("Authorization") != f"Key {VALID_KEY}":
@@ -390,9 +384,7 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:
         fake = self.fake
-        if self.path == "/_fake/calls":  # for benchmarks running the fake in another process
-            with fake.lock:
-                self.send(200, dict(fake.calls))
+        if self.answered_calls():
             return
         time.sleep(fake.knobs.latency)
         path = urlparse(self.path).path

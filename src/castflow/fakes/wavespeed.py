@@ -255,6 +255,10 @@ def _error(code: int, message: str) -> dict[str, Any]:
     return {"code": code, "message": message, "data": None}
 
 
+def _injected_error(code: int) -> dict[str, Any]:
+    return _error(code, "injected error")
+
+
 def validate(payload: dict[str, Any]) -> str | None:
     """The first problem of an InfiniteTalk body, worded like the live API (spec section 2.1)."""
     for name in ("audio", "image"):
@@ -271,15 +275,6 @@ def validate(payload: dict[str, Any]) -> str | None:
 class _Handler(JsonHandler):
     fake: FakeWaveSpeed
 
-    def _count(self, call: str, errors: list[int] | None = None) -> bool:
-        """Count the call; answer it with the next injected HTTP error, if one is queued."""
-        with self.fake.lock:
-            self.fake.calls[call] += 1
-            code = errors.pop(0) if errors else None
-        if code:
-            self.send(code, _error(code, "injected error"))
-        return code is not None
-
     def _authorised(self) -> bool:
         if self.headers.get("Authorization") != f"Bearer {VALID_KEY}":
             self.send(401, _error(401, "Unauthorized: invalid API key"))
@@ -288,9 +283,7 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:
         fake = self.fake
-        if self.path == "/_fake/calls":  # for benchmarks running the fake in another process
-            with fake.lock:
-                self.send(200, dict(fake.calls))
+        if self.answered_calls():
             return
         time.sleep(fake.knobs.latency)
         path = urlparse(self.path).path
@@ -313,7 +306,7 @@ class _Handler(JsonHandler):
         if parts[:3] == ["api", "v3", "predictions"] and (
             len(parts) == 4 or (len(parts) == 5 and parts[4] == "result")
         ):
-            if self._count("result", fake.knobs.result_errors):
+            if self.counted("result", fake.knobs.result_errors, _injected_error):
                 return
             task = fake.tasks.get(parts[3])
             if task is None:
@@ -363,7 +356,7 @@ class _Handler(JsonHandler):
         if model not in MODELS:
             self.send(404, _error(404, f"model {model} not found"))
             return
-        if self._count("submit", fake.knobs.submit_errors):
+        if self.counted("submit", fake.knobs.submit_errors, _injected_error):
             return
         try:
             payload = json.loads(body or b"{}")
