@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -168,16 +169,25 @@ class Probe:
     video_duration: float | None = None
 
 
-def decode_video_frames(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
-    """The video's frames as RGB arrays, one at a time (never the whole video in memory)."""
+def _open(path: Path) -> Any:
+    """An opened media container; MediaError (naming the file) when FFmpeg cannot read it."""
     try:
-        container = av.open(str(path))
+        return av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
         raise MediaError(f"cannot open {path.name}: {exc}") from exc
+
+
+def _video_stream(container: Any, path: Path) -> Any:
+    if not container.streams.video:
+        raise MediaError(f"{path.name} has no video stream")
+    return container.streams.video[0]
+
+
+def decode_video_frames(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
+    """The video's frames as RGB arrays, one at a time (never the whole video in memory)."""
+    container = _open(path)
     with container:
-        if not container.streams.video:
-            raise MediaError(f"{path.name} has no video stream")
-        for frame in container.decode(container.streams.video[0]):
+        for frame in container.decode(_video_stream(container, path)):
             yield np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
 
 
@@ -187,20 +197,15 @@ def thumbnail(path: Path, *, width: int = 160, at: float = 0.5) -> bytes:
 
     from PIL import Image
 
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise MediaError(f"cannot open {path.name}: {exc}") from exc
+    container = _open(path)
     with container:
-        if not container.streams.video:
-            raise MediaError(f"{path.name} has no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         if container.duration:
             container.seek(int(container.duration * at))  # lands on the keyframe before
         frame = next(container.decode(stream), None)
         if frame is None:
             raise MediaError(f"{path.name} has no frames")
-        image = frame.to_image()  # type: ignore[no-untyped-call]
+        image = frame.to_image()
     height = max(1, round(image.height * width / image.width))
     out = io.BytesIO()
     image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(out, "JPEG", quality=70)
@@ -209,10 +214,7 @@ def thumbnail(path: Path, *, width: int = 160, at: float = 0.5) -> bytes:
 
 def probe(path: Path) -> Probe:
     """Read a media file's streams and durations."""
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise MediaError(f"cannot open {path.name}: {exc}") from exc
+    container = _open(path)
     with container:
         duration = container.duration / av.time_base if container.duration else 0.0
         video = container.streams.video[0] if container.streams.video else None
