@@ -344,8 +344,11 @@ def scene_variant_key(rt: Runtime, image: MediaRef, prompt: str, seed: int) -> s
 def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> StageOutcome:
     """The actor's portrait edited into the scene ``prompt`` (also recorded as an image variant)."""
     key = scene_variant_key(rt, actor.image, prompt, seed)
-    source = rt.storage.local_path(actor.image.key)
     text = normalise_text(prompt)
+
+    def source() -> Path:  # only fetched when the stage runs (a reused stage needs no local copy)
+        return rt.storage.local_path(actor.image.key)
+
     editor = rt.image
     stage = functools.partial(
         run_stage,
@@ -359,7 +362,7 @@ def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> Stage
     if isinstance(editor, QueueImageEditor):
         outcome = stage(
             submit=lambda: editor.submit_edit(
-                source,
+                source(),
                 text,
                 seed=seed,
                 image_url=rt.storage.url(actor.image.key) if rt.storage.shares_urls else None,
@@ -367,7 +370,7 @@ def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> Stage
             collect=lambda rid, wd: editor.collect(rid, workdir=wd),
         )
     else:
-        outcome = stage(call=lambda wd: editor.edit(source, text, seed=seed, workdir=wd))
+        outcome = stage(call=lambda wd: editor.edit(source(), text, seed=seed, workdir=wd))
     if outcome.reused:
         return outcome  # its image variant was recorded when the stage ran
     with rt.session() as s:
@@ -453,9 +456,14 @@ def lipsync(
     rt: Runtime, image: MediaRef, audio: MediaRef, *, resolution: str, seed: int, mouth: Mouth | None
 ) -> StageOutcome:
     """The talking video: one image plus one audio."""
-    image_path = rt.storage.local_path(image.key)
-    audio_path = rt.storage.local_path(audio.key)
     syncer = rt.lipsync
+
+    def image_path() -> Path:  # inputs are fetched only when the stage runs, not when it is reused
+        return rt.storage.local_path(image.key)
+
+    def audio_path() -> Path:
+        return rt.storage.local_path(audio.key)
+
     stage = functools.partial(
         run_stage,
         rt,
@@ -466,24 +474,28 @@ def lipsync(
         meta={"resolution": resolution},
     )
     if isinstance(syncer, QueueLipSyncer):
-        seconds = audio.seconds if audio.seconds is not None else media.decode_audio(audio_path).seconds
         share = rt.storage.shares_urls
         return stage(
             submit=lambda: syncer.submit_render(
-                image_path,
-                audio_path,
+                image_path(),
+                audio_path(),
                 resolution=resolution,
                 seed=seed,
                 image_url=rt.storage.url(image.key) if share else None,
                 audio_url=rt.storage.url(audio.key) if share else None,
             ),
             collect=lambda rid, wd: syncer.collect(
-                rid, audio_seconds=seconds, resolution=resolution, workdir=wd
+                rid,
+                audio_seconds=audio.seconds
+                if audio.seconds is not None
+                else media.audio_seconds(audio_path()),
+                resolution=resolution,
+                workdir=wd,
             ),
         )
     return stage(
         call=lambda wd: syncer.render(
-            image_path, audio_path, resolution=resolution, seed=seed, mouth=mouth, workdir=wd
+            image_path(), audio_path(), resolution=resolution, seed=seed, mouth=mouth, workdir=wd
         )
     )
 
