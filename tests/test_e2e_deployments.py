@@ -138,10 +138,16 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def create_run(api: str, flow: str, deployment: str, parameters: dict[str, Any]) -> str:
+    """Trigger a deployment as another service would: POST create_flow_run, retrying the 503 that
+    Prefect's server answers while its (SQLite) database is busy, as Prefect's own client does."""
     dep = httpx.get(f"{api}/deployments/name/{flow}/{deployment}", timeout=10).json()
-    resp = httpx.post(
-        f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=10
-    )
+    for attempt in range(6):
+        resp = httpx.post(
+            f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=30
+        )
+        if resp.status_code not in (429, 502, 503, 504):
+            break
+        time.sleep(2**attempt)
     resp.raise_for_status()
     return str(resp.json()["id"])
 
