@@ -180,20 +180,16 @@ def configure(work: Path, info: dict[str, Any], row_concurrency: int, tuned_serv
         "CASTFLOW_FAL__POLL_CAP_S": "0.16",
         "CASTFLOW_WAVESPEED__POLL_FIRST_S": "0.05",
         "CASTFLOW_WAVESPEED__POLL_CAP_S": "0.3",
-        # castflow's limits: the accounts' caps plus a little headroom, so a provider slot that frees
-        # finds the next job already queued there (while castflow downloads and stores the last one).
+        # castflow's limits: more jobs than the accounts run at once. Both queue what is over their cap
+        # (fal's queue; WaveSpeed holds it in "created", spec section 6.2), so a provider slot that frees
+        # starts the next job at once while castflow is still polling, downloading and storing the last.
         "CASTFLOW_CAMPAIGN__PROVIDER_LIMITS": json.dumps(
-            {"fal": FAL_CAP + 4, "wavespeed": WAVESPEED_CAP + 4, "local": 4, "upload": 16}
+            {"fal": FAL_CAP + 8, "wavespeed": 2 * WAVESPEED_CAP, "local": 4, "upload": 16}
         ),
         # The docs' 10 s of render per audio second, at 1/100: the first poll waits that long.
         "CASTFLOW_WAVESPEED__EXPECTED_SECONDS_PER_AUDIO_SECOND": "0.1",
         "CASTFLOW_CAMPAIGN__ROW_CONCURRENCY": str(row_concurrency),
         "CASTFLOW_PIPELINE__RETRY_BACKOFF_S": "0.05",
-        "PREFECT_HOME": str(work / "prefect"),
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
     if tuned_server:
         # A server dedicated to running flows: no automations (they evaluate every event), no
@@ -203,6 +199,10 @@ def configure(work: Path, info: dict[str, Any], row_concurrency: int, tuned_serv
             env[f"PREFECT_SERVER_SERVICES_{service}_ENABLED"] = "false"
         env["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
     os.environ.update(env)
+    from castflow.prefect_env import prefect_environment
+
+    # What the castflow CLI gives its temporary Prefect server (task runs recorded in batches).
+    prefect_environment(work / "data", max_workers=8)
 
 
 def trivial_task_cpu(n: int = 300) -> float:

@@ -344,7 +344,7 @@ def skip_row(
     used: list[StageOutcome] | None = None,
 ) -> RowResult:
     with rt.session() as s:
-        queries.finish_video(
+        video_id = queries.finish_video(
             s,
             request_key=prepared.request_key,
             status=VideoStatus.skipped,
@@ -352,13 +352,8 @@ def skip_row(
             failed_stage=None,
             error=reason,
         )
-        video = queries.get_video(s, request_key=prepared.request_key)
-        if video is not None and used:
-            queries.link_video_stages(
-                s,
-                video_id=video.id,
-                links=pipeline.stage_links(used),
-            )
+        if video_id is not None and used:
+            queries.link_video_stages(s, video_id=video_id, links=pipeline.stage_links(used))
     return RowResult(row=row.row, row_id=row.row_id, status="skipped", error=reason)
 
 

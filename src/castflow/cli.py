@@ -73,22 +73,10 @@ def _runtime() -> Runtime:
 
 
 def prefect_environment(settings: Settings) -> None:
-    """Make in-process flow runs quiet and reliable unless the user configured Prefect themselves.
+    """Prefect's settings for in-process flow runs, unless the user set them (castflow.prefect_env)."""
+    from castflow.prefect_env import prefect_environment as apply
 
-    Without ``PREFECT_API_URL`` Prefect starts a temporary server per process; it keeps its database
-    and result cache under our data dir, logs only warnings, sends no telemetry and gets enough time to
-    run its migrations on a slow first start.
-    """
-    defaults = {
-        "PREFECT_HOME": str(settings.data_dir / "prefect"),
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-        "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS": str(settings.pipeline.max_workers),
-    }
-    for name, value in defaults.items():
-        os.environ.setdefault(name, value)
+    apply(settings.data_dir, settings.pipeline.max_workers)
 
 
 @contextmanager

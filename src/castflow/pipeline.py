@@ -17,7 +17,7 @@ from pathlib import Path
 
 from castflow import media
 from castflow.db import queries
-from castflow.db.tables import StageStatus, VideoStatus, utcnow
+from castflow.db.tables import StageRun, StageStatus, VideoStatus, utcnow
 from castflow.models import (
     ActorRef,
     MediaRef,
@@ -192,8 +192,14 @@ def run_stage(
     recorded request id re-attaches to that request instead of submitting (and paying) again.
     """
     assert (call is None) != (submit is None and collect is None), "give call, or submit and collect"
+    seen = rt.finished_stages.get(key)  # finished moments ago for another row: nothing to look up
+    if seen is not None:
+        return seen  # type: ignore[no-any-return]
     # One run per stage key at a time in this process: rows that share a stage wait, then reuse it.
     with rt.stage_locks.hold(key):
+        seen = rt.finished_stages.get(key)
+        if seen is not None:
+            return seen  # type: ignore[no-any-return]
         return _run_stage_locked(rt, stage, key, provider, model, call, submit, collect, meta)
 
 
@@ -208,33 +214,53 @@ def _run_stage_locked(
     collect: Callable[[str, Path], ProviderResult] | None,
     meta: dict[str, object] | None,
 ) -> StageOutcome:
-    if submit is not None:
-        _wait_for_another_submitter(rt, key)
-    with rt.session() as s:
-        done = queries.get_stage_run(s, stage_key=key)
-        if (
-            done is not None
-            and done.status is StageStatus.succeeded
-            and done.output_key
-            and done.output_hash
-            and rt.storage.exists(done.output_key)
-        ):
-            return StageOutcome(
-                stage=stage,
-                stage_key=key,
-                reused=True,
-                cost_usd=done.cost_usd,
-                output=MediaRef(
-                    key=done.output_key,
-                    sha256=done.output_hash,
-                    content_type=str(done.meta.get("content_type", "application/octet-stream")),
-                    seconds=_float_or_none(done.meta.get("seconds")),
-                ),
-            )
-        in_flight = done.request_id if done is not None and done.status is StageStatus.running else None
-        queries.start_stage_run(
-            s, stage_key=key, stage=stage, provider=provider, model=model, meta=dict(meta or {})
-        )
+    claim_window = rt.settings.pipeline.submit_claim_s
+    waited_until = time.monotonic() + claim_window
+    while True:
+        with rt.session() as s:
+            done = queries.get_stage_run(s, stage_key=key)
+            if (
+                done is not None
+                and done.status is StageStatus.succeeded
+                and done.output_key
+                and done.output_hash
+                and rt.storage.exists(done.output_key)
+            ):
+                reused = StageOutcome(
+                    stage=stage,
+                    stage_key=key,
+                    reused=True,
+                    cost_usd=done.cost_usd,
+                    output=MediaRef(
+                        key=done.output_key,
+                        sha256=done.output_hash,
+                        content_type=str(done.meta.get("content_type", "application/octet-stream")),
+                        seconds=_float_or_none(done.meta.get("seconds")),
+                    ),
+                )
+                rt.finished_stages.put(key, reused)
+                return reused
+            if (
+                submit is not None
+                and _claimed_by_another(done, claim_window)
+                and time.monotonic() < waited_until
+            ):
+                pass  # another worker is submitting it: wait for its request id (below), then re-attach
+            else:
+                in_flight = (
+                    done.request_id if done is not None and done.status is StageStatus.running else None
+                )
+                queries.start_stage_run(
+                    s,
+                    stage_key=key,
+                    stage=stage,
+                    provider=provider,
+                    model=model,
+                    meta=dict(meta or {}),
+                    returning=False,
+                )
+                break
+        time.sleep(0.5)
     started = time.monotonic()
     collected = False  # a paid job whose output we hold: a later failure must not lose it
     job = {"recorded": in_flight is not None}  # a request id is on record (the job exists)
@@ -275,12 +301,14 @@ def _run_stage_locked(
             request_id=result.request_id,
             meta=out_meta,
         )
-    return StageOutcome(
+    outcome = StageOutcome(
         stage=stage,
         stage_key=key,
         cost_usd=result.billing.cost_usd,
         output=MediaRef(key=out_key, sha256=digest, content_type=result.content_type, seconds=result.seconds),
     )
+    rt.finished_stages.put(key, outcome.model_copy(update={"reused": True}))
+    return outcome
 
 
 def _submit_or_reattach(
@@ -309,21 +337,17 @@ def _submit_or_reattach(
     return collect(request_id, workdir)
 
 
-def _wait_for_another_submitter(rt: Runtime, key: str) -> None:
+def _claimed_by_another(run: StageRun | None, window: float) -> bool:
     """Another process (a second worker) may be submitting this very stage: it has claimed it (running,
-    fresh) but not yet recorded its request id. Wait for the id, then re-attach to that job instead of
-    paying for a second one. A claim older than ``submit_claim_s`` is a process that died before
-    submitting: go ahead."""
-    window = rt.settings.pipeline.submit_claim_s
-    deadline = time.monotonic() + window
-    while time.monotonic() < deadline:
-        with rt.session() as s:
-            run = queries.get_stage_run(s, stage_key=key)
-            if run is None or run.status is not StageStatus.running or run.request_id:
-                return
-            if (utcnow() - run.updated_at).total_seconds() > window:
-                return
-        time.sleep(0.5)
+    fresh) but not yet recorded its request id. The caller waits for the id, then re-attaches to that
+    job instead of paying for a second one. A claim older than ``window`` seconds is a process that
+    died before submitting: go ahead."""
+    return (
+        run is not None
+        and run.status is StageStatus.running
+        and not run.request_id
+        and (utcnow() - run.updated_at).total_seconds() <= window
+    )
 
 
 def _float_or_none(value: object) -> float | None:
@@ -553,6 +577,7 @@ def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, res
     if problems:
         message = "; ".join(problems)
         if rt.lipsync.name == "local":
+            rt.finished_stages.forget(video.stage_key)
             with rt.session() as s:
                 queries.fail_stage_run(s, stage_key=video.stage_key, error=f"quality check failed: {message}")
         raise StageFailed("qc", message)
@@ -695,14 +720,13 @@ def _finish(
 ) -> str:
     """Write the video's final state and the stages it used, in one transaction; returns its id."""
     with rt.session() as s:
-        queries.finish_video(
+        video_id = queries.finish_video(
             s, request_key=prepared.request_key, status=status, finished_at=utcnow(), **values
         )
-        row = queries.get_video(s, request_key=prepared.request_key)
-        assert row is not None
+        assert video_id is not None, f"no video row for {prepared.request_key}"
         if used:
-            queries.link_video_stages(s, video_id=row.id, links=stage_links(used))
-        return str(row.id)
+            queries.link_video_stages(s, video_id=video_id, links=stage_links(used))
+        return str(video_id)
 
 
 def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -> str:
@@ -710,7 +734,7 @@ def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -
     (a campaign row's campaign_id, row_id, extra)."""
     req = prepared.request
     with rt.session() as s:
-        row = queries.upsert_video(
+        video_id = queries.upsert_video(
             s,
             request_key=prepared.request_key,
             values={
@@ -727,7 +751,7 @@ def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -
                 "error": None,
             },
         )
-        return str(row.id)
+        return str(video_id)
 
 
 def _uuid_or_none(value: str | None) -> object:

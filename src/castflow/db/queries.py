@@ -28,6 +28,9 @@ from castflow.db.tables import (
     utcnow,
 )
 
+# Core statements on the tables where no ORM object is needed back: no ORM bookkeeping per call.
+_STAGE_RUNS: sa.Table = StageRun.__table__  # type: ignore[assignment]
+
 
 def _insert(session: Session, table: sa.Table) -> Any:
     dialect = session.get_bind().dialect.name
@@ -71,9 +74,17 @@ def get_stage_run(session: Session, *, stage_key: str) -> StageRun | None:
 
 
 def start_stage_run(
-    session: Session, *, stage_key: str, stage: str, provider: str, model: str, meta: dict[str, Any]
-) -> StageRun:
-    """Claim a stage: create its row (status running) or count one more attempt on the existing row."""
+    session: Session,
+    *,
+    stage_key: str,
+    stage: str,
+    provider: str,
+    model: str,
+    meta: dict[str, Any],
+    returning: bool = True,
+) -> StageRun | None:
+    """Claim a stage: create its row (status running) or count one more attempt on the existing row.
+    Returns the row (None with ``returning=False``, which saves reading it back)."""
     now = utcnow()
     ins = _insert(session, StageRun.__table__)  # type: ignore[arg-type]
     stmt = ins.values(
@@ -99,16 +110,14 @@ def start_stage_run(
         },
     )
     session.execute(stmt)
-    run = get_stage_run(session, stage_key=stage_key)
-    assert run is not None
-    return run
+    return get_stage_run(session, stage_key=stage_key) if returning else None
 
 
 def set_request_id(session: Session, *, stage_key: str, request_id: str) -> None:
     """Record the provider's request id before waiting on it (never pay twice after a crash)."""
     session.execute(
-        sa.update(StageRun)
-        .where(StageRun.stage_key == stage_key)
+        sa.update(_STAGE_RUNS)
+        .where(_STAGE_RUNS.c.stage_key == stage_key)
         .values(request_id=request_id, updated_at=utcnow())
     )
 
@@ -143,22 +152,22 @@ def finish_stage_run(
         values["request_id"] = request_id
     if meta is not None:
         values["meta"] = meta
-    session.execute(sa.update(StageRun).where(StageRun.stage_key == stage_key).values(**values))
+    session.execute(sa.update(_STAGE_RUNS).where(_STAGE_RUNS.c.stage_key == stage_key).values(**values))
 
 
 def note_stage_error(session: Session, *, stage_key: str, error: str) -> None:
     """Record a transient error on a stage that stays running (its request may still finish)."""
     session.execute(
-        sa.update(StageRun)
-        .where(StageRun.stage_key == stage_key)
+        sa.update(_STAGE_RUNS)
+        .where(_STAGE_RUNS.c.stage_key == stage_key)
         .values(error=error[:4000], updated_at=utcnow())
     )
 
 
 def fail_stage_run(session: Session, *, stage_key: str, error: str) -> None:
     session.execute(
-        sa.update(StageRun)
-        .where(StageRun.stage_key == stage_key)
+        sa.update(_STAGE_RUNS)
+        .where(_STAGE_RUNS.c.stage_key == stage_key)
         .values(status=StageStatus.failed, error=error[:4000], updated_at=utcnow())
     )
 
@@ -228,17 +237,16 @@ def get_image_variant(session: Session, *, variant_id: str) -> ImageVariant | No
 # ---- videos -----------------------------------------------------------------------------------------
 
 
-def upsert_video(session: Session, *, request_key: str, values: dict[str, Any]) -> Video:
-    """Create the video row for ``request_key`` or update it; idempotent per request key."""
+def upsert_video(session: Session, *, request_key: str, values: dict[str, Any]) -> uuid.UUID:
+    """Create the video row for ``request_key`` or update it; idempotent per request key. Returns its id."""
     now = utcnow()
     ins = _insert(session, Video.__table__)  # type: ignore[arg-type]
-    session.execute(
-        ins.values(
-            id=uuid.uuid4(), request_key=request_key, created_at=now, updated_at=now, **values
-        ).on_conflict_do_update(index_elements=["request_key"], set_={**values, "updated_at": now})
+    stmt = (
+        ins.values(id=uuid.uuid4(), request_key=request_key, created_at=now, updated_at=now, **values)
+        .on_conflict_do_update(index_elements=["request_key"], set_={**values, "updated_at": now})
+        .returning(Video.__table__.c.id)
     )
-    video = session.scalars(sa.select(Video).where(Video.request_key == request_key)).one()
-    return video
+    return uuid.UUID(str(session.execute(stmt).scalar_one()))
 
 
 def get_video(session: Session, *, request_key: str) -> Video | None:
@@ -247,12 +255,16 @@ def get_video(session: Session, *, request_key: str) -> Video | None:
 
 def finish_video(
     session: Session, *, request_key: str, status: VideoStatus, finished_at: datetime, **values: Any
-) -> None:
-    session.execute(
-        sa.update(Video)
-        .where(Video.request_key == request_key)
+) -> uuid.UUID | None:
+    """Write the video's final state; returns its id (None when there is no such video)."""
+    table: sa.Table = Video.__table__  # type: ignore[assignment]
+    found = session.execute(
+        sa.update(table)
+        .where(table.c.request_key == request_key)
         .values(status=status, finished_at=finished_at, updated_at=utcnow(), **values)
-    )
+        .returning(table.c.id)
+    ).scalar_one_or_none()
+    return None if found is None else uuid.UUID(str(found))
 
 
 IntegrityError = sa_exc.IntegrityError
@@ -365,11 +377,21 @@ def link_video_stages(
     and stage. A rerun that reused a stage keeps what the first attempt recorded (and paid)."""
     now = utcnow()
     ins = _insert(session, VideoStage.__table__)  # type: ignore[arg-type]
-    for stage, stage_key, reused, cost_usd in links:
-        values = {"stage_key": stage_key, "reused": reused, "cost_usd": cost_usd}
-        stmt = ins.values(id=uuid.uuid4(), video_id=video_id, stage=stage, created_at=now, **values)
+    for reused in (True, False):  # one statement each for the reused and the paid stages
+        rows = [
+            {"id": uuid.uuid4(), "video_id": video_id, "stage": stage, "created_at": now,
+             "stage_key": stage_key, "reused": reused, "cost_usd": cost_usd}
+            for stage, stage_key, was_reused, cost_usd in links
+            if was_reused is reused
+        ]  # fmt: skip
+        if not rows:
+            continue
+        stmt = ins.values(rows)
         if reused:
             stmt = stmt.on_conflict_do_nothing(index_elements=["video_id", "stage"])
         else:
-            stmt = stmt.on_conflict_do_update(index_elements=["video_id", "stage"], set_=values)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["video_id", "stage"],
+                set_={name: stmt.excluded[name] for name in ("stage_key", "reused", "cost_usd")},
+            )
         session.execute(stmt)
