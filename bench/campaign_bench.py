@@ -276,6 +276,7 @@ def run(args: argparse.Namespace, work: Path, info: dict[str, Any]) -> dict[str,
         label = name_of(pid)
         others[label] = round(others.get(label, 0.0) + cpu - others0.get(pid, 0.0), 2)
     paid = paid_calls()
+    calls = {"fal": fake_calls(info["fal"]["url"]), "wavespeed": fake_calls(info["wavespeed"]["url"])}
     again = run_campaign(params)
     rerun_paid = paid_calls() - paid
 
@@ -322,6 +323,7 @@ def run(args: argparse.Namespace, work: Path, info: dict[str, Any]) -> dict[str,
         "P3_paid_per_unique_stage": round(paid / max(1, len(runs)), 3),
         "P3_rerun_paid_calls": rerun_paid,
         "P4_peak_rss_mb": round(peak_rss_mb, 1),
+        "provider_calls": calls,
         "stages": {"scene_variant": edits, "speech": tts, "lipsync": len(runs) - edits - tts},
         "targets": {"P1": "<= 1.15", "P2": "<= 6", "P3": "1.00 and 0", "P4": "<= 300 MB"},
     }

@@ -510,6 +510,43 @@ def test_the_first_poll_waits_for_the_expected_render_time_and_uploads_are_reuse
     assert fake.calls["result"] == 1  # one look, once the render should be done
 
 
+def test_jobs_asking_for_the_same_file_at_once_share_one_upload(
+    fake: FakeWaveSpeed, inputs: tuple[Path, Path, float]
+) -> None:
+    """Rows that start together with the same variant or speech upload it once; a failed upload is not
+    handed to the others: each then tries its own."""
+    image, audio, _ = inputs
+    client = client_for(fake)
+    fake.knobs.latency = 0.2  # every answer late: all eight ask before the first upload is done
+
+    async def many(path: Path) -> list[str]:
+        return await asyncio.gather(*(client.upload(path) for _ in range(8)))
+
+    urls = asyncio.run(many(image))
+    assert len(set(urls)) == 1
+    assert fake.calls["upload"] == 1
+
+    client.uploads = type(client.uploads)()  # nothing cached
+    real_upload = client._upload
+    failures = [1]
+
+    async def flaky(path: Path) -> str:
+        if failures:
+            failures.pop()
+            await asyncio.sleep(0.1)
+            raise TransientError("upload failed", provider="wavespeed")
+        return await real_upload(path)
+
+    client._upload = flaky  # type: ignore[method-assign]
+
+    async def first_fails() -> list[str | BaseException]:
+        return await asyncio.gather(*(client.upload(audio) for _ in range(4)), return_exceptions=True)
+
+    outcomes = asyncio.run(first_fails())
+    assert sum(isinstance(o, TransientError) for o in outcomes) == 1  # only the one that uploaded
+    assert all(isinstance(o, str) for o in outcomes if not isinstance(o, TransientError))
+
+
 def test_a_stage_another_worker_is_submitting_is_joined_not_paid_twice(
     ws_rt: Runtime, fake: FakeWaveSpeed
 ) -> None:

@@ -135,14 +135,14 @@ def encode_video(
                 out.mux(packet)
         for packet in vstream.encode(None):
             out.mux(packet)
-        for aframe in _audio_frames(audio):
+        for aframe in audio_frames(audio):
             for packet in astream.encode(aframe):
                 out.mux(packet)
         for packet in astream.encode(None):
             out.mux(packet)
 
 
-def _audio_frames(audio: Audio, block: int = 1024) -> Iterator[av.AudioFrame]:
+def audio_frames(audio: Audio, block: int = 1024) -> Iterator[av.AudioFrame]:
     pts = 0
     for start in range(0, len(audio.samples), block):
         chunk = audio.samples[start : start + block].reshape(1, -1)

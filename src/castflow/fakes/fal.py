@@ -105,6 +105,7 @@ class FakeFal(LoopbackServer):
         self.jobs: dict[str, Job] = {}
         self.files: dict[str, tuple[Path, str]] = {}  # URL path → (file on disk, content type)
         self.calls: dict[str, int] = {
+            "file": 0,
             "submit": 0,
             "status": 0,
             "result": 0,
@@ -394,6 +395,8 @@ class _Handler(JsonHandler):
             return
         if path.startswith("/files/"):
             item = fake.files.get(path)
+            with fake.lock:
+                fake.calls["file"] += 1
             if item is None:
                 self.send(404, {"detail": "Not found"})
                 return

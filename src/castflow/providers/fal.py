@@ -291,10 +291,7 @@ class FalClient:
     async def upload_file(self, path: Path) -> str:
         """Upload a local file to fal's CDN (v3 token flow); returns its public URL. Streams the file.
         A file already uploaded by this process in the last hour is not uploaded again."""
-        cached = self.uploads.get(path)
-        if cached:
-            return cached
-        return self.uploads.put(path, await self._upload_file(path))
+        return await self.uploads.fetch(path, lambda: self._upload_file(path))
 
     async def _upload_file(self, path: Path) -> str:
         token, _base = await self._token()

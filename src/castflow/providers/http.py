@@ -133,6 +133,7 @@ class UploadCache:
         self.ttl_s = ttl_s
         self.size = size
         self._urls: dict[tuple[str, int, int], tuple[str, float]] = {}
+        self._pending: dict[tuple[str, int, int], asyncio.Future[str]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -151,6 +152,37 @@ class UploadCache:
                 self._urls.clear()
             self._urls[self._key(path)] = (url, time.monotonic() + self.ttl_s)
         return url
+
+    async def fetch(self, path: Path, upload: Callable[[], Awaitable[str]]) -> str:
+        """The file's provider URL: cached, or uploaded once however many jobs ask at the same time
+        (the others wait for that upload; if it fails, each tries its own)."""
+        hit = self.get(path)
+        if hit:
+            return hit
+        key, loop = self._key(path), asyncio.get_running_loop()
+        with self._lock:
+            pending = self._pending.get(key)
+            mine = pending is None or pending.get_loop() is not loop
+            if mine:
+                pending = self._pending[key] = loop.create_future()
+        assert pending is not None
+        if not mine:
+            try:
+                return await asyncio.shield(pending)
+            except Exception:
+                return self.put(path, await upload())
+        try:
+            url = self.put(path, await upload())
+            pending.set_result(url)
+            return url
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved here: nobody may be waiting
+            raise
+        finally:
+            with self._lock:
+                if self._pending.get(key) is pending:
+                    del self._pending[key]
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:

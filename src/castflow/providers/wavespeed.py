@@ -219,10 +219,7 @@ class WaveSpeedClient:
     async def upload(self, path: Path) -> str:
         """Upload a local file (streamed); returns the ``download_url`` to pass as image/audio.
         A file already uploaded by this process in the last hour is not uploaded again."""
-        cached = self.uploads.get(path)
-        if cached:
-            return cached
-        return self.uploads.put(path, await self._upload(path))
+        return await self.uploads.fetch(path, lambda: self._upload(path))
 
     async def _upload(self, path: Path) -> str:
         if self.upload_mode == "ticket":
