@@ -7,11 +7,11 @@ it; every row ends succeeded, failed or skipped; running it again resumes withou
 
 from __future__ import annotations
 
+import functools
+import queue
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED
-from concurrent.futures import wait as wait_any
 from pathlib import Path
 from typing import Any, cast
 
@@ -152,18 +152,20 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
             progress.step(earlier)
     try:
         pending = [row for row in reversed(sheet.rows) if row.row_id not in finished]
-        running: dict[Any, tuple[PrefectFuture[RowResult], SheetRow]] = {}
-        while pending or running:
-            while pending and len(running) < limit:
+        # Finished rows arrive on a queue (a callback per task), in the order they finish.
+        finished_q: queue.SimpleQueue[tuple[PrefectFuture[RowResult], SheetRow]] = queue.SimpleQueue()
+        in_flight = 0
+        while pending or in_flight:
+            while pending and in_flight < limit:
                 row = pending.pop()
                 future = row_task.submit(key, name, row)
-                running[future.wrapped_future] = (future, row)  # type: ignore[attr-defined]
-            done, _ = wait_any(list(running), return_when=FIRST_COMPLETED)
-            for inner in done:
-                future, row = running.pop(inner)
-                outcome = _RESULTS.get(key, {}).pop(row.row_id, None) or _row_result(future, row)
-                results.append(outcome)
-                progress.step(outcome)
+                future.add_done_callback(functools.partial(_on_done, finished_q, row))
+                in_flight += 1
+            future, row = finished_q.get()
+            in_flight -= 1
+            outcome = _RESULTS.get(key, {}).pop(row.row_id, None) or _row_result(future, row)
+            results.append(outcome)
+            progress.step(outcome)
     finally:
         _BUDGETS.pop(key, None)
         _RESULTS.pop(key, None)
@@ -192,6 +194,14 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
     )
     _summary_artifact(result)
     return result
+
+
+def _on_done(
+    finished_q: queue.SimpleQueue[tuple[PrefectFuture[RowResult], SheetRow]],
+    row: SheetRow,
+    future: PrefectFuture[RowResult],
+) -> None:
+    finished_q.put((future, row))
 
 
 def _row_result(future: PrefectFuture[RowResult], row: SheetRow) -> RowResult:

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from castflow import media
 from castflow.db import queries
-from castflow.db.tables import StageRun, StageStatus, VideoStatus, utcnow
+from castflow.db.tables import StageStatus, VideoStatus, utcnow
 from castflow.models import (
     ActorRef,
     MediaRef,
@@ -218,7 +219,7 @@ def _run_stage_locked(
     waited_until = time.monotonic() + claim_window
     while True:
         with rt.session() as s:
-            done = queries.get_stage_run(s, stage_key=key)
+            done = queries.stage_run_state(s, stage_key=key)
             if (
                 done is not None
                 and done.status is StageStatus.succeeded
@@ -337,7 +338,7 @@ def _submit_or_reattach(
     return collect(request_id, workdir)
 
 
-def _claimed_by_another(run: StageRun | None, window: float) -> bool:
+def _claimed_by_another(run: Any, window: float) -> bool:
     """Another process (a second worker) may be submitting this very stage: it has claimed it (running,
     fresh) but not yet recorded its request id. The caller waits for the id, then re-attaches to that
     job instead of paying for a second one. A claim older than ``window`` seconds is a process that

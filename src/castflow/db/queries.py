@@ -73,6 +73,23 @@ def get_stage_run(session: Session, *, stage_key: str) -> StageRun | None:
     return session.scalars(sa.select(StageRun).where(StageRun.stage_key == stage_key)).one_or_none()
 
 
+_STAGE_STATE = sa.select(
+    _STAGE_RUNS.c.status,
+    _STAGE_RUNS.c.output_key,
+    _STAGE_RUNS.c.output_hash,
+    _STAGE_RUNS.c.cost_usd,
+    _STAGE_RUNS.c.meta,
+    _STAGE_RUNS.c.request_id,
+    _STAGE_RUNS.c.updated_at,
+).where(_STAGE_RUNS.c.stage_key == sa.bindparam("stage_key"))
+
+
+def stage_run_state(session: Session, *, stage_key: str) -> Any:
+    """What the pipeline needs to know of a stage run (status, output, cost, meta, request id, last
+    update), as a plain row: the per-stage lookup of every video, kept cheap."""
+    return session.execute(_STAGE_STATE, {"stage_key": stage_key}).one_or_none()
+
+
 def start_stage_run(
     session: Session,
     *,

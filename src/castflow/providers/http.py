@@ -86,7 +86,9 @@ def async_client(
         timeout=timeout,
         headers=headers,
         verify=tls_context(),
-        limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        # httpcore checks every pooled connection on each request: a few idle ones are plenty when
+        # every request is short, and keep that check cheap when many rows are in flight.
+        limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=8),
     )
 
 
