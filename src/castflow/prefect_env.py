@@ -24,7 +24,9 @@ def prefect_environment(data_dir: os.PathLike[str] | str, max_workers: int) -> N
 
     Without ``PREFECT_API_URL`` Prefect starts a temporary server per process; it keeps its database
     and result cache under our data dir, logs only warnings, sends no telemetry, gets enough time to
-    run its migrations on a slow first start and records task runs in batches.
+    run its migrations on a slow first start and records task runs in batches. It does not evaluate
+    automations: nobody can set one up on a server that lives as long as one command (with
+    ``PREFECT_API_URL`` set, your server's automations work as usual).
     """
     defaults = {
         "PREFECT_HOME": str(os.path.join(data_dir, "prefect")),
@@ -33,6 +35,7 @@ def prefect_environment(data_dir: os.PathLike[str] | str, max_workers: int) -> N
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
         "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS": str(max_workers),
+        "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
         **SERVER_BATCHING,
     }
     for name, value in defaults.items():
