@@ -81,3 +81,36 @@ def test_pipeline_keys_follow_their_inputs(rt: Runtime) -> None:
     assert base != lipsync_key(rt, img, aud.model_copy(update={"sha256": "4" * 64}), "480p", 0)
     assert base != lipsync_key(rt, img, aud, "720p", 0)
     assert base != lipsync_key(rt, img, aud, "480p", 7)
+
+
+def test_a_stage_finished_in_this_process_is_reused_without_a_database_round_trip(rt: Runtime) -> None:
+    """Rows sharing a speech: the first finds it in the database, later ones in the process's memory
+    of finished stages (no SQL at all); an entry older than its time limit is looked up again."""
+    import sqlalchemy as sa
+
+    from castflow import pipeline
+    from castflow.actors import ensure_sample_actors
+
+    ensure_sample_actors(rt)
+    actor = pipeline.actor_ref(rt, "maya")
+    first = pipeline.speech(rt, actor, "One script, many rows.")
+    assert not first.reused
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(rt.engine, "before_cursor_execute", count)
+    try:
+        again = pipeline.speech(rt, actor, "One script, many rows.")
+        assert again.reused
+        assert again.output == first.output
+        assert statements == []
+        rt.finished_stages.ttl_s = 0.0  # expired: back to the database, which still says succeeded
+        third = pipeline.speech(rt, actor, "One script, many rows.")
+        assert third.reused
+        assert third.output == first.output
+        assert any("stage_run" in s for s in statements)
+    finally:
+        sa.event.remove(rt.engine, "before_cursor_execute", count)
+        rt.finished_stages.ttl_s = 300.0
