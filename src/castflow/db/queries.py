@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -30,6 +31,20 @@ from castflow.db.tables import (
 
 # Core statements on the tables where no ORM object is needed back: no ORM bookkeeping per call.
 _STAGE_RUNS: sa.Table = StageRun.__table__  # type: ignore[assignment]
+_VIDEOS: sa.Table = Video.__table__  # type: ignore[assignment]
+
+
+_PREBUILT: dict[tuple[str, ...], Any] = {}
+
+
+def _prebuilt(session: Session, name: str, build: Any, *extra: str) -> Any:
+    """A statement built once per dialect (and shape) and then executed with parameters: the hot
+    per-row writes skip building and compiling SQL each time."""
+    key = (session.get_bind().dialect.name, name, *extra)
+    stmt = _PREBUILT.get(key)
+    if stmt is None:
+        stmt = _PREBUILT[key] = build()
+    return stmt
 
 
 def _insert(session: Session, table: sa.Table) -> Any:
@@ -102,31 +117,37 @@ def start_stage_run(
 ) -> StageRun | None:
     """Claim a stage: create its row (status running) or count one more attempt on the existing row.
     Returns the row (None with ``returning=False``, which saves reading it back)."""
+
+    def build() -> Any:
+        ins = _insert(session, _STAGE_RUNS)
+        return ins.on_conflict_do_update(
+            index_elements=["stage_key"],
+            set_={
+                "attempts": _STAGE_RUNS.c.attempts + 1,
+                "status": StageStatus.running.value,
+                "error": None,
+                "updated_at": ins.excluded.updated_at,
+            },
+        )
+
     now = utcnow()
-    ins = _insert(session, StageRun.__table__)  # type: ignore[arg-type]
-    stmt = ins.values(
-        id=uuid.uuid4(),
-        stage_key=stage_key,
-        stage=stage,
-        provider=provider,
-        model=model,
-        status=StageStatus.running.value,
-        attempts=1,
-        billed_units=0.0,
-        cost_usd=0.0,
-        meta=meta,
-        created_at=now,
-        updated_at=now,
-    ).on_conflict_do_update(
-        index_elements=["stage_key"],
-        set_={
-            "attempts": StageRun.__table__.c.attempts + 1,
+    session.execute(
+        _prebuilt(session, "start_stage_run", build),
+        {
+            "id": uuid.uuid4(),
+            "stage_key": stage_key,
+            "stage": stage,
+            "provider": provider,
+            "model": model,
             "status": StageStatus.running.value,
-            "error": None,
+            "attempts": 1,
+            "billed_units": 0.0,
+            "cost_usd": 0.0,
+            "meta": meta,
+            "created_at": now,
             "updated_at": now,
         },
     )
-    session.execute(stmt)
     return get_stage_run(session, stage_key=stage_key) if returning else None
 
 
@@ -256,14 +277,19 @@ def get_image_variant(session: Session, *, variant_id: str) -> ImageVariant | No
 
 def upsert_video(session: Session, *, request_key: str, values: dict[str, Any]) -> uuid.UUID:
     """Create the video row for ``request_key`` or update it; idempotent per request key. Returns its id."""
+    names = tuple(sorted(values))
+
+    def build() -> Any:
+        ins = _insert(session, _VIDEOS)
+        return ins.on_conflict_do_update(
+            index_elements=["request_key"],
+            set_={name: ins.excluded[name] for name in (*names, "updated_at")},
+        ).returning(_VIDEOS.c.id)
+
     now = utcnow()
-    ins = _insert(session, Video.__table__)  # type: ignore[arg-type]
-    stmt = (
-        ins.values(id=uuid.uuid4(), request_key=request_key, created_at=now, updated_at=now, **values)
-        .on_conflict_do_update(index_elements=["request_key"], set_={**values, "updated_at": now})
-        .returning(Video.__table__.c.id)
-    )
-    return uuid.UUID(str(session.execute(stmt).scalar_one()))
+    params = {"id": uuid.uuid4(), "request_key": request_key, "created_at": now, "updated_at": now, **values}
+    found = session.execute(_prebuilt(session, "upsert_video", build, *names), params).scalar_one()
+    return uuid.UUID(str(found))
 
 
 def get_video(session: Session, *, request_key: str) -> Video | None:
@@ -393,7 +419,16 @@ def link_video_stages(
     """Record which stages a video used: (stage, stage key, reused, cost paid) each, one row per video
     and stage. A rerun that reused a stage keeps what the first attempt recorded (and paid)."""
     now = utcnow()
-    ins = _insert(session, VideoStage.__table__)  # type: ignore[arg-type]
+
+    def build(reused: bool) -> Any:
+        ins = _insert(session, VideoStage.__table__)  # type: ignore[arg-type]
+        if reused:  # a rerun that reused a stage keeps what the first attempt recorded
+            return ins.on_conflict_do_nothing(index_elements=["video_id", "stage"])
+        return ins.on_conflict_do_update(
+            index_elements=["video_id", "stage"],
+            set_={name: ins.excluded[name] for name in ("stage_key", "reused", "cost_usd")},
+        )
+
     for reused in (True, False):  # one statement each for the reused and the paid stages
         rows = [
             {"id": uuid.uuid4(), "video_id": video_id, "stage": stage, "created_at": now,
@@ -401,14 +436,6 @@ def link_video_stages(
             for stage, stage_key, was_reused, cost_usd in links
             if was_reused is reused
         ]  # fmt: skip
-        if not rows:
-            continue
-        stmt = ins.values(rows)
-        if reused:
-            stmt = stmt.on_conflict_do_nothing(index_elements=["video_id", "stage"])
-        else:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["video_id", "stage"],
-                set_={name: stmt.excluded[name] for name in ("stage_key", "reused", "cost_usd")},
-            )
-        session.execute(stmt)
+        if rows:
+            stmt = _prebuilt(session, "link_video_stages", functools.partial(build, reused), str(reused))
+            session.execute(stmt, rows)
