@@ -235,6 +235,9 @@ def trivial_task_cpu(runner: Any, n: int = 300) -> float:
 
 def run(args: argparse.Namespace, work: Path, info: dict[str, Any]) -> dict[str, Any]:
     configure(work, info, args.row_concurrency, args.tuned_server)
+    # The database is migrated once, as deployments do (`castflow db upgrade`); the orchestrating
+    # process then only checks that it is current.
+    subprocess.run([sys.executable, "-m", "castflow", "db", "upgrade"], check=True, stdout=subprocess.DEVNULL)
     import sqlalchemy as sa
 
     from castflow.actors import ActorSpec, ensure_sample_actors, import_actors

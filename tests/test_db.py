@@ -45,6 +45,18 @@ def test_migrations_up_down_up_and_no_drift(engine: sa.Engine) -> None:
         assert "stage_run" not in sa.inspect(conn).get_table_names()
     migrate.upgrade(engine)
     assert migrate.is_current(engine)
+    # The start-up check reads the migration files and the version table without Alembic: it must
+    # agree with Alembic's own view, at head and one step below it.
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(migrate.alembic_config(engine)).get_current_head()
+    assert migrate.head_revision(engine) == head
+    with engine.connect() as conn:
+        assert migrate.current_revision(engine) == MigrationContext.configure(conn).get_current_revision()
+    migrate.downgrade(engine, "-1")
+    assert not migrate.is_current(engine)
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == head
 
 
 def _actor_values(**extra: object) -> dict[str, object]:
