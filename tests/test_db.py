@@ -50,7 +50,7 @@ def test_migrations_up_down_up_and_no_drift(engine: sa.Engine) -> None:
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(migrate.alembic_config(engine)).get_current_head()
-    assert migrate.head_revision(engine) == head
+    assert migrate.head_revision() == head
     with engine.connect() as conn:
         assert migrate.current_revision(engine) == MigrationContext.configure(conn).get_current_revision()
     migrate.downgrade(engine, "-1")

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from castflow import pipeline
 from castflow.db import queries
-from castflow.db.tables import CampaignStatus, StageStatus, Video, VideoStatus, utcnow
+from castflow.db.tables import CampaignStatus, Video, VideoStatus, utcnow
 from castflow.models import ActorRef, MediaRef, StageOutcome, VideoRequest
 from castflow.providers.wavespeed import WaveSpeedLipSync
 from castflow.runtime import Runtime
@@ -119,21 +119,7 @@ def lipsync_cost(rt: Runtime, seconds: float, resolution: str) -> float:
 def _succeeded(rt: Runtime, key: str) -> MediaRef | None:
     """The output of a finished stage, or None."""
     with rt.session() as s:
-        run = queries.get_stage_run(s, stage_key=key)
-        if (
-            run is None
-            or run.status is not StageStatus.succeeded
-            or not run.output_key
-            or not run.output_hash
-        ):
-            return None
-        seconds = run.meta.get("seconds")
-        return MediaRef(
-            key=run.output_key,
-            sha256=run.output_hash,
-            content_type=str(run.meta.get("content_type", "application/octet-stream")),
-            seconds=float(seconds) if isinstance(seconds, int | float) else None,
-        )
+        return pipeline.finished_output(queries.stage_run_state(s, stage_key=key))
 
 
 def estimate_row(

@@ -396,7 +396,7 @@ def db_current() -> None:
         from castflow.db.session import get_engine
 
         engine = get_engine(_settings().database_url)
-        typer.echo(f"{migrate.current_revision(engine) or 'base'} (head: {migrate.head_revision(engine)})")
+        typer.echo(f"{migrate.current_revision(engine) or 'base'} (head: {migrate.head_revision()})")
 
     _run(go)
 

@@ -65,7 +65,7 @@ def check_database(settings: Settings) -> Check:
         "database",
         "fail",
         f"{where} is at {migrate.current_revision(engine) or 'nothing'}, needs "
-        f"{migrate.head_revision(engine)}: run `castflow db upgrade`",
+        f"{migrate.head_revision()}: run `castflow db upgrade`",
     )
 
 

@@ -113,36 +113,42 @@ def frame_count(seconds: float, fps: int) -> int:
 
 def encode_video(
     dest: Path,
-    frames: Iterable[npt.NDArray[np.uint8]],
+    frames: Iterable[npt.NDArray[np.uint8] | av.VideoFrame],
     *,
     size: tuple[int, int],
     fps: int,
     audio: Audio,
+    options: dict[str, str] | None = None,
 ) -> None:
-    """Encode RGB frames as H.264 and the audio as AAC into an MP4 (moov atom first, for streaming)."""
+    """Encode frames (RGB arrays, or ready video frames, which may repeat) as H.264 and the audio as
+    AAC into an MP4 (moov atom first, for streaming). ``options``: x264's, default veryfast, CRF 23."""
     width, height = size
     with av.open(str(dest), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
         vstream = out.add_stream("libx264", rate=fps)
         vstream.width = width
         vstream.height = height
         vstream.pix_fmt = "yuv420p"
-        vstream.options = {"preset": "veryfast", "crf": "23"}
+        vstream.options = dict(options or {"preset": "veryfast", "crf": "23"})
         astream = out.add_stream("aac", rate=audio.rate)
         astream.layout = "mono"
-        for arr in frames:
-            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+        for item in frames:
+            if isinstance(item, av.VideoFrame):
+                frame = item
+                frame.pts = None  # a picture handed in again is the next frame
+            else:
+                frame = av.VideoFrame.from_ndarray(item, format="rgb24")
             for packet in vstream.encode(frame):
                 out.mux(packet)
         for packet in vstream.encode(None):
             out.mux(packet)
-        for aframe in audio_frames(audio):
+        for aframe in _audio_frames(audio):
             for packet in astream.encode(aframe):
                 out.mux(packet)
         for packet in astream.encode(None):
             out.mux(packet)
 
 
-def audio_frames(audio: Audio, block: int = 1024) -> Iterator[av.AudioFrame]:
+def _audio_frames(audio: Audio, block: int = 1024) -> Iterator[av.AudioFrame]:
     pts = 0
     for start in range(0, len(audio.samples), block):
         chunk = audio.samples[start : start + block].reshape(1, -1)

@@ -195,12 +195,12 @@ def run_stage(
     assert (call is None) != (submit is None and collect is None), "give call, or submit and collect"
     seen = rt.finished_stages.get(key)  # finished moments ago for another row: nothing to look up
     if seen is not None:
-        return seen  # type: ignore[no-any-return]
+        return seen
     # One run per stage key at a time in this process: rows that share a stage wait, then reuse it.
     with rt.stage_locks.hold(key):
         seen = rt.finished_stages.get(key)
         if seen is not None:
-            return seen  # type: ignore[no-any-return]
+            return seen
         return _run_stage_locked(rt, stage, key, provider, model, call, submit, collect, meta)
 
 
@@ -220,34 +220,20 @@ def _run_stage_locked(
     while True:
         with rt.session() as s:
             done = queries.stage_run_state(s, stage_key=key)
-            if (
-                done is not None
-                and done.status is StageStatus.succeeded
-                and done.output_key
-                and done.output_hash
-                and rt.storage.exists(done.output_key)
-            ):
+            output = finished_output(done)
+            if output is not None and rt.storage.exists(output.key):
                 reused = StageOutcome(
-                    stage=stage,
-                    stage_key=key,
-                    reused=True,
-                    cost_usd=done.cost_usd,
-                    output=MediaRef(
-                        key=done.output_key,
-                        sha256=done.output_hash,
-                        content_type=str(done.meta.get("content_type", "application/octet-stream")),
-                        seconds=_float_or_none(done.meta.get("seconds")),
-                    ),
+                    stage=stage, stage_key=key, reused=True, cost_usd=done.cost_usd, output=output
                 )
                 rt.finished_stages.put(key, reused)
                 return reused
+            # Claim it, unless another worker is submitting it right now: then wait (below) for its
+            # request id and re-attach to that job.
             if (
-                submit is not None
-                and _claimed_by_another(done, claim_window)
-                and time.monotonic() < waited_until
+                submit is None
+                or not _claimed_by_another(done, claim_window)
+                or time.monotonic() >= waited_until
             ):
-                pass  # another worker is submitting it: wait for its request id (below), then re-attach
-            else:
                 in_flight = (
                     done.request_id if done is not None and done.status is StageStatus.running else None
                 )
@@ -348,6 +334,18 @@ def _claimed_by_another(run: Any, window: float) -> bool:
         and run.status is StageStatus.running
         and not run.request_id
         and (utcnow() - run.updated_at).total_seconds() <= window
+    )
+
+
+def finished_output(run: Any) -> MediaRef | None:
+    """The output of a stage run that succeeded (a row of ``queries.stage_run_state``), else None."""
+    if run is None or run.status is not StageStatus.succeeded or not run.output_key or not run.output_hash:
+        return None
+    return MediaRef(
+        key=run.output_key,
+        sha256=run.output_hash,
+        content_type=str(run.meta.get("content_type", "application/octet-stream")),
+        seconds=_float_or_none(run.meta.get("seconds")),
     )
 
 

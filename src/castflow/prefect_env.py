@@ -29,7 +29,7 @@ def prefect_environment(data_dir: os.PathLike[str] | str, max_workers: int) -> N
     ``PREFECT_API_URL`` set, your server's automations work as usual).
     """
     defaults = {
-        "PREFECT_HOME": str(os.path.join(data_dir, "prefect")),
+        "PREFECT_HOME": os.path.join(data_dir, "prefect"),
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from castflow.db import migrate
 from castflow.db.session import get_engine, session_scope
+from castflow.expiring import ExpiringCache
+from castflow.models import StageOutcome
 from castflow.providers.base import (
     ImageEditor,
     LipSyncer,
@@ -61,39 +61,6 @@ class KeyedLocks:
                     self._locks[key] = (lock, users - 1)
 
 
-class FinishedStages:
-    """Stages this process has seen finished, by stage key, for a short while: rows that share a stage
-    reuse it without a database round trip. A finished stage's output never changes (content-addressed
-    keys); the time limit bounds how long an output deleted by hand could still be offered."""
-
-    def __init__(self, ttl_s: float = 300.0, max_entries: int = 50_000) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._guard = threading.Lock()
-        self._found: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-
-    def get(self, key: str) -> Any | None:
-        with self._guard:
-            found = self._found.get(key)
-            if found is None:
-                return None
-            if time.monotonic() - found[0] > self.ttl_s:
-                del self._found[key]
-                return None
-            return found[1]
-
-    def put(self, key: str, value: Any) -> None:
-        with self._guard:
-            self._found[key] = (time.monotonic(), value)
-            self._found.move_to_end(key)
-            while len(self._found) > self.max_entries:
-                self._found.popitem(last=False)
-
-    def forget(self, key: str) -> None:
-        with self._guard:
-            self._found.pop(key, None)
-
-
 @dataclass
 class Runtime:
     settings: Settings
@@ -103,7 +70,12 @@ class Runtime:
     speech: dict[str, SpeechSynth | QueueSpeechSynth]
     lipsync: LipSyncer | QueueLipSyncer
     stage_locks: KeyedLocks = field(default_factory=KeyedLocks)
-    finished_stages: FinishedStages = field(default_factory=FinishedStages)
+    # Stages this process has seen finished, for a short while: rows that share a stage reuse it without
+    # a database round trip. A finished stage's output never changes (content-addressed keys); the time
+    # limit bounds how long an output deleted by hand could still be offered.
+    finished_stages: ExpiringCache[str, StageOutcome] = field(
+        default_factory=lambda: ExpiringCache(ttl_s=300.0, max_entries=50_000)
+    )
     provider_slots: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
 
     @contextmanager
@@ -236,7 +208,7 @@ def ensure_schema(engine: sa.Engine, *, auto: bool) -> None:
             return
     current = migrate.current_revision(engine)
     raise ConfigError(
-        f"database schema is at {current or 'nothing'}, castflow needs {migrate.head_revision(engine)}: "
+        f"database schema is at {current or 'nothing'}, castflow needs {migrate.head_revision()}: "
         "run `castflow db upgrade`"
     )
 

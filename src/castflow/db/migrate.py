@@ -53,9 +53,9 @@ _REVISION = re.compile(r"^(down_revision|revision)\b[^=]*=\s*(?:\"([^\"]*)\"|Non
 
 
 @cache
-def _head_from_files() -> str | None:
-    """The newest revision: the one no migration file names as its ``down_revision`` (one line of
-    history, as castflow keeps it; tests check this agrees with Alembic)."""
+def head_revision() -> str | None:
+    """The newest revision, read from the migration files: the one no file names as its
+    ``down_revision`` (one line of history, as castflow keeps it; tests check this agrees with Alembic)."""
     revisions, parents = set(), set()
     for path in (MIGRATIONS / "versions").glob("*.py"):
         found = {m.group(1): m.group(2) for m in _REVISION.finditer(path.read_text(encoding="utf-8"))}
@@ -67,9 +67,5 @@ def _head_from_files() -> str | None:
     return heads.pop() if len(heads) == 1 else None
 
 
-def head_revision(engine: sa.Engine | None = None) -> str | None:
-    return _head_from_files()
-
-
 def is_current(engine: sa.Engine) -> bool:
-    return current_revision(engine) == head_revision(engine)
+    return current_revision(engine) == head_revision()

@@ -300,12 +300,11 @@ def finish_video(
     session: Session, *, request_key: str, status: VideoStatus, finished_at: datetime, **values: Any
 ) -> uuid.UUID | None:
     """Write the video's final state; returns its id (None when there is no such video)."""
-    table: sa.Table = Video.__table__  # type: ignore[assignment]
     found = session.execute(
-        sa.update(table)
-        .where(table.c.request_key == request_key)
+        sa.update(_VIDEOS)
+        .where(_VIDEOS.c.request_key == request_key)
         .values(status=status, finished_at=finished_at, updated_at=utcnow(), **values)
-        .returning(table.c.id)
+        .returning(_VIDEOS.c.id)
     ).scalar_one_or_none()
     return None if found is None else uuid.UUID(str(found))
 

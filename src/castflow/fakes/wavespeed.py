@@ -130,9 +130,9 @@ class FakeWaveSpeed(LoopbackServer):
         return f"{self.url}/files/{token}/{Path(name).name}"
 
     def _fetch(self, url: str, dest: Path) -> Path:
-        item = self._files.get(urlparse(url).path) if url.startswith(self.url) else None
-        if item is not None:
-            shutil.copyfile(item[0], dest)
+        local = self._local(url)
+        if local is not None:
+            shutil.copyfile(local, dest)
         else:
             with httpx.stream("GET", url, timeout=60) as resp:
                 resp.raise_for_status()
@@ -212,8 +212,18 @@ class FakeWaveSpeed(LoopbackServer):
                     size = SIZES.get(resolution, SIZES["480p"])
                     with Image.open(image) as picture:
                         still = np.asarray(picture.convert("RGB").resize(size), dtype=np.uint8)
+                    # One picture, converted once, under H.264 tuned for a still image on one thread
+                    # (a benchmark's fake should not eat its CPU).
+                    frame = av.VideoFrame.from_ndarray(still, format="rgb24").reformat(format="yuv420p")
                     still_mp4 = work / "still.mp4"
-                    _encode_still(still_mp4, still, frames=key[0], audio=media.decode_audio(audio))
+                    media.encode_video(
+                        still_mp4,
+                        (frame for _ in range(key[0])),
+                        size=size,
+                        fps=25,
+                        audio=media.decode_audio(audio),
+                        options={"preset": "ultrafast", "tune": "stillimage", "threads": "1"},
+                    )
                     rendered = self._rendered[key] = still_mp4.read_bytes()
             task.outputs = [self.store(rendered, "video/mp4", f"{task.id}.mp4")]
             return seconds
@@ -263,26 +273,6 @@ class FakeWaveSpeed(LoopbackServer):
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.05 * 2**attempt)
-
-
-def _encode_still(dest: Path, still: np.ndarray[Any, Any], *, frames: int, audio: media.Audio) -> None:
-    """One picture for ``frames`` frames at 25 fps plus the audio: H.264 tuned for a still image, one
-    encoder thread, the picture converted once (a benchmark's fake should not eat its CPU)."""
-    height, width = still.shape[:2]
-    with av.open(str(dest), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-        vstream = out.add_stream("libx264", rate=25)
-        vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
-        vstream.options = {"preset": "ultrafast", "tune": "stillimage", "threads": "1"}
-        astream = out.add_stream("aac", rate=audio.rate)
-        astream.layout = "mono"
-        picture = av.VideoFrame.from_ndarray(still, format="rgb24").reformat(format="yuv420p")
-        for _ in range(frames):
-            picture.pts = None
-            out.mux(vstream.encode(picture))
-        out.mux(vstream.encode(None))
-        for aframe in media.audio_frames(audio):
-            out.mux(astream.encode(aframe))
-        out.mux(astream.encode(None))
 
 
 def _error(code: int, message: str) -> dict[str, Any]:

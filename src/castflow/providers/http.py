@@ -27,6 +27,7 @@ import certifi
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
+from castflow.expiring import ExpiringCache
 from castflow.providers.base import PermanentError, ProviderError, SubmitOutcomeUnknown, TransientError
 
 T = TypeVar("T")
@@ -132,9 +133,7 @@ class UploadCache:
     input of many jobs). Keyed by path, size and modification time; entries expire after ``ttl_s``."""
 
     def __init__(self, ttl_s: float = 3600.0, size: int = 4096) -> None:
-        self.ttl_s = ttl_s
-        self.size = size
-        self._urls: dict[tuple[str, int, int], tuple[str, float]] = {}
+        self._urls: ExpiringCache[tuple[str, int, int], str] = ExpiringCache(ttl_s, size)
         self._pending: dict[tuple[str, int, int], asyncio.Future[str]] = {}
         self._lock = threading.Lock()
 
@@ -143,25 +142,14 @@ class UploadCache:
         stat = path.stat()
         return str(path), stat.st_size, stat.st_mtime_ns
 
-    def get(self, path: Path) -> str | None:
-        with self._lock:
-            hit = self._urls.get(self._key(path))
-        return hit[0] if hit and hit[1] > time.monotonic() else None
-
-    def put(self, path: Path, url: str) -> str:
-        with self._lock:
-            if len(self._urls) >= self.size:
-                self._urls.clear()
-            self._urls[self._key(path)] = (url, time.monotonic() + self.ttl_s)
-        return url
-
     async def fetch(self, path: Path, upload: Callable[[], Awaitable[str]]) -> str:
         """The file's provider URL: cached, or uploaded once however many jobs ask at the same time
         (the others wait for that upload; if it fails, each tries its own)."""
-        hit = self.get(path)
+        key = self._key(path)
+        hit = self._urls.get(key)
         if hit:
             return hit
-        key, loop = self._key(path), asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         with self._lock:
             pending = self._pending.get(key)
             mine = pending is None or pending.get_loop() is not loop
@@ -172,9 +160,9 @@ class UploadCache:
             try:
                 return await asyncio.shield(pending)
             except Exception:
-                return self.put(path, await upload())
+                return self._urls.put(key, await upload())
         try:
-            url = self.put(path, await upload())
+            url = self._urls.put(key, await upload())
             pending.set_result(url)
             return url
         except BaseException as exc:
