@@ -204,6 +204,9 @@ def configure(work: Path, info: dict[str, Any], row_concurrency: int, tuned_serv
 
     # What the castflow CLI gives its temporary Prefect server (task runs recorded in batches).
     prefect_environment(work / "data", max_workers=8)
+    from castflow.prefect_env import ensure_prefect_api
+
+    ensure_prefect_api()  # as the CLI runs flows: Prefect's temporary server in a child process
 
 
 def trivial_flow() -> Any:

@@ -33,3 +33,65 @@ def test_defaults_batch_task_run_recording_and_leave_the_users_settings_alone(
     assert services.event_persister.batch_size == 200
     assert services.event_persister.flush_interval == 2
     assert services.triggers.enabled is False
+
+
+def test_a_configured_api_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from castflow.prefect_env import ensure_prefect_api
+
+    with temporary_settings({PREFECT_API_URL: "http://prefect.example:4200/api"}):
+        assert ensure_prefect_api() == "http://prefect.example:4200/api"
+
+
+SCRIPT = """
+import sys
+from castflow.prefect_env import ensure_prefect_api, prefect_environment
+prefect_environment(sys.argv[1], max_workers=2)
+from prefect import flow, task
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+@flow
+def doubled(x: int) -> int:
+    return double.submit(x).result()
+
+url = ensure_prefect_api()
+from prefect.settings import get_current_settings
+assert get_current_settings().api.url == url, (get_current_settings().api.url, url)
+assert ensure_prefect_api() == url  # once per process
+print("url", url)
+print("result", doubled(21))
+print("server code imported here", "prefect.server.api.server" in sys.modules)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_flows_run_against_a_temporary_server_in_a_child_process(tmp_path: Path) -> None:
+    """No API configured: flows run against a server castflow starts (and stops), and this process never
+    imports Prefect's server application (~50 MB of RSS)."""
+    import socket
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "result 42" in lines
+    assert "server code imported here False" in lines
+    url = next(line.split()[1] for line in lines if line.startswith("url "))
+    assert url.startswith("http://127.0.0.1:")
+    port = int(url.split(":")[2].split("/")[0])
+    with socket.socket() as sock:  # stopped when the process exited
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+    assert (tmp_path / "prefect" / "prefect.db").exists()  # its database is under castflow's data dir

@@ -81,7 +81,12 @@ def prefect_environment(settings: Settings) -> None:
 
 @contextmanager
 def _flows() -> Iterator[None]:
+    """Around in-process flow runs: castflow's Prefect defaults and, when no Prefect API is configured,
+    a temporary server for the rest of the command."""
     prefect_environment(_settings())
+    from castflow.prefect_env import ensure_prefect_api
+
+    ensure_prefect_api()
     yield
 
 

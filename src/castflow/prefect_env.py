@@ -1,11 +1,16 @@
 """Prefect settings castflow applies unless the user set them: set before Prefect is imported.
 
-Kept free of Prefect imports so scripts (the benchmark) can apply them first.
+Kept free of Prefect imports at import time, so scripts (the benchmark) can apply them first.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import socket
+import subprocess
+import sys
+import time
 
 # Prefect's server records each task-run state event in its own database transaction by default
 # (batch size 1). A campaign reports thousands of them: batched, the server needs about a third of the
@@ -40,3 +45,131 @@ def prefect_environment(data_dir: os.PathLike[str] | str, max_workers: int) -> N
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
+
+
+_SERVER: _TemporaryServer | None = None
+
+
+def ensure_prefect_api() -> str | None:
+    """Prefect's API for the flow runs of this process: the configured one, or a temporary server.
+
+    With no API URL configured (environment, profile, ``prefect.toml``: whatever Prefect reads) Prefect
+    would start its ephemeral server on the first client call, and to do so import its whole server
+    application into this process (FastAPI app, server database layer, docket and redis clients: about
+    50 MB of RSS that a flow runner never uses; measured with bench/campaign_bench.py). Here the same
+    server, started the same way (uvicorn with Prefect's app factory, UI off, in a child process), is
+    launched without that import; this process and its children then talk to it as to any server
+    (``PREFECT_API_URL``). Like Prefect's ephemeral server it lives until this process exits: it stops
+    after Prefect's own exit handlers have sent the last events and logs. Returns the API URL (None when
+    ephemeral mode is off and nothing is configured: Prefect then reports that itself).
+    """
+    global _SERVER
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return settings.api.url
+    settings.home.mkdir(parents=True, exist_ok=True)  # its database lives there
+    server = _TemporaryServer(
+        env={**os.environ, **settings.to_environment_variables(exclude_unset=True)},
+        timeout_s=float(settings.server.ephemeral.startup_timeout_seconds),
+    )
+    url = server.start()
+    _SERVER = server
+    os.environ["PREFECT_API_URL"] = url
+    _refresh_prefect_settings()
+    return url
+
+
+def _refresh_prefect_settings() -> None:
+    """Prefect reads its settings once at import; this makes it see the changed environment (the same
+    call Prefect makes after its plugins set variables)."""
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
+
+
+class _TemporaryServer:
+    """Prefect's server in a child process on a free loopback port, as Prefect's ephemeral mode runs it
+    (``prefect.server.api.server.SubprocessASGIServer``: same command, environment and health check)."""
+
+    STARTUP_FAILED = 3  # uvicorn's exit status when the app could not start (e.g. the port was taken)
+    LAUNCHES = 3
+
+    def __init__(self, env: dict[str, str], timeout_s: float) -> None:
+        self.env = {
+            **env,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        self.timeout_s = timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _launch(self) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env=self.env,
+        )
+        return f"http://127.0.0.1:{port}/api"
+
+    def start(self) -> str:
+        import httpx
+
+        url, launches = self._launch(), 1
+        # At exit, after Prefect's own handlers (registered later, so run earlier) have drained its
+        # events and logs to this server.
+        atexit.register(self.stop)
+        deadline = time.monotonic() + self.timeout_s
+        with httpx.Client(timeout=10) as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                status = self.process.poll()
+                if status == self.STARTUP_FAILED and launches < self.LAUNCHES:
+                    url, launches = self._launch(), launches + 1  # another free port
+                    continue
+                if status is not None:
+                    self.stop()
+                    raise RuntimeError(
+                        f"Prefect's temporary server exited with status {status} (its errors are above)"
+                    )
+                try:
+                    if client.get(f"{url}/health").status_code == 200:
+                        return url
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"Prefect's temporary server did not answer within {self.timeout_s:.0f} s "
+            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+        )
+
+    def stop(self) -> None:
+        atexit.unregister(self.stop)
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
