@@ -63,6 +63,16 @@ from prefect.settings import get_current_settings
 assert get_current_settings().api.url == url, (get_current_settings().api.url, url)
 assert ensure_prefect_api() == url  # once per process
 print("url", url)
+import os, pathlib
+for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+    try:
+        if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+            continue
+        if b"uvicorn" in (stat.parent / "cmdline").read_bytes():
+            server_env = (stat.parent / "environ").read_bytes()
+            print("server has castflow settings", b"CASTFLOW_" in server_env, b"sk-secret" in server_env)
+    except OSError:
+        pass
 print("result", doubled(21))
 print("server code imported here", "prefect.server.api.server" in sys.modules)
 """
@@ -77,6 +87,7 @@ def test_flows_run_against_a_temporary_server_in_a_child_process(tmp_path: Path)
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["CASTFLOW_PROVIDERS__FAL_KEY"] = "sk-secret"  # never handed to the server
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
         env=env,
@@ -89,6 +100,7 @@ def test_flows_run_against_a_temporary_server_in_a_child_process(tmp_path: Path)
     lines = done.stdout.splitlines()
     assert "result 42" in lines
     assert "server code imported here False" in lines
+    assert "server has castflow settings False False" in lines
     url = next(line.split()[1] for line in lines if line.startswith("url "))
     assert url.startswith("http://127.0.0.1:")
     port = int(url.split(":")[2].split("/")[0])

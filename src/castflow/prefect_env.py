@@ -47,9 +47,6 @@ def prefect_environment(data_dir: os.PathLike[str] | str, max_workers: int) -> N
         os.environ.setdefault(name, value)
 
 
-_SERVER: _TemporaryServer | None = None
-
-
 def ensure_prefect_api() -> str | None:
     """Prefect's API for the flow runs of this process: the configured one, or a temporary server.
 
@@ -63,19 +60,19 @@ def ensure_prefect_api() -> str | None:
     after Prefect's own exit handlers have sent the last events and logs. Returns the API URL (None when
     ephemeral mode is off and nothing is configured: Prefect then reports that itself).
     """
-    global _SERVER
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
         return settings.api.url
     settings.home.mkdir(parents=True, exist_ok=True)  # its database lives there
+    # The server gets Prefect's settings, not castflow's (provider keys stay out of its environment).
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CASTFLOW_")}
     server = _TemporaryServer(
-        env={**os.environ, **settings.to_environment_variables(exclude_unset=True)},
+        env={**env, **settings.to_environment_variables(exclude_unset=True)},
         timeout_s=float(settings.server.ephemeral.startup_timeout_seconds),
     )
     url = server.start()
-    _SERVER = server
     os.environ["PREFECT_API_URL"] = url
     _refresh_prefect_settings()
     return url
