@@ -218,7 +218,7 @@ def _run_stage_locked(
     claim_window = rt.settings.pipeline.submit_claim_s
     waited_until = time.monotonic() + claim_window
     while True:
-        with rt.session() as s:
+        with rt.connection() as s:
             done = queries.stage_run_state(s, stage_key=key)
             output = finished_output(done)
             if output is not None and rt.storage.exists(output.key):
@@ -265,7 +265,7 @@ def _run_stage_locked(
             rt.storage.put_file(out_key, result.path, result.content_type)
     except Exception as exc:
         message = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
-        with rt.session() as s:
+        with rt.connection() as s:
             if collected or (job["recorded"] and isinstance(exc, TransientError) and not exc.job_failed):
                 # The provider's job finished (or may still): keep the stage running with its request
                 # id, so the next attempt re-attaches and fetches the output instead of paying again.
@@ -275,7 +275,7 @@ def _run_stage_locked(
         raise
     elapsed = time.monotonic() - started
     out_meta = {**(meta or {}), **result.meta, "content_type": result.content_type, "seconds": result.seconds}
-    with rt.session() as s:
+    with rt.connection() as s:
         queries.finish_stage_run(
             s,
             stage_key=key,
@@ -318,7 +318,7 @@ def _submit_or_reattach(
         except RequestNotFound:
             pass
     request_id = submit()
-    with rt.session() as s:
+    with rt.connection() as s:
         queries.set_request_id(s, stage_key=key, request_id=request_id)
     job["recorded"] = True
     return collect(request_id, workdir)
@@ -577,7 +577,7 @@ def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, res
         message = "; ".join(problems)
         if rt.lipsync.name == "local":
             rt.finished_stages.forget(video.stage_key)
-            with rt.session() as s:
+            with rt.connection() as s:
                 queries.fail_stage_run(s, stage_key=video.stage_key, error=f"quality check failed: {message}")
         raise StageFailed("qc", message)
 
@@ -718,7 +718,7 @@ def _finish(
     **values: object,
 ) -> str:
     """Write the video's final state and the stages it used, in one transaction; returns its id."""
-    with rt.session() as s:
+    with rt.connection() as s:
         video_id = queries.finish_video(
             s, request_key=prepared.request_key, status=status, finished_at=utcnow(), **values
         )
@@ -732,7 +732,7 @@ def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -
     """Create (or reset) the video row as running; returns its id. ``extra_values`` are more columns
     (a campaign row's campaign_id, row_id, extra)."""
     req = prepared.request
-    with rt.session() as s:
+    with rt.connection() as s:
         video_id = queries.upsert_video(
             s,
             request_key=prepared.request_key,

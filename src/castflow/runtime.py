@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from castflow.db import migrate
-from castflow.db.session import get_engine, session_scope
+from castflow.db.session import connection_scope, get_engine, session_scope
 from castflow.expiring import ExpiringCache
 from castflow.models import StageOutcome
 from castflow.providers.base import (
@@ -82,6 +82,12 @@ class Runtime:
     def session(self) -> Iterator[Session]:
         with session_scope(self.engine) as session:
             yield session
+
+    @contextmanager
+    def connection(self) -> Iterator[sa.Connection]:
+        """A Core connection in one transaction: the per-row writes (no ORM objects needed back)."""
+        with connection_scope(self.engine) as conn:
+            yield conn
 
     def close(self) -> None:
         """Release what the runtime holds open (the storage backend's HTTP client)."""

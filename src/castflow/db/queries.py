@@ -34,21 +34,30 @@ _STAGE_RUNS: sa.Table = StageRun.__table__  # type: ignore[assignment]
 _VIDEOS: sa.Table = Video.__table__  # type: ignore[assignment]
 
 
+# The per-row statements below are Core only: they run on an ORM session or on a plain connection
+# (castflow.db.session.connection_scope, the cheaper one for the hot path).
+Db = Session | sa.Connection
+
+
+def _dialect(db: Db) -> str:
+    return db.dialect.name if isinstance(db, sa.Connection) else db.get_bind().dialect.name
+
+
 _PREBUILT: dict[tuple[str, ...], Any] = {}
 
 
-def _prebuilt(session: Session, name: str, build: Any, *extra: str) -> Any:
+def _prebuilt(session: Db, name: str, build: Any, *extra: str) -> Any:
     """A statement built once per dialect (and shape) and then executed with parameters: the hot
     per-row writes skip building and compiling SQL each time."""
-    key = (session.get_bind().dialect.name, name, *extra)
+    key = (_dialect(session), name, *extra)
     stmt = _PREBUILT.get(key)
     if stmt is None:
         stmt = _PREBUILT[key] = build()
     return stmt
 
 
-def _insert(session: Session, table: sa.Table) -> Any:
-    dialect = session.get_bind().dialect.name
+def _insert(session: Db, table: sa.Table) -> Any:
+    dialect = _dialect(session)
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":
@@ -99,14 +108,14 @@ _STAGE_STATE = sa.select(
 ).where(_STAGE_RUNS.c.stage_key == sa.bindparam("stage_key"))
 
 
-def stage_run_state(session: Session, *, stage_key: str) -> Any:
+def stage_run_state(session: Db, *, stage_key: str) -> Any:
     """What the pipeline needs to know of a stage run (status, output, cost, meta, request id, last
     update), as a plain row: the per-stage lookup of every video, kept cheap."""
     return session.execute(_STAGE_STATE, {"stage_key": stage_key}).one_or_none()
 
 
 def start_stage_run(
-    session: Session,
+    session: Db,
     *,
     stage_key: str,
     stage: str,
@@ -148,10 +157,13 @@ def start_stage_run(
             "updated_at": now,
         },
     )
-    return get_stage_run(session, stage_key=stage_key) if returning else None
+    if not returning:
+        return None
+    assert isinstance(session, Session), "reading the row back needs an ORM session"
+    return get_stage_run(session, stage_key=stage_key)
 
 
-def set_request_id(session: Session, *, stage_key: str, request_id: str) -> None:
+def set_request_id(session: Db, *, stage_key: str, request_id: str) -> None:
     """Record the provider's request id before waiting on it (never pay twice after a crash)."""
     session.execute(
         sa.update(_STAGE_RUNS)
@@ -161,7 +173,7 @@ def set_request_id(session: Session, *, stage_key: str, request_id: str) -> None
 
 
 def finish_stage_run(
-    session: Session,
+    session: Db,
     *,
     stage_key: str,
     output_key: str,
@@ -193,7 +205,7 @@ def finish_stage_run(
     session.execute(sa.update(_STAGE_RUNS).where(_STAGE_RUNS.c.stage_key == stage_key).values(**values))
 
 
-def note_stage_error(session: Session, *, stage_key: str, error: str) -> None:
+def note_stage_error(session: Db, *, stage_key: str, error: str) -> None:
     """Record a transient error on a stage that stays running (its request may still finish)."""
     session.execute(
         sa.update(_STAGE_RUNS)
@@ -202,7 +214,7 @@ def note_stage_error(session: Session, *, stage_key: str, error: str) -> None:
     )
 
 
-def fail_stage_run(session: Session, *, stage_key: str, error: str) -> None:
+def fail_stage_run(session: Db, *, stage_key: str, error: str) -> None:
     session.execute(
         sa.update(_STAGE_RUNS)
         .where(_STAGE_RUNS.c.stage_key == stage_key)
@@ -275,7 +287,7 @@ def get_image_variant(session: Session, *, variant_id: str) -> ImageVariant | No
 # ---- videos -----------------------------------------------------------------------------------------
 
 
-def upsert_video(session: Session, *, request_key: str, values: dict[str, Any]) -> uuid.UUID:
+def upsert_video(session: Db, *, request_key: str, values: dict[str, Any]) -> uuid.UUID:
     """Create the video row for ``request_key`` or update it; idempotent per request key. Returns its id."""
     names = tuple(sorted(values))
 
@@ -297,7 +309,7 @@ def get_video(session: Session, *, request_key: str) -> Video | None:
 
 
 def finish_video(
-    session: Session, *, request_key: str, status: VideoStatus, finished_at: datetime, **values: Any
+    session: Db, *, request_key: str, status: VideoStatus, finished_at: datetime, **values: Any
 ) -> uuid.UUID | None:
     """Write the video's final state; returns its id (None when there is no such video)."""
     found = session.execute(
@@ -413,7 +425,7 @@ def find_webhook_completion(
 
 
 def link_video_stages(
-    session: Session, *, video_id: uuid.UUID, links: Sequence[tuple[str, str, bool, float]]
+    session: Db, *, video_id: uuid.UUID, links: Sequence[tuple[str, str, bool, float]]
 ) -> None:
     """Record which stages a video used: (stage, stage key, reused, cost paid) each, one row per video
     and stage. A rerun that reused a stage keeps what the first attempt recorded (and paid)."""
