@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -98,27 +99,24 @@ def _factory(engine: sa.Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
+def _one_writer(engine: sa.Engine) -> Iterator[None]:
+    """Hold the process's SQLite writer lock for a transaction (nothing to hold on other databases)."""
+    lock = _writer_lock(engine)
+    with lock if lock is not None else contextlib.nullcontext():
+        yield
+
+
+@contextmanager
 def connection_scope(engine: sa.Engine) -> Iterator[sa.Connection]:
     """A Core connection in one transaction that commits on success and rolls back on error: for the
-    hot per-row statements (Core only), without the ORM session's bookkeeping (about a third of their
-    SQLAlchemy CPU in bench/campaign_bench.py). Same locking as :func:`session_scope`."""
-    lock = _writer_lock(engine)
-    if lock is None:
-        with engine.begin() as conn:
-            yield conn
-        return
-    with lock, engine.begin() as conn:
+    hot per-row statements (Core only), without the ORM session's bookkeeping. Same locking as
+    :func:`session_scope`."""
+    with _one_writer(engine), engine.begin() as conn:
         yield conn
 
 
 @contextmanager
 def session_scope(engine: sa.Engine) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
-    factory = _factory(engine)
-    lock = _writer_lock(engine)
-    if lock is None:
-        with factory() as session, session.begin():
-            yield session
-        return
-    with lock, factory() as session, session.begin():
+    with _one_writer(engine), _factory(engine)() as session, session.begin():
         yield session
