@@ -1,7 +1,8 @@
 """A loopback fake of fal.ai's queue API and CDN, speaking the protocol of ../shared/specs/fal.md.
 
 It returns real media made by the embedded providers, so QC runs on its outputs. Knobs set queue and
-run times and inject faults (429/5xx answers, failed jobs), for the tests and benchmarks.
+run times and inject faults (429/5xx answers, failed jobs, lost submit answers, latency), scripted or
+drawn at random (see :class:`castflow.fakes._base.FaultKnobs`), for the tests and benchmarks.
 
 Webhooks (spec §1.10): each fake has its own Ed25519 key, published at ``/.well-known/jwks.json``. A
 submit with ``?fal_webhook=<url>`` gets the signed ``{request_id, gateway_request_id, status, payload,
@@ -32,7 +33,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image, ImageDraw
 
-from castflow.fakes._base import JsonHandler, LoopbackServer
+from castflow.fakes._base import Codes, FaultKnobs, JsonHandler, LoopbackServer, Rate, Submitted, file_sha256
 from castflow.models import Voice
 from castflow.providers.local import EspeakSpeech, LocalImageEditor
 from castflow.webhooks.signing import public_jwk, sign_fal
@@ -49,7 +50,7 @@ VOICES = {"Rachel": "en-us+f3", "Aria": "en-us+f4", "Roger": "en+m3", "Wise_Woma
 
 
 @dataclass
-class Knobs:
+class Knobs(FaultKnobs):
     queue_seconds: float = 0.0
     run_seconds: float = 0.0
     fail_jobs: list[tuple[str, str]] = field(default_factory=list)  # (error, error_type) for the next jobs
@@ -67,6 +68,10 @@ class Knobs:
     # text would take to say (~15 characters a second). Real media either way, so QC still applies.
     synthetic: bool = False
     latency: float = 0.0  # seconds added before every API answer (slow networks, client timeouts)
+    status_error_rate: Rate = 0.0
+    status_error_codes: Codes = field(default_factory=lambda: [500, 503])
+    # How a job failed by fail_job_rate ends: (error, error_type); this type is one fal retries.
+    fail_job_error: tuple[str, str] = ("Runner disconnected", "runner_disconnected")
 
 
 @dataclass
@@ -77,6 +82,7 @@ class Job:
     created: float
     knobs_queue: float
     knobs_run: float
+    submitted: Submitted
     error: tuple[str, str] | None = None
     output: dict[str, Any] | None = None
     cancelled: bool = False
@@ -129,6 +135,21 @@ class FakeFal(LoopbackServer):
         for t in list(self._threads):
             t.join(timeout=5)
         shutil.rmtree(self._work, ignore_errors=True)
+
+    def job_records(self) -> list[dict[str, Any]]:
+        """Every job created, in submit order, with its status now (``GET /_fake/jobs``)."""
+        now = time.monotonic()
+        with self.lock:
+            self._advance(now)
+            jobs = list(self.jobs.values())
+        return [self._record(job, now) for job in jobs]
+
+    def _record(self, job: Job, now: float) -> dict[str, Any]:
+        phase = self._phase(job, now)
+        status = {"IN_QUEUE": "queued", "IN_PROGRESS": "running"}.get(phase, "completed")
+        if phase == "COMPLETED" and (job.error is not None or job.cancelled):
+            status = "failed"
+        return job.submitted.record("fal", job.id, job.model, status)
 
     # ---- webhooks -------------------------------------------------------------------------------
 
@@ -248,6 +269,13 @@ class FakeFal(LoopbackServer):
             return "COMPLETED"
         with self.lock:
             self._advance(now)
+        return self._phase(job, now)
+
+    @staticmethod
+    def _phase(job: Job, now: float) -> str:
+        """The job's status at ``now``, once the scheduler has advanced to it."""
+        if job.cancelled:
+            return "COMPLETED"
         if job.started is None:
             return "IN_QUEUE"
         if now < job.started + job.knobs_run:
@@ -337,8 +365,10 @@ class FakeFal(LoopbackServer):
         else:
             dest.write_bytes(data)
         path = f"/files/b/{token}/{name}"
+        digest = file_sha256(dest)
         with self.lock:
             self.files[path] = (dest, content_type)
+            self.sha256s[path] = digest
         return self.url + path
 
 
@@ -374,8 +404,22 @@ def _validate(model: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
 class _Handler(JsonHandler):
     fake: FakeFal
 
-    def _injected(self, call: str, errors: list[int], error_type: str) -> bool:
-        return self.counted(call, errors, lambda _code: {"detail": "injected", "error_type": error_type})
+    def _injected(
+        self,
+        call: str,
+        error_type: str,
+        *,
+        scripted: list[int] | None = None,
+        rate: float = 0.0,
+        codes: list[int] | None = None,
+    ) -> bool:
+        return self.counted(
+            call,
+            lambda _code: {"detail": "injected", "error_type": error_type},
+            scripted=scripted,
+            rate=rate,
+            codes=codes or (),
+        )
 
     def _authorised(self) -> bool:
         if self.headers.get("Authorization") != f"Key {VALID_KEY}":
@@ -385,12 +429,12 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:
         fake = self.fake
-        if self.answered_calls():
+        if self.answered_fake():
             return
-        time.sleep(fake.knobs.latency)
+        self.delay()
         path = urlparse(self.path).path
         if path == "/.well-known/jwks.json":
-            if not self._injected("jwks", fake.knobs.jwks_errors, "internal_error"):
+            if not self._injected("jwks", "internal_error", scripted=fake.knobs.jwks_errors):
                 self.send(200, fake.jwks())
             return
         if path.startswith("/files/"):
@@ -420,7 +464,14 @@ class _Handler(JsonHandler):
 
     def _status(self, job: Job) -> None:
         fake = self.fake
-        if self._injected("status", fake.knobs.status_errors, "internal_error"):
+        knobs = fake.knobs
+        if self._injected(
+            "status",
+            "internal_error",
+            scripted=knobs.status_errors,
+            rate=knobs.status_error_rate,
+            codes=knobs.status_error_codes,
+        ):
             return
         state = fake._state(job)
         base = {
@@ -441,8 +492,11 @@ class _Handler(JsonHandler):
 
     def _result(self, job: Job) -> None:
         fake = self.fake
-        with fake.lock:
-            fake.calls["result"] += 1
+        knobs = fake.knobs
+        if self._injected(
+            "result", "internal_error", rate=knobs.result_error_rate, codes=knobs.result_error_codes
+        ):
+            return
         if fake._state(job) != "COMPLETED":
             self.send(400, {"detail": "Request is still in progress"})
             return
@@ -454,7 +508,7 @@ class _Handler(JsonHandler):
 
     def do_PUT(self) -> None:
         fake = self.fake
-        time.sleep(fake.knobs.latency)
+        self.delay()
         if not self._authorised():
             return
         parts = urlparse(self.path).path.strip("/").split("/")
@@ -474,7 +528,9 @@ class _Handler(JsonHandler):
 
     def do_POST(self) -> None:
         fake = self.fake
-        time.sleep(fake.knobs.latency)
+        if self.answered_fake():
+            return
+        self.delay()
         url = urlparse(self.path)
         path = url.path
         body = self.body()
@@ -515,7 +571,15 @@ class _Handler(JsonHandler):
         if model not in EDIT_MODELS + TTS_MODELS:
             self.send(404, {"detail": f"Path {path} not found"})
             return
-        if self._injected("submit", fake.knobs.submit_errors, "runner_scheduling_failure"):
+        knobs = fake.knobs
+        # Without x-fal-request-id, as fal's ingress answers: nothing was queued, the client may resend.
+        if self._injected(
+            "submit",
+            "runner_scheduling_failure",
+            scripted=knobs.submit_errors,
+            rate=knobs.submit_error_rate,
+            codes=knobs.submit_error_codes,
+        ):
             return
         try:
             payload = json.loads(body or b"{}")
@@ -526,24 +590,32 @@ class _Handler(JsonHandler):
         if errors:
             self.send(422, {"detail": errors}, {"x-fal-billable-units": "0"})
             return
+        answered = not fake.draws.chance(knobs.lost_answer_rate)
         job = Job(
             uuid.uuid4().hex,
             model,
             payload,
             time.monotonic(),
-            fake.knobs.queue_seconds,
-            fake.knobs.run_seconds_by_model.get(model, fake.knobs.run_seconds),
+            knobs.queue_seconds,
+            knobs.run_seconds_by_model.get(model, knobs.run_seconds),
+            fake.submitted(payload, answered=answered),
         )
         webhook = parse_qs(url.query).get("fal_webhook")
         if webhook:
             job.webhook_url = webhook[0]
         with fake.lock:
-            if fake.knobs.fail_jobs:
-                job.error = fake.knobs.fail_jobs.pop(0)
+            if knobs.fail_jobs:
+                job.error = knobs.fail_jobs.pop(0)
+            elif fake.draws.chance(knobs.fail_job_rate):
+                job.error = knobs.fail_job_error
             fake.jobs[job.id] = job
             fake._pending.append(job)
+        fake.log_job(job.submitted.record("fal", job.id, model, "queued"))
         if job.webhook_url:
             fake._start_webhook(job)
+        if not answered:
+            self.hang_up()
+            return
         base = f"{fake.url}/{_app(model)}/requests/{job.id}"
         self.send(
             200,

@@ -4,7 +4,9 @@ the body's ``statusCode``).
 
 Object bytes live on disk and every body is streamed in blocks, so 100 MB uploads do not grow the
 process (memory tests run the fake in the same process as the client). Knobs inject 5xx/429 answers,
-dropped connections and latency; ``calls`` counts requests per route.
+dropped connections and latency; ``calls`` counts requests per route. ``knobs`` draws errors at random
+on object calls, seeded so a run repeats; ``GET``/``POST /_fake/knobs`` and ``GET /_fake/calls`` serve a
+fake that runs in another process.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import typing
 import uuid
 from base64 import b64decode
 from collections import Counter
@@ -30,11 +33,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from pydantic import SecretStr
 
+from castflow.fakes._base import Codes, Draws, Rate, set_knobs
 from castflow.settings import SupabaseStorageSettings
 
 SERVICE_KEY = "fake-service-role-key-0123456789"
@@ -42,8 +46,8 @@ PREFIX = "/storage/v1"
 TUS_VERSION = "1.0.0"
 BLOCK = 256 * 1024
 
-# Route names used by ``calls`` and by ``Fault.route``.
-ROUTES = (
+# Route names used by ``calls``, by ``Fault.route`` and by ``Knobs.error_routes``.
+Route = Literal[
     "move",
     "bucket_create",
     "bucket_list",
@@ -62,6 +66,18 @@ ROUTES = (
     "tus_head",
     "tus_patch",
     "tus_other",
+]
+ROUTES: tuple[str, ...] = typing.get_args(Route)
+# Uploads, downloads, signing and ``exists`` (storage3 asks ``info``): what a stage's storage calls are.
+OBJECT_ROUTES: tuple[Route, ...] = (
+    "upload",
+    "update",
+    "download",
+    "download_public",
+    "download_signed",
+    "head",
+    "info",
+    "sign",
 )
 
 
@@ -152,6 +168,16 @@ class Fault:
     drop_after: int | None = None
 
 
+@dataclass
+class Knobs:
+    """Errors drawn at random, per call, from the fake's generator seeded with ``seed``."""
+
+    seed: int = 0  # a new seed (or any seed set over HTTP) restarts the draws: same calls, same faults
+    error_rate: Rate = 0.0  # answer a call on error_routes with one of error_codes, in Storage's shape
+    error_codes: Codes = field(default_factory=lambda: [500, 503])
+    error_routes: list[Route] = field(default_factory=lambda: list(OBJECT_ROUTES))
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     method: str
@@ -201,6 +227,8 @@ class FakeSupabaseStorage:
         self.uploads: dict[str, Upload] = {}
         self.tokens: dict[str, tuple[str, str, float]] = {}
         self.faults: list[Fault] = []
+        self.knobs = Knobs()
+        self.draws = Draws(lambda: self.knobs.seed)
         self.calls: Counter[str] = Counter()
         self.requests: collections.deque[RecordedRequest] = collections.deque(maxlen=10_000)
         self.lock = threading.Lock()
@@ -570,6 +598,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._start_body()
         url = urlparse(self.path)
         self._query = parse_qs(url.query)
+        if url.path.startswith("/_fake/"):
+            self._fake_route(url.path)
+            return
         with fake.lock:
             fake.requests.append(RecordedRequest(self.command, url.path, dict(self.headers.items())))
         path = url.path
@@ -586,6 +617,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.latency:
             time.sleep(fake.latency)
         fault = fake._take_fault(name)
+        if fault is None and name in fake.knobs.error_routes:
+            code = fake.draws.error(fake.knobs.error_rate, fake.knobs.error_codes)
+            fault = Fault(code, name) if code is not None else None
         try:
             if fault is not None and self._inject(name, fault):
                 return
@@ -594,6 +628,30 @@ class _Handler(BaseHTTPRequestHandler):
             run()
         except _Reject as reject:
             self._error(reject, self._tus_headers() if name.startswith("tus") else None)
+
+    def _fake_route(self, path: str) -> None:
+        """``GET /_fake/calls`` (counters per route) and ``GET``/``POST /_fake/knobs`` (read, or set from
+        a JSON object: the knobs as they are now), for a fake that runs in another process."""
+        fake = self.fake
+        if path == "/_fake/calls" and self.command == "GET":
+            with fake.lock:
+                self._send(200, dict(fake.calls))
+            return
+        if path != "/_fake/knobs" or self.command not in ("GET", "POST"):
+            self._send(404, {"detail": f"no route {self.command} {path}"})
+            return
+        if self.command == "POST":
+            try:
+                values = self._json_body()
+                with fake.lock:
+                    set_knobs(fake.knobs, values)
+            except (_Reject, ValueError) as exc:
+                self._send(400, {"detail": str(exc)})
+                return
+            if "seed" in values:
+                fake.draws.reseed()
+        with fake.lock:
+            self._send(200, dataclasses.asdict(fake.knobs))
 
     def _authorised(self) -> bool:
         key = self.fake.key
@@ -966,12 +1024,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 __all__ = [
+    "OBJECT_ROUTES",
     "PREFIX",
     "ROUTES",
     "SERVICE_KEY",
     "Bucket",
     "FakeSupabaseStorage",
     "Fault",
+    "Knobs",
     "RecordedRequest",
     "StoredObject",
     "Upload",

@@ -7,11 +7,13 @@ preview renderer at InfiniteTalk's portrait bucket sizes, so QC runs on them.
 
 Knobs: time in queue, processing time per second of audio, an account concurrency cap (tasks beyond it
 wait in ``created``, as on WaveSpeed), failed/cancelled/timed-out jobs, injected HTTP errors on submit
-and result, and webhook tampering.
+and result, lost submit answers, latency and webhook tampering; faults scripted or drawn at random (see
+:class:`castflow.fakes._base.FaultKnobs`). WaveSpeed has no status call: polling is the result call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import shutil
@@ -32,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from castflow import media
-from castflow.fakes._base import JsonHandler, LoopbackServer, multipart_file
+from castflow.fakes._base import Codes, FaultKnobs, JsonHandler, LoopbackServer, Submitted, multipart_file
 from castflow.providers.local import PreviewLipSync
 
 VALID_KEY = "fake-wavespeed-key"
@@ -51,7 +53,7 @@ class Outcome:
 
 
 @dataclass
-class Knobs:
+class Knobs(FaultKnobs):
     queue_seconds: float = 0.0
     seconds_per_audio_second: float = 0.0
     concurrency: int = 0  # 0: no account cap
@@ -65,6 +67,10 @@ class Knobs:
     # Benchmarks: encode one still-frame video per (length in frames, resolution) and hand out copies.
     # It lasts as long as the audio and passes QC; its picture and sound are those of the first such job.
     synthetic: bool = False
+    # A 429 is the only submit error WaveSpeed's clients resend: a 5xx may have created a billed task.
+    submit_error_codes: Codes = field(default_factory=lambda: [429])
+    # How a task failed by fail_job_rate ends; code 5003 is one castflow submits again.
+    fail_job_outcome: Outcome = field(default_factory=lambda: Outcome("failed", 5003, "Service unavailable"))
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Task:
     model: str
     payload: dict[str, Any]
     created_at: str
+    submitted: Submitted
     webhook: str | None = None
     status: str = "created"
     outputs: list[str] = field(default_factory=list)
@@ -105,7 +112,7 @@ class FakeWaveSpeed(LoopbackServer):
         self.peak_running = 0
         self._dir = Path(tempfile.mkdtemp(prefix="fake-wavespeed-"))
         self._files: dict[str, tuple[Path, str]] = {}
-        self._tickets: dict[str, tuple[str, str]] = {}  # token → (file path, content type)
+        self._tickets: dict[str, tuple[str, str, str]] = {}  # token → (file path, content type, URL path)
         self._pool: ThreadPoolExecutor | None = None
         self._rendered: dict[tuple[int, str], bytes] = {}
         self._render_locks: dict[tuple[int, str], threading.Lock] = {}
@@ -119,15 +126,28 @@ class FakeWaveSpeed(LoopbackServer):
     def cleanup(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
 
+    def job_records(self) -> list[dict[str, Any]]:
+        """Every task created, in submit order, with its status now (``GET /_fake/jobs``)."""
+        with self.lock:
+            tasks = list(self.tasks.values())
+        return [self._record(task) for task in tasks]
+
+    @staticmethod
+    def _record(task: Task) -> dict[str, Any]:
+        status = {"created": "queued", "processing": "running", "completed": "completed"}
+        return task.submitted.record("wavespeed", task.id, task.model, status.get(task.status, "failed"))
+
     # ---- files ----------------------------------------------------------------------------------
 
     def store(self, data: bytes, content_type: str, name: str) -> str:
         token = uuid.uuid4().hex
         path = self._dir / f"{token}-{Path(name).name}"
         path.write_bytes(data)
+        url_path = f"/files/{token}/{Path(name).name}"
         with self.lock:
-            self._files[f"/files/{token}/{Path(name).name}"] = (path, content_type)
-        return f"{self.url}/files/{token}/{Path(name).name}"
+            self._files[url_path] = (path, content_type)
+            self.sha256s[url_path] = hashlib.sha256(data).hexdigest()
+        return self.url + url_path
 
     def _fetch(self, url: str, dest: Path) -> Path:
         local = self._local(url)
@@ -307,9 +327,9 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:
         fake = self.fake
-        if self.answered_calls():
+        if self.answered_fake():
             return
-        time.sleep(fake.knobs.latency)
+        self.delay()
         path = urlparse(self.path).path
         if path.startswith("/files/"):
             item = fake._files.get(path)
@@ -332,7 +352,13 @@ class _Handler(JsonHandler):
         if parts[:3] == ["api", "v3", "predictions"] and (
             len(parts) == 4 or (len(parts) == 5 and parts[4] == "result")
         ):
-            if self.counted("result", fake.knobs.result_errors, _injected_error):
+            if self.counted(
+                "result",
+                _injected_error,
+                scripted=fake.knobs.result_errors,
+                rate=fake.knobs.result_error_rate,
+                codes=fake.knobs.result_error_codes,
+            ):
                 return
             task = fake.tasks.get(parts[3])
             if task is None:
@@ -344,7 +370,7 @@ class _Handler(JsonHandler):
 
     def do_PUT(self) -> None:
         fake = self.fake
-        time.sleep(fake.knobs.latency)
+        self.delay()
         path = urlparse(self.path).path
         ticket = (
             fake._tickets.pop(path.removeprefix("/upload/"), None) if path.startswith("/upload/") else None
@@ -359,15 +385,18 @@ class _Handler(JsonHandler):
             self.send(403, b"<Error>SignatureDoesNotMatch</Error>")
             return
         data = self.body()
-        with fake.lock:
-            fake.calls["put"] += 1
         target = Path(ticket[0])
         target.write_bytes(data)
+        with fake.lock:
+            fake.calls["put"] += 1
+            fake.sha256s[ticket[2]] = hashlib.sha256(data).hexdigest()
         self.send(200, b"")
 
     def do_POST(self) -> None:
         fake = self.fake
-        time.sleep(fake.knobs.latency)
+        if self.answered_fake():
+            return
+        self.delay()
         url = urlparse(self.path)
         body = self.body()
         if not self._authorised():
@@ -382,7 +411,14 @@ class _Handler(JsonHandler):
         if model not in MODELS:
             self.send(404, _error(404, f"model {model} not found"))
             return
-        if self.counted("submit", fake.knobs.submit_errors, _injected_error):
+        knobs = fake.knobs
+        if self.counted(
+            "submit",
+            _injected_error,
+            scripted=knobs.submit_errors,
+            rate=knobs.submit_error_rate,
+            codes=knobs.submit_error_codes,
+        ):
             return
         try:
             payload = json.loads(body or b"{}")
@@ -394,20 +430,31 @@ class _Handler(JsonHandler):
             self.send(400, _error(400, problem))
             return
         webhook = parse_qs(url.query).get("webhook", [None])[0]
+        answered = not fake.draws.chance(knobs.lost_answer_rate)
+        submitted = fake.submitted(payload, answered=answered)
         task = Task(
             id=uuid.uuid4().hex,
             model=model,
             payload=payload,
-            created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            created_at=datetime.fromtimestamp(submitted.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            submitted=submitted,
             webhook=webhook,
         )
         with fake.lock:
-            if fake.knobs.fail_jobs:
-                task.outcome = fake.knobs.fail_jobs.pop(0)
+            if knobs.fail_jobs:
+                task.outcome = knobs.fail_jobs.pop(0)
+            elif fake.draws.chance(knobs.fail_job_rate):
+                task.outcome = knobs.fail_job_outcome
             fake.tasks[task.id] = task
         answer = {"code": 200, "message": "success", "data": fake.data(task)}
+        fake.log_job(submitted.record("wavespeed", task.id, model, "queued"))
         fake._start(task)
-        time.sleep(fake.knobs.submit_answer_delay)
+        if not answered:
+            self.hang_up()
+            return
+        time.sleep(knobs.submit_answer_delay)
         self.send(200, answer)
 
     def _upload_binary(self, body: bytes) -> None:
@@ -444,7 +491,8 @@ class _Handler(JsonHandler):
         download_url = fake.store(b"", ctype, name)
         token = uuid.uuid4().hex
         with fake.lock:
-            fake._tickets[token] = (str(fake._files[urlparse(download_url).path][0]), ctype)
+            url_path = urlparse(download_url).path
+            fake._tickets[token] = (str(fake._files[url_path][0]), ctype, url_path)
         kind = (
             ctype.split("/", maxsplit=1)[0]
             if ctype.split("/", maxsplit=1)[0] in ("image", "audio", "video")
