@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
-from castflow import reports
+from castflow import redact, reports
 from castflow.campaigns import slug
 from castflow.runtime import get_runtime
 
@@ -34,6 +34,7 @@ class ReportResult(BaseModel):
 def campaign_report(params: ReportParams) -> ReportResult:
     """Write a campaign's report (CSV, Parquet, XLSX, HTML) and publish its summary as artifacts."""
     rt = get_runtime()
+    redact.install(rt.settings)
     report = reports.build(
         rt, params.campaign, Path(params.out_dir) if params.out_dir else None, thumbnails=params.thumbnails
     )
@@ -43,7 +44,7 @@ def campaign_report(params: ReportParams) -> ReportResult:
         key=f"{key}-spend",
         description=f"Spend by stage, campaign {report.name}",
     )
-    create_markdown_artifact(reports.markdown(report), key=f"{key}-report")
+    create_markdown_artifact(redact.redact(reports.markdown(report)), key=f"{key}-report")
     return ReportResult(
         campaign_id=report.campaign_id,
         name=report.name,

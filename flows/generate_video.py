@@ -9,7 +9,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
-from castflow import callbacks, pipeline
+from castflow import callbacks, pipeline, redact
 from castflow.models import StageOutcome, VideoRequest, VideoResult
 from castflow.runtime import get_runtime
 from tasks import video as t
@@ -42,6 +42,7 @@ def generate_video(
 ) -> VideoResult:
     """Make one lip-synced video of an actor saying a script (or playing an audio file) in a scene."""
     rt = get_runtime()
+    redact.install(rt.settings)
     if callback_url:
         try:  # refused before any spend, like bad input
             callbacks.check_url(callback_url, rt.settings.callbacks)
@@ -113,5 +114,5 @@ def _generate(rt: Any, request: VideoRequest) -> VideoResult:
     except Exception as exc:
         failed = exc.stage if isinstance(exc, pipeline.StageFailed) else stage
         message = exc.message if isinstance(exc, pipeline.StageFailed) else str(exc)
-        pipeline.record_failure(rt, prepared, stage=failed, error=message)
+        pipeline.record_failure(rt, prepared, stage=failed, error=redact.redact(message))
         raise

@@ -22,8 +22,9 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from castflow import campaigns, pipeline
+from castflow import campaigns, pipeline, redact
 from castflow.campaigns import Budget, RowEstimate, RowResult
+from castflow.db.retry import DatabaseUnavailable
 from castflow.models import ActorRef
 from castflow.runtime import get_runtime
 from castflow.sheets import SheetInvalid, SheetRow
@@ -107,6 +108,7 @@ def _runner() -> TaskRunner[PrefectFuture[Any]]:
 def run_campaign(params: CampaignParams) -> CampaignResult:
     """Run a campaign sheet: validate every row first, then make the videos (or only estimate them)."""
     rt = get_runtime()
+    redact.install(rt.settings)
     path = Path(params.sheet).expanduser()
     if not path.is_file():
         raise pipeline.UserError(f"sheet {path} does not exist")
@@ -155,6 +157,7 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
         # Finished rows arrive on a queue (a callback per task), in the order they finish.
         finished_q: queue.SimpleQueue[tuple[PrefectFuture[RowResult], SheetRow]] = queue.SimpleQueue()
         in_flight = 0
+        outage: DatabaseUnavailable | None = None
         while pending or in_flight:
             while pending and in_flight < limit:
                 row = pending.pop()
@@ -166,11 +169,17 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
             outcome = _RESULTS.get(key, {}).pop(row.row_id, None) or _row_result(future, row)
             results.append(outcome)
             progress.step(outcome)
+            if outcome.status == "failed" and outage is None and (outage := _outage(future)) is not None:
+                # The database stayed down through a row's whole retry window: start nothing more
+                # (nothing could be recorded); the rows in flight end, and a rerun resumes.
+                pending.clear()
     finally:
         _BUDGETS.pop(key, None)
         _RESULTS.pop(key, None)
         _ACTORS.pop(key, None)
         progress.close()
+    if outage is not None:
+        raise DatabaseUnavailable(f"{outage}; run the campaign again to resume") from None
     totals = campaigns.finish_campaign(rt, campaign_id, results)
     manifest_path, manifest_url = campaigns.write_manifest(
         rt, campaign_id, name, sheet, rt.settings.data_dir / "manifests"
@@ -204,12 +213,23 @@ def _on_done(
     finished_q.put((future, row))
 
 
+def _outage(future: PrefectFuture[RowResult]) -> DatabaseUnavailable | None:
+    """The database outage a row task ended with, if that is how it ended."""
+    try:
+        future.result()
+    except DatabaseUnavailable as exc:
+        return exc
+    except Exception:
+        return None
+    return None
+
+
 def _row_result(future: PrefectFuture[RowResult], row: SheetRow) -> RowResult:
     """A finished row task's result; a task that failed (after its retries) is a failed row."""
     try:
         return future.result()
     except Exception as exc:
-        return RowResult(row=row.row, row_id=row.row_id, status="failed", error=str(exc)[:2000])
+        return RowResult(row=row.row, row_id=row.row_id, status="failed", error=redact.redact_exc(exc)[:2000])
 
 
 class _Progress:
@@ -257,7 +277,7 @@ def _summary_artifact(result: CampaignResult) -> None:
     if problems:
         lines += ["", "| row | row id | status | reason |", "|---|---|---|---|"]
         lines += [
-            f"| {r.row} | {r.row_id} | {r.status} | {(r.error or '').replace('|', '/')[:200]} |"
+            f"| {r.row} | {r.row_id} | {r.status} | {redact.redact(r.error or '').replace('|', '/')[:200]} |"
             for r in problems
         ]
     create_markdown_artifact("\n".join(lines), key=_artifact_key(result.name, "summary"))

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
-from castflow import campaigns
+from castflow import campaigns, redact
 from castflow.db import queries
 from castflow.runtime import get_runtime
 from castflow.sheets import content_hash
@@ -114,6 +114,7 @@ def sweep_inbox(params: InboxParams | None = None) -> list[SheetOutcome]:
     """Run every new sheet of the inbox once; refuse invalid ones with their error report."""
     params = params or InboxParams()
     rt = get_runtime()
+    redact.install(rt.settings)
     log = get_run_logger()
     spec = params.inbox or str(rt.settings.data_dir / "inbox")
     inbox: _Folder | _Prefix
@@ -137,7 +138,7 @@ def sweep_inbox(params: InboxParams | None = None) -> list[SheetOutcome]:
             continue
         sheet = campaigns.load_sheet(rt, claimed)
         if sheet.sheet_errors or (sheet.errors and not params.skip_invalid):
-            inbox.finish(claimed, "rejected", "\n".join(str(p) for p in sheet.problems) + "\n")
+            inbox.finish(claimed, "rejected", redact.redact("\n".join(str(p) for p in sheet.problems)) + "\n")
             outcomes.append(
                 SheetOutcome(sheet=name, outcome="rejected", detail=f"{len(sheet.errors)} error(s)")
             )

@@ -158,8 +158,8 @@ def test_variant_list_unknown_actor(actors: Runtime) -> None:
 def test_db_commands(data_dir: Path) -> None:
     code, out, _ = _invoke("db", "upgrade")
     assert code == 0
-    assert "database at revision 0003" in out
+    assert "database at revision 0004" in out
     code, out, _ = _invoke("db", "current")
-    assert out.strip() == "0003 (head: 0003)"
+    assert out.strip() == "0004 (head: 0004)"
     code, out, _ = _invoke("db", "downgrade", "base")
     assert "database at revision base" in out

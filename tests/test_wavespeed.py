@@ -417,7 +417,7 @@ def test_a_recorded_request_the_provider_forgot_is_replaced_once(ws_rt: Runtime,
         assert run.request_id in fake.tasks
 
 
-def test_a_5xx_answer_to_a_submit_fails_the_stage_without_a_resubmit(
+def test_a_5xx_answer_to_a_submit_holds_the_stage_as_unknown_without_a_resubmit(
     ws_rt: Runtime, fake: FakeWaveSpeed
 ) -> None:
     actor = pipeline.actor_ref(ws_rt, "leo")
@@ -429,8 +429,13 @@ def test_a_5xx_answer_to_a_submit_fails_the_stage_without_a_resubmit(
     assert fake.calls["submit"] == 1
     with ws_rt.session() as s:
         run = s.scalars(sa.select(StageRun).where(StageRun.stage == "lipsync")).one()
-        assert run.status is StageStatus.failed
+        assert run.status is StageStatus.unknown
         assert "outcome unknown" in (run.error or "")
+    # Every later attempt (another row, a rerun) is refused without a submit until someone resolves it.
+    ws_rt.finished_stages.clear()
+    with pytest.raises(pipeline.StageOutcomeUnknown, match="castflow stages resolve"):
+        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert fake.calls["submit"] == 1
 
 
 def test_a_storage_failure_after_the_render_keeps_the_paid_job(
@@ -547,14 +552,17 @@ def test_jobs_asking_for_the_same_file_at_once_share_one_upload(
     assert all(isinstance(o, str) for o in outcomes if not isinstance(o, TransientError))
 
 
-def test_a_stage_another_worker_is_submitting_is_joined_not_paid_twice(
+def test_a_stage_another_worker_runs_is_waited_for_and_a_dead_workers_claim_taken_at_once(
     ws_rt: Runtime, fake: FakeWaveSpeed
 ) -> None:
-    """Two workers, one new stage: the second finds it claimed without a request id yet, waits for the
-    id and re-attaches to the same job. A stale claim (a worker that died before submitting) is not
-    waited for."""
+    """Two workers, one new stage: the second waits while the first's claim holds, then (its lease
+    lapsed: that worker stopped renewing) takes over and re-attaches to the job the first recorded.
+    The claim of a dead process of this host is taken over at once, however long its lease."""
+    import os
     import threading
+    import uuid
 
+    from castflow import claims
     from castflow.db import queries
 
     syncer = ws_rt.lipsync
@@ -562,35 +570,47 @@ def test_a_stage_another_worker_is_submitting_is_joined_not_paid_twice(
     actor = pipeline.actor_ref(ws_rt, "maya")
     speech = pipeline.speech(ws_rt, actor, "Two workers, one job.")
     key = pipeline.lipsync_key(ws_rt, actor.image, speech.output, "480p", 0)
-    with ws_rt.session() as s:  # the other worker's claim
-        queries.start_stage_run(
-            s, stage_key=key, stage="lipsync", provider="wavespeed", model=syncer.model, meta={}
-        )
+    parent = os.getppid()  # a live process of this host: the other worker
+    live = str(claims.Owner(claims.me().host, parent, claims._start_ticks(parent) or "0", "other"))
+    assert not claims.is_dead(live)
+
+    def claim(stage_key: str, owner: str, lease_s: float) -> None:
+        with ws_rt.connection() as c:
+            assert queries.claim_stage_run(
+                c, stage_key=stage_key, stage="lipsync", provider="wavespeed", model=syncer.model,
+                meta={}, owner=owner, lease_s=lease_s,
+            ) is not None  # fmt: skip
+
+    claim(key, live, 2.0)
 
     def other_worker_submits() -> None:
-        time.sleep(1.0)
+        time.sleep(0.5)
         rid = syncer.submit_render(
             ws_rt.storage.local_path(actor.image.key), ws_rt.storage.local_path(speech.output.key),
             resolution="480p", seed=0,
         )  # fmt: skip
-        with ws_rt.session() as s:
-            queries.set_request_id(s, stage_key=key, request_id=rid)
+        with ws_rt.connection() as c:
+            queries.set_request_id(c, stage_key=key, request_id=rid)
 
     other = threading.Thread(target=other_worker_submits)
     other.start()
     started = time.monotonic()
-    outcome = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    token = pipeline.PAYER.set(uuid.uuid4())  # this worker runs a campaign; the other paid the job
+    try:
+        outcome = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    finally:
+        pipeline.PAYER.reset(token)
     other.join()
-    assert time.monotonic() - started >= 1.0  # it waited for the other worker's request id
-    assert fake.calls["submit"] == 1
+    assert time.monotonic() - started >= 2.0  # it waited out the live worker's lease
+    assert fake.calls["submit"] == 1  # and re-attached to that worker's job
+    assert outcome.reused  # another payer's job: not this call's spend
     assert ws_rt.storage.exists(outcome.output.key)
 
-    ws_rt.settings.pipeline.submit_claim_s = 0.5
+    free = next(pid for pid in range(4_000_000, 4_100_000) if not os.path.exists(f"/proc/{pid}"))
+    dead = str(claims.Owner(claims.me().host, free, "1", "dead"))
     key2 = pipeline.lipsync_key(ws_rt, actor.image, speech.output, "720p", 0)
-    with ws_rt.session() as s:  # a claim nobody will finish
-        queries.start_stage_run(
-            s, stage_key=key2, stage="lipsync", provider="wavespeed", model=syncer.model, meta={}
-        )
-    time.sleep(0.6)
+    claim(key2, dead, 3600.0)  # a claim nobody will finish, with an hour of lease left
+    started = time.monotonic()
     pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="720p", seed=0, mouth=None)
+    assert time.monotonic() - started < 10
     assert fake.calls["submit"] == 2

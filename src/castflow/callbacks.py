@@ -28,6 +28,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from castflow.providers.http import tls_context
+from castflow.redact import redact
 from castflow.settings import CallbackSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def check_url(url: str, settings: CallbackSettings, resolve: Callable[[str], lis
         raise CallbackRefused("callbacks need CASTFLOW_CALLBACKS__SECRET to sign them; none is set")
     parts = urlparse(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise CallbackRefused(f"callback URL must be http(s) with a host, not {url[:100]!r}")
+        raise CallbackRefused(f"callback URL must be http(s) with a host, not {redact(url)[:100]!r}")
     if settings.allow_private:
         return url
     for address in resolve(parts.hostname):
@@ -106,6 +107,8 @@ def deliver(
     """Check, sign and POST ``payload`` to ``url`` with retries; returns the final HTTP status."""
     check_url(url, settings, resolve)
     assert settings.secret is not None
+    if isinstance(payload.get("error"), str):  # the receiver is outside: provider errors quote keys and URLs
+        payload = {**payload, "error": redact(payload["error"])}
     body = json.dumps(payload, sort_keys=True, default=str).encode()
     secret = settings.secret.get_secret_value()
 

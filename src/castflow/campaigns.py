@@ -8,6 +8,7 @@ it (finished rows and stages cost nothing), a changed sheet is a new campaign.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import re
@@ -17,7 +18,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from castflow import pipeline
 from castflow.db import queries
@@ -245,12 +248,15 @@ def _with_key(prepared: pipeline.PreparedVideo, key: str) -> pipeline.PreparedVi
 
 def finished_rows(rt: Runtime, campaign_id: uuid.UUID) -> dict[str, RowResult]:
     """The rows of a campaign that already have their video (one query): a resumed run skips them."""
-    with rt.session() as s:
-        done = [
+
+    def read(s: Session) -> list[tuple[str | None, str | None, str | None]]:
+        return [
             (v.row_id, v.video_key, v.video_url)
             for v in queries.campaign_videos(s, campaign_id=campaign_id)
             if v.status is VideoStatus.succeeded and v.video_key and v.row_id
         ]
+
+    done = rt.db_session(read, what="reading finished rows")
     return {
         row_id: RowResult(row=0, row_id=row_id, status="succeeded", video_url=url)
         for row_id, key, url in done
@@ -298,6 +304,7 @@ def run_row(
                 raise pipeline.Skipped(f"budget: the lip-sync of {seconds:.1f} s would cost ${exact:.2f}")
             held += delta
 
+    payer = pipeline.PAYER.set(campaign_id)  # the jobs this row submits are this campaign's spend
     try:
         result = pipeline.make_video(
             rt,
@@ -312,6 +319,8 @@ def run_row(
     except Exception:
         budget.settle(held, spent)
         raise
+    finally:
+        pipeline.PAYER.reset(payer)
     budget.settle(held, result.cost_usd)
     return RowResult(
         row=row.row,
@@ -329,7 +338,7 @@ def skip_row(
     reason: str,
     used: list[StageOutcome] | None = None,
 ) -> RowResult:
-    with rt.session() as s:
+    def write(s: sa.Connection) -> None:
         video_id = queries.finish_video(
             s,
             request_key=prepared.request_key,
@@ -340,6 +349,8 @@ def skip_row(
         )
         if video_id is not None and used:
             queries.link_video_stages(s, video_id=video_id, links=pipeline.stage_links(used))
+
+    rt.db(write, what="recording a skipped row")
     return RowResult(row=row.row, row_id=row.row_id, status="skipped", error=reason)
 
 
@@ -353,20 +364,20 @@ def record_invalid_rows(rt: Runtime, campaign_id: uuid.UUID, sheet: Sheet) -> li
     for line, reasons in sorted(by_row.items()):
         row_id = f"row-{line}"
         error = "invalid: " + "; ".join(reasons)
-        with rt.session() as s:
-            queries.upsert_video(
-                s,
-                request_key=request_key(campaign_id, f"invalid-{line}"),
-                values={
-                    "campaign_id": campaign_id,
-                    "row_id": row_id,
-                    "actor_key": "-",
-                    "resolution": "-",
-                    "status": VideoStatus.skipped,
-                    "error": error[:4000],
-                    "extra": {"row": line},
-                },
-            )
+        values = {
+            "campaign_id": campaign_id,
+            "row_id": row_id,
+            "actor_key": "-",
+            "resolution": "-",
+            "status": VideoStatus.skipped,
+            "error": error[:4000],
+            "extra": {"row": line},
+        }
+        invalid_key = request_key(campaign_id, f"invalid-{line}")
+        rt.db(
+            functools.partial(queries.upsert_video, request_key=invalid_key, values=values),
+            what="recording an invalid row",
+        )
         results.append(RowResult(row=line, row_id=row_id, status="skipped", error=error))
     return results
 
@@ -392,19 +403,24 @@ def finish_campaign(rt: Runtime, campaign_id: uuid.UUID, results: Iterable[RowRe
         "succeeded": sum(r.status == "succeeded" for r in results),
         "failed": sum(r.status == "failed" for r in results),
         "skipped": sum(r.status == "skipped" for r in results),
-        "cost_usd": round(sum(r.cost_usd for r in results), 6),
+        # Over every run of the campaign, from the ledger: each job it paid for, counted once.
+        "cost_usd": round(spent_so_far(rt, campaign_id), 6),
+        "run_cost_usd": round(sum(r.cost_usd for r in results), 6),  # what this run added
     }
     status = CampaignStatus.finished if totals["failed"] == 0 else CampaignStatus.failed
-    with rt.session() as s:
+
+    def write(s: Session) -> None:
         queries.update_campaign(
             s, campaign_id=campaign_id, status=status, totals=totals, finished_at=utcnow()
         )
+
+    rt.db_session(write, what="finishing the campaign")
     return totals
 
 
 def spent_so_far(rt: Runtime, campaign_id: uuid.UUID) -> float:
-    with rt.session() as s:
-        return float(sum(v.cost_usd for v in queries.campaign_videos(s, campaign_id=campaign_id)))
+    """What the campaign has paid over all its runs (and workers): the stage jobs recorded as its own."""
+    return rt.db(functools.partial(queries.campaign_spend, campaign_id=campaign_id), what="reading spend")
 
 
 # ---- manifest -------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 
+from castflow.redact import format_exception, install_log_redaction, redact, register_settings_secrets
 from castflow.settings import Settings, get_settings, reset_settings
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(webhooks_app, name="webhooks")
 campaign_app = typer.Typer(help="Campaign sheets: validate, estimate and run.", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign")
+stages_app = typer.Typer(
+    help="Paid stages whose submit outcome is unknown: list them, and resolve them.", no_args_is_help=True
+)
+app.add_typer(stages_app, name="stages")
 
 T = TypeVar("T")
 
@@ -49,6 +54,7 @@ def _main(
         typer.Option("--data-dir", help="Data folder (default: $CASTFLOW_DATA_DIR or ./.castflow)."),
     ] = None,
 ) -> None:
+    install_log_redaction()  # before anything logs: Prefect, httpx and provider errors quote URLs and keys
     if data_dir is not None:
         os.environ["CASTFLOW_DATA_DIR"] = str(data_dir)
         reset_settings()
@@ -56,20 +62,27 @@ def _main(
 
 def _settings() -> Settings:
     try:
-        return get_settings()
+        settings = get_settings()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CliError(f"invalid configuration: {problems}") from exc
+    register_settings_secrets(settings)
+    return settings
 
 
 def _runtime() -> Runtime:
+    from sqlalchemy import exc as sa_exc
+
+    from castflow.db.retry import describe_error
     from castflow.runtime import ConfigError, get_runtime
 
-    _settings()
+    settings = _settings()
     try:
         return get_runtime()
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
+    except sa_exc.DBAPIError as exc:  # the database cannot be reached or opened at all
+        raise CliError(describe_error(exc, settings.database_url)) from None
 
 
 def prefect_environment(settings: Settings) -> None:
@@ -92,12 +105,15 @@ def _flows() -> Iterator[None]:
 
 def _run(fn: Callable[[], T]) -> T:
     from castflow.actors import ActorFileError
+    from castflow.datadir import DataDirError
+    from castflow.db.retry import DatabaseUnavailable
+    from castflow.journal import JournalError
     from castflow.pipeline import UserError
 
     try:
         return fn()
-    except (UserError, ActorFileError, CliError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except (UserError, ActorFileError, CliError, DatabaseUnavailable, DataDirError, JournalError) as exc:
+        typer.echo(redact(f"error: {exc}"), err=True)
         raise typer.Exit(2) from None
 
 
@@ -188,7 +204,7 @@ def _print_result(result: VideoResult) -> None:
             f"{result.video_url}"
         )
     else:
-        typer.echo(f"FAIL {result.actor:<8} at {result.failed_stage}: {result.error}")
+        typer.echo(redact(f"FAIL {result.actor:<8} at {result.failed_stage}: {result.error}"))
 
 
 # ---- demo ---------------------------------------------------------------------------------------------
@@ -308,6 +324,78 @@ def actors_list() -> None:
     _run(go)
 
 
+# ---- stages -------------------------------------------------------------------------------------------
+
+
+@stages_app.command("unknown")
+def stages_unknown() -> None:
+    """List the stages held because a submit was sent and its answer lost (a job may exist and bill)."""
+
+    def go() -> None:
+        from castflow.db import queries
+
+        rt = _runtime()
+        rows = rt.db_session(lambda s: list(queries.unknown_stage_runs(s)))
+        if not rows:
+            typer.echo("no stage has an unknown submit outcome")
+            return
+        for run in rows:
+            when = run.sending_at or run.updated_at
+            typer.echo(
+                f"{run.stage_key}  {run.stage:<13} {run.provider}/{run.model}  sent {when:%Y-%m-%d %H:%M:%S}Z"
+            )
+        typer.echo(
+            f"{len(rows)} stage(s): find each job in the provider's dashboard (by model and time), then "
+            "`castflow stages resolve KEY --request-id ID` (the next run fetches that job), or "
+            "`castflow stages resolve KEY --resubmit` (the next run submits again: it may pay twice)"
+        )
+
+    _run(go)
+
+
+@stages_app.command("resolve")
+def stages_resolve(
+    keys: Annotated[
+        list[str] | None, typer.Argument(help="Stage keys (from `castflow stages unknown`).")
+    ] = None,
+    request_id: Annotated[
+        str | None,
+        typer.Option("--request-id", help="The job's request id, found in the provider's dashboard."),
+    ] = None,
+    resubmit: Annotated[
+        bool, typer.Option("--resubmit", help="Submit again on the next run (a lost job may bill twice).")
+    ] = False,
+    all_unknown: Annotated[
+        bool, typer.Option("--all", help="Every stage listed by `stages unknown`.")
+    ] = False,
+) -> None:
+    """Settle stages with an unknown submit outcome: adopt the job you found, or submit again."""
+
+    def go() -> None:
+        from castflow.db import queries
+
+        if (request_id is None) == (not resubmit):
+            raise CliError("give --request-id ID (the job you found) or --resubmit (pay again), not both")
+        rt = _runtime()
+        chosen = list(keys or [])
+        if all_unknown:
+            chosen += [r.stage_key for r in rt.db_session(lambda s: list(queries.unknown_stage_runs(s)))]
+        if not chosen:
+            raise CliError("name the stage keys, or give --all")
+        if request_id is not None and len(chosen) != 1:
+            raise CliError("--request-id names one job: give exactly one stage key")
+        for key in dict.fromkeys(chosen):
+            done = rt.db_session(
+                lambda s, key=key: queries.resolve_stage_run(s, stage_key=key, request_id=request_id)  # type: ignore[misc]
+            )
+            if not done:
+                raise CliError(f"stage {key} is not waiting for a resolution (see `castflow stages unknown`)")
+            what = f"will fetch job {request_id}" if request_id else "will be submitted again (may pay twice)"
+            typer.echo(f"{key}: {what} on the next run")
+
+    _run(go)
+
+
 # ---- variants -----------------------------------------------------------------------------------------
 
 
@@ -365,11 +453,12 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Migrate the database to REVISION (default: the latest)."""
 
     def go() -> None:
+        from castflow.datadir import check_data_dir
         from castflow.db import migrate
         from castflow.db.session import get_engine
 
         settings = _settings()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        check_data_dir(settings.data_dir)
         engine = get_engine(settings.database_url)
         migrate.upgrade(engine, revision)
         typer.echo(f"database at revision {migrate.current_revision(engine)}")
@@ -426,6 +515,7 @@ def webhooks_serve(
         rt = _runtime()
         hooks = rt.settings.webhooks
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        install_log_redaction()  # the new root handler too
         urls = webhook_urls(hooks, local_base=f"http://{host}:{port}")
         typer.echo(f"fal webhook URL:       {urls['fal']}")
         typer.echo(f"WaveSpeed webhook URL: {urls['wavespeed']}")
@@ -462,9 +552,9 @@ def _load_sheet(path: Path) -> Any:
 
 def _print_problems(sheet: Any, *, skip_invalid: bool) -> None:
     for problem in sheet.errors:
-        typer.echo(f"error: {problem}", err=True)
+        typer.echo(redact(f"error: {problem}"), err=True)
     for problem in sheet.warnings:
-        typer.echo(f"warning: {problem}", err=True)
+        typer.echo(redact(f"warning: {problem}"), err=True)
     if sheet.sheet_errors or (sheet.errors and not skip_invalid):
         raise CliError(
             f"{sheet.name}: {len(sheet.errors)} error(s) in {sheet.total_rows} row(s); nothing was run"
@@ -574,7 +664,7 @@ def _run_campaign_flow(
     result = state.result()
     for row in result.results:
         if row.status != "succeeded":
-            typer.echo(f"{row.status:<9} row {row.row} ({row.row_id}): {row.error}")
+            typer.echo(redact(f"{row.status:<9} row {row.row} ({row.row_id}): {row.error}"))
     typer.echo(
         f"{result.name}: {result.succeeded} succeeded, {result.failed} failed, {result.skipped} skipped; "
         f"spent ${result.cost_usd:.2f}" + (" (resumed)" if result.resumed else "")
@@ -685,7 +775,7 @@ def doctor() -> None:
         marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
         checks = run_checks(_settings())
         for check in checks:
-            typer.echo(f"{marks[check.level]}  {check.name:<10} {check.detail}")
+            typer.echo(redact(f"{marks[check.level]}  {check.name:<10} {check.detail}"))
         if any(c.level == "fail" for c in checks):
             raise typer.Exit(1)
 
@@ -693,4 +783,10 @@ def doctor() -> None:
 
 
 def main() -> None:
-    sys.exit(app())
+    """The console script; a crash prints its traceback redacted (pretty exceptions are off)."""
+    try:
+        status = app()
+    except Exception as exc:
+        sys.stderr.write(format_exception(exc))
+        sys.exit(1)
+    sys.exit(status)

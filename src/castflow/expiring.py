@@ -42,3 +42,7 @@ class ExpiringCache(Generic[K, V]):
     def forget(self, key: K) -> None:
         with self._guard:
             self._found.pop(key, None)
+
+    def clear(self) -> None:
+        with self._guard:
+            self._found.clear()

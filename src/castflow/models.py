@@ -91,8 +91,9 @@ class StageOutcome(Frozen):
     stage: StageName
     stage_key: str
     output: MediaRef
-    reused: bool = False
+    reused: bool = False  # not paid for by this call (done before, or another payer's job re-attached to)
     cost_usd: float = 0.0
+    produced: bool = False  # this call fetched the output (ran the stage, or re-attached to its job)
 
 
 class VideoResult(Frozen):

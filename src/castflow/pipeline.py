@@ -7,17 +7,26 @@ done (by stage key), the provider is called only otherwise, and the outcome is r
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import logging
 import mimetypes
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from castflow import media
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from castflow import claims, media
 from castflow.db import queries
+from castflow.db.retry import DatabaseUnavailable
 from castflow.db.tables import StageStatus, VideoStatus, utcnow
 from castflow.models import (
     ActorRef,
@@ -38,10 +47,15 @@ from castflow.providers.base import (
     QueueLipSyncer,
     QueueSpeechSynth,
     RequestNotFound,
+    SubmitOutcomeUnknown,
     TransientError,
 )
-from castflow.runtime import Runtime
+from castflow.providers.http import BEFORE_SEND
+from castflow.redact import redact
+from castflow.runtime import Runtime, reconcile_journals
 from castflow.stages import normalise_text, sha256_file, stage_key
+
+log = logging.getLogger(__name__)
 
 
 class UserError(Exception):
@@ -75,22 +89,26 @@ def _ext(content_type: str) -> str:
 
 def actor_ref(rt: Runtime, key: str) -> ActorRef:
     """The actor with ``key`` as the pipeline sees it; a UserError when there is none."""
-    with rt.session() as s:
-        actor = queries.get_actor(s, key=key)
-        if actor is None:
-            known = ", ".join(a.key for a in queries.list_actors(s)) or "none imported"
-            raise UserError(f"unknown actor {key!r} (known: {known})")
-        if not rt.storage.exists(actor.image_key):
-            raise UserError(f"actor {key!r}: portrait {actor.image_key} is missing from storage")
-        return ActorRef(
-            key=actor.key,
-            name=actor.name,
-            image=MediaRef(
-                key=actor.image_key, sha256=actor.image_hash, content_type=_image_type(actor.image_key)
-            ),
-            voice=Voice(provider=actor.voice_provider, model=actor.voice_model, voice_id=actor.voice_id),
-            mouth=Mouth.model_validate(actor.mouth) if actor.mouth else None,
-        )
+
+    def read(s: Session) -> tuple[Any, str]:
+        found = queries.get_actor(s, key=key)
+        known = "" if found is not None else ", ".join(a.key for a in queries.list_actors(s))
+        return found, known
+
+    actor, known = rt.db_session(read, what="reading an actor")
+    if actor is None:
+        raise UserError(f"unknown actor {key!r} (known: {known or 'none imported'})")
+    if not rt.storage.exists(actor.image_key):
+        raise UserError(f"actor {key!r}: portrait {actor.image_key} is missing from storage")
+    return ActorRef(
+        key=actor.key,
+        name=actor.name,
+        image=MediaRef(
+            key=actor.image_key, sha256=actor.image_hash, content_type=_image_type(actor.image_key)
+        ),
+        voice=Voice(provider=actor.voice_provider, model=actor.voice_model, voice_id=actor.voice_id),
+        mouth=Mouth.model_validate(actor.mouth) if actor.mouth else None,
+    )
 
 
 def _image_type(key: str) -> str:
@@ -145,16 +163,17 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
         audio_sha = sha256_file(audio_path)
     variant = None
     if req.image_variant_id:
-        with rt.session() as s:
-            row = queries.get_image_variant(s, variant_id=req.image_variant_id)
-            if row is None:
-                raise UserError(f"unknown image variant {req.image_variant_id!r}")
-            owner = queries.get_actor(s, key=actor.key)
-            if owner is None or row.actor_id != owner.id:
-                raise UserError(f"image variant {req.image_variant_id} belongs to another actor")
-            variant = MediaRef(
-                key=row.image_key, sha256=row.image_hash, content_type=_image_type(row.image_key)
-            )
+        variant_id = req.image_variant_id
+
+        def read_variant(s: Session) -> tuple[Any, Any]:
+            return queries.get_image_variant(s, variant_id=variant_id), queries.get_actor(s, key=actor.key)
+
+        row, owner = rt.db_session(read_variant, what="reading an image variant")
+        if row is None:
+            raise UserError(f"unknown image variant {req.image_variant_id!r}")
+        if owner is None or row.actor_id != owner.id:
+            raise UserError(f"image variant {req.image_variant_id} belongs to another actor")
+        variant = MediaRef(key=row.image_key, sha256=row.image_hash, content_type=_image_type(row.image_key))
     request_key = "video:" + stage_key(
         "video",
         provider="-",
@@ -204,6 +223,52 @@ def run_stage(
         return _run_stage_locked(rt, stage, key, provider, model, call, submit, collect, meta)
 
 
+class StageOutcomeUnknown(PermanentError):
+    """A submit of this stage went out and its answer was lost: a job may exist (and be billed) whose
+    request id nobody has. The stage is held until a person resolves it; no row submits it again."""
+
+    def __init__(self, stage: str, key: str, provider: str, detail: str | None) -> None:
+        super().__init__(
+            f"{stage}: outcome of a submit unknown (a {provider} job may exist and be billed): find its "
+            f"request id in the provider's dashboard and run `castflow stages resolve {key} --request-id "
+            f"ID`, or `castflow stages resolve {key} --resubmit` to pay again"
+            + (f" [{detail[:300]}]" if detail else ""),
+            provider=provider,
+        )
+
+
+# The campaign whose row runs in this context: it is recorded as the payer of each job submitted, and
+# only the payer counts a job's cost (castflow.campaigns sets it around each row).
+PAYER: contextvars.ContextVar[uuid.UUID | None] = contextvars.ContextVar("castflow_payer", default=None)
+
+_CLAIM_POLL_S = 0.5
+
+
+def _sending(run: Any) -> bool:
+    """A submit went out (or was about to) and no request id is on record."""
+    return (
+        run is not None
+        and run.status is StageStatus.running
+        and run.sending_at is not None
+        and not run.request_id
+    )
+
+
+def _lease_lapsed(run: Any, grace_s: float = 0.0) -> bool:
+    return bool(run.lease_until is None or run.lease_until + timedelta(seconds=grace_s) < utcnow())
+
+
+def _held_by_other(run: Any, me: str) -> bool:
+    """Another process runs this stage now (it owns the claim and its lease holds)."""
+    return bool(
+        run is not None
+        and run.status is StageStatus.running
+        and run.owner is not None
+        and run.owner != me
+        and not _lease_lapsed(run)
+    )
+
+
 def _run_stage_locked(
     rt: Runtime,
     stage: StageName,
@@ -215,69 +280,138 @@ def _run_stage_locked(
     collect: Callable[[str, Path], ProviderResult] | None,
     meta: dict[str, object] | None,
 ) -> StageOutcome:
-    claim_window = rt.settings.pipeline.submit_claim_s
-    waited_until = time.monotonic() + claim_window
+    """Reuse, wait for, or claim and run the stage. A claim is taken only with a provider slot in hand
+    (so it never goes stale while queued for one), in one atomic statement; another process's claim is
+    waited for while its owner lives, and taken over at once when its owner is a dead process of this
+    host, or when its lease has lapsed."""
+    me = str(claims.me())
+    waiting_for: str | None = None
     while True:
-        with rt.connection() as s:
-            done = queries.stage_run_state(s, stage_key=key)
-            output = finished_output(done)
-            if output is not None and rt.storage.exists(output.key):
-                reused = StageOutcome(
-                    stage=stage, stage_key=key, reused=True, cost_usd=done.cost_usd, output=output
-                )
-                rt.finished_stages.put(key, reused)
-                return reused
-            # Claim it, unless another worker is submitting it right now: then wait (below) for its
-            # request id and re-attach to that job.
+        done = rt.db(lambda c: queries.stage_run_state(c, stage_key=key), what=f"reading stage {stage}")
+        output = finished_output(done)
+        if output is not None and rt.storage.exists(output.key):
+            reused = StageOutcome(
+                stage=stage, stage_key=key, reused=True, cost_usd=done.cost_usd, output=output
+            )
+            rt.finished_stages.put(key, reused)
+            return reused
+        if done is not None and done.status is StageStatus.unknown:
+            raise StageOutcomeUnknown(stage, key, provider, done.error)
+        stale: str | None = None
+        if _sending(done):
+            if _recover_request_id(rt, key, done, me):
+                continue  # the id was found (journal): the claim below re-attaches to it
             if (
-                submit is None
-                or not _claimed_by_another(done, claim_window)
-                or time.monotonic() >= waited_until
+                done.owner == me
+                or claims.is_dead(done.owner)
+                or _lease_lapsed(done, rt.settings.database.retry_s)
             ):
-                in_flight = (
-                    done.request_id if done is not None and done.status is StageStatus.running else None
+                error = (
+                    "a submit was sent and its answer never recorded (its process died or lost the database)"
                 )
-                queries.start_stage_run(
-                    s,
+                rt.db(functools.partial(queries.mark_stage_unknown, stage_key=key, error=error))
+                continue  # raised as unknown above, unless the owner recorded the id meanwhile
+            time.sleep(_CLAIM_POLL_S)  # a live owner is sending it right now: wait for its request id
+            continue
+        if _held_by_other(done, me):
+            if not claims.is_dead(done.owner):
+                if waiting_for != done.owner:
+                    waiting_for = done.owner
+                    log.info(
+                        "%s %s is run by another process (%s): waiting for it", stage, key[:12], done.owner
+                    )
+                time.sleep(_CLAIM_POLL_S)
+                continue
+            stale = done.owner  # a dead process of this host: take over now, not when its lease ends
+        with rt.provider_slot(provider):
+            claim = rt.db(
+                functools.partial(
+                    queries.claim_stage_run,
                     stage_key=key,
                     stage=stage,
                     provider=provider,
                     model=model,
                     meta=dict(meta or {}),
-                    returning=False,
+                    owner=me,
+                    lease_s=rt.settings.pipeline.claim_lease_s,
+                    stale_owner=stale,
+                    rerun_succeeded=done is not None and done.status is StageStatus.succeeded,
+                ),
+                what=f"claiming stage {stage}",
+            )
+            if claim is None:  # another process claimed it between our read and our claim
+                continue
+            assert rt.leases is not None
+            with rt.leases.hold(key):
+                return _run_claimed(
+                    rt, stage, key, provider, call, submit, collect, meta, claim.request_id, done
                 )
-                break
-        time.sleep(0.5)
+
+
+def _recover_request_id(rt: Runtime, key: str, run: Any, me: str) -> bool:
+    """A send with no request id in the database: look for the id in this process's journal, or (its
+    owner dead) in the dead owners' journals of this host; write it to the database if found."""
+    assert rt.journal is not None
+    found = rt.journal.find(key) if run.owner == me else None
+    if found is not None:
+        payer = run.campaign_id
+        rt.db(lambda c: queries.set_request_id(c, stage_key=key, request_id=found, campaign_id=payer))
+        rt.journal.forget(key)
+        return True
+    if run.owner != me and claims.is_dead(run.owner):
+        reconcile_journals(rt.settings, rt.engine)
+        again = rt.db(lambda c: queries.stage_run_state(c, stage_key=key))
+        return again is not None and bool(again.request_id)
+    return False
+
+
+def _run_claimed(
+    rt: Runtime,
+    stage: StageName,
+    key: str,
+    provider: str,
+    call: Callable[[Path], ProviderResult] | None,
+    submit: Callable[[], str] | None,
+    collect: Callable[[str, Path], ProviderResult] | None,
+    meta: dict[str, object] | None,
+    in_flight: str | None,
+    seen: Any,
+) -> StageOutcome:
+    """The claimed stage: call the provider (or re-attach to the recorded job), store, record."""
     started = time.monotonic()
     collected = False  # a paid job whose output we hold: a later failure must not lose it
-    job = {"recorded": in_flight is not None}  # a request id is on record (the job exists)
+    job = {"recorded": in_flight is not None, "submitted": False}
+    payer = PAYER.get()
     try:
-        with rt.provider_slot(provider), tempfile.TemporaryDirectory(prefix=f"castflow-{stage}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"castflow-{stage}-", dir=rt.temp_root()) as tmp:
             if call is not None:
                 result = call(Path(tmp))
             else:
                 assert submit is not None
                 assert collect is not None
-                result = _submit_or_reattach(rt, key, in_flight, submit, collect, Path(tmp), job)
+                result = _submit_or_reattach(rt, key, provider, in_flight, submit, collect, Path(tmp), job)
                 collected = True
             digest = sha256_file(result.path)
             out_key = f"stages/{stage}/{key[:2]}/{key}{_ext(result.content_type)}"
             rt.storage.put_file(out_key, result.path, result.content_type)
     except Exception as exc:
-        message = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
-        with rt.connection() as s:
-            if collected or (job["recorded"] and isinstance(exc, TransientError) and not exc.job_failed):
-                # The provider's job finished (or may still): keep the stage running with its request
-                # id, so the next attempt re-attaches and fetches the output instead of paying again.
-                queries.note_stage_error(s, stage_key=key, error=message)
-            else:  # nothing paid is pending: the next attempt submits anew
-                queries.fail_stage_run(s, stage_key=key, error=message)
+        message = redact(str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, SubmitOutcomeUnknown):
+            rt.db(lambda c: queries.mark_stage_unknown(c, stage_key=key, error=message))
+        elif collected or (job["recorded"] and isinstance(exc, TransientError) and not exc.job_failed):
+            # The provider's job finished (or may still): keep the stage running with its request id,
+            # so the next attempt re-attaches and fetches the output instead of paying again.
+            rt.db(lambda c: queries.note_stage_error(c, stage_key=key, error=message))
+        else:  # nothing paid is pending: the next attempt submits anew
+            rt.db(lambda c: queries.fail_stage_run(c, stage_key=key, error=message))
         raise
     elapsed = time.monotonic() - started
+    # Paid here: by this call, or a job an earlier run of the same payer submitted and never finished.
+    paid = call is not None or job["submitted"] or (seen is not None and seen.campaign_id == payer)
     out_meta = {**(meta or {}), **result.meta, "content_type": result.content_type, "seconds": result.seconds}
-    with rt.connection() as s:
-        queries.finish_stage_run(
-            s,
+    rt.db(
+        lambda c: queries.finish_stage_run(
+            c,
             stage_key=key,
             output_key=out_key,
             output_hash=digest,
@@ -287,54 +421,69 @@ def _run_stage_locked(
             run_seconds=elapsed,
             request_id=result.request_id,
             meta=out_meta,
-        )
+            campaign_id=payer if call is not None else None,
+        ),
+        what=f"recording stage {stage}",
+    )
     outcome = StageOutcome(
         stage=stage,
         stage_key=key,
+        reused=not paid,
+        produced=True,
         cost_usd=result.billing.cost_usd,
         output=MediaRef(key=out_key, sha256=digest, content_type=result.content_type, seconds=result.seconds),
     )
-    rt.finished_stages.put(key, outcome.model_copy(update={"reused": True}))
+    rt.finished_stages.put(key, outcome.model_copy(update={"reused": True, "produced": False}))
     return outcome
 
 
 def _submit_or_reattach(
     rt: Runtime,
     key: str,
+    provider: str,
     in_flight: str | None,
     submit: Callable[[], str],
     collect: Callable[[str, Path], ProviderResult],
     workdir: Path,
     job: dict[str, bool],
 ) -> ProviderResult:
-    """Wait on the recorded request if there is one, else submit (recording the id before waiting).
+    """Wait on the recorded request if there is one, else submit (journaling the id, then recording it,
+    before waiting).
 
     A recorded request the provider no longer knows (expired, deleted) cannot deliver its output any
-    more: it is replaced by one new submit.
+    more: it is replaced by one new submit. The submit's intent is in the database before it is sent
+    (``sending_at``), so a lost answer or a crash after sending is never mistaken for "nothing sent".
     """
     if in_flight is not None:
         try:
             return collect(in_flight, workdir)
         except RequestNotFound:
             pass
-    request_id = submit()
-    with rt.connection() as s:
-        queries.set_request_id(s, stage_key=key, request_id=request_id)
+    assert rt.journal is not None
+    rt.journal.check()  # no submit unless its request id can be kept
+    me = str(claims.me())
+    marked = threading.Event()
+
+    def intent() -> None:
+        if not marked.is_set():
+            rt.db(lambda c: queries.mark_sending(c, stage_key=key, owner=me), what="recording a submit")
+            marked.set()
+
+    token = BEFORE_SEND.set(intent)
+    try:
+        request_id = submit()
+    finally:
+        BEFORE_SEND.reset(token)
+    job["submitted"] = True
+    rt.journal.record(stage_key=key, request_id=request_id, provider=provider)
+    payer = PAYER.get()
+    rt.db(
+        lambda c: queries.set_request_id(c, stage_key=key, request_id=request_id, campaign_id=payer),
+        what="recording a request id",
+    )
+    rt.journal.forget(key)
     job["recorded"] = True
     return collect(request_id, workdir)
-
-
-def _claimed_by_another(run: Any, window: float) -> bool:
-    """Another process (a second worker) may be submitting this very stage: it has claimed it (running,
-    fresh) but not yet recorded its request id. The caller waits for the id, then re-attaches to that
-    job instead of paying for a second one. A claim older than ``window`` seconds is a process that
-    died before submitting: go ahead."""
-    return (
-        run is not None
-        and run.status is StageStatus.running
-        and not run.request_id
-        and (utcnow() - run.updated_at).total_seconds() <= window
-    )
 
 
 def finished_output(run: Any) -> MediaRef | None:
@@ -394,9 +543,10 @@ def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> Stage
         )
     else:
         outcome = stage(call=lambda wd: editor.edit(source(), text, seed=seed, workdir=wd))
-    if outcome.reused:
+    if not outcome.produced:
         return outcome  # its image variant was recorded when the stage ran
-    with rt.session() as s:
+
+    def record(s: Session) -> None:
         db_actor = queries.get_actor(s, key=actor.key)
         assert db_actor is not None
         queries.record_image_variant(
@@ -411,6 +561,8 @@ def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> Stage
             image_hash=outcome.output.sha256,
             cost_usd=outcome.cost_usd,
         )
+
+    rt.db_session(record, what="recording an image variant")
     return outcome
 
 
@@ -577,8 +729,8 @@ def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, res
         message = "; ".join(problems)
         if rt.lipsync.name == "local":
             rt.finished_stages.forget(video.stage_key)
-            with rt.connection() as s:
-                queries.fail_stage_run(s, stage_key=video.stage_key, error=f"quality check failed: {message}")
+            error = f"quality check failed: {message}"
+            rt.db(functools.partial(queries.fail_stage_run, stage_key=video.stage_key, error=error))
         raise StageFailed("qc", message)
 
 
@@ -695,6 +847,8 @@ def make_video(
     except Skipped as exc:
         exc.used = used  # the caller records the skip with what was paid so far
         raise
+    except DatabaseUnavailable:
+        raise  # nothing can be recorded now; the stage rows say what was paid, and a rerun resumes
     except Exception as exc:
         failed = exc.stage if isinstance(exc, StageFailed) else stage
         message = exc.message if isinstance(exc, StageFailed) else str(exc)
@@ -718,7 +872,8 @@ def _finish(
     **values: object,
 ) -> str:
     """Write the video's final state and the stages it used, in one transaction; returns its id."""
-    with rt.connection() as s:
+
+    def write(s: sa.Connection) -> str:
         video_id = queries.finish_video(
             s, request_key=prepared.request_key, status=status, finished_at=utcnow(), **values
         )
@@ -727,30 +882,31 @@ def _finish(
             queries.link_video_stages(s, video_id=video_id, links=stage_links(used))
         return str(video_id)
 
+    return rt.db(write, what="recording a video")
+
 
 def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -> str:
     """Create (or reset) the video row as running; returns its id. ``extra_values`` are more columns
     (a campaign row's campaign_id, row_id, extra)."""
     req = prepared.request
-    with rt.connection() as s:
-        video_id = queries.upsert_video(
-            s,
-            request_key=prepared.request_key,
-            values={
-                **extra_values,
-                "actor_key": prepared.actor.key,
-                "script": prepared.script,
-                "audio_source": str(prepared.audio_path) if prepared.audio_path else None,
-                "scene": req.scene,
-                "resolution": req.resolution,
-                "seed": req.seed,
-                "image_variant_id": _uuid_or_none(req.image_variant_id),
-                "status": VideoStatus.running,
-                "failed_stage": None,
-                "error": None,
-            },
-        )
-        return str(video_id)
+    values = {
+        **extra_values,
+        "actor_key": prepared.actor.key,
+        "script": prepared.script,
+        "audio_source": str(prepared.audio_path) if prepared.audio_path else None,
+        "scene": req.scene,
+        "resolution": req.resolution,
+        "seed": req.seed,
+        "image_variant_id": _uuid_or_none(req.image_variant_id),
+        "status": VideoStatus.running,
+        "failed_stage": None,
+        "error": None,
+    }
+    video_id = rt.db(
+        functools.partial(queries.upsert_video, request_key=prepared.request_key, values=values),
+        what="recording a video",
+    )
+    return str(video_id)
 
 
 def _uuid_or_none(value: str | None) -> object:
@@ -810,6 +966,7 @@ def record_success(
 def record_failure(
     rt: Runtime, prepared: PreparedVideo, *, stage: str, error: str, used: list[StageOutcome] | None = None
 ) -> VideoResult:
+    error = redact(error)
     video_id = _finish(rt, prepared, used, VideoStatus.failed, failed_stage=stage, error=error[:4000])
     return VideoResult(
         video_id=video_id, actor=prepared.actor.key, status="failed", failed_stage=stage, error=error

@@ -10,7 +10,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+
+from castflow.datadir import check_data_dir
 
 # Prefect's server records each task-run state event in its own database transaction by default
 # (batch size 1). A campaign reports thousands of them: batched, the server needs about a third of the
@@ -58,14 +61,16 @@ def ensure_prefect_api() -> str | None:
     launched without that import; this process and its children then talk to it as to any server
     (``PREFECT_API_URL``). Like Prefect's ephemeral server it lives until this process exits: it stops
     after Prefect's own exit handlers have sent the last events and logs. Returns the API URL (None when
-    ephemeral mode is off and nothing is configured: Prefect then reports that itself).
+    ephemeral mode is off and nothing is configured: Prefect then reports that itself). Raises
+    castflow.datadir.DataDirError when Prefect's home cannot be written (one line, not the server's
+    traceback).
     """
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
         return settings.api.url
-    settings.home.mkdir(parents=True, exist_ok=True)  # its database lives there
+    check_data_dir(settings.home, setting="PREFECT_HOME")  # its database lives there
     # The server gets Prefect's settings, not castflow's (provider keys stay out of its environment).
     env = {name: value for name, value in os.environ.items() if not name.startswith("CASTFLOW_")}
     server = _TemporaryServer(
@@ -109,9 +114,7 @@ class _TemporaryServer:
             port = sock.getsockname()[1]
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "uvicorn",
+                *self._launcher(),
                 "--factory",
                 "prefect.server.api.server:create_app",
                 "--host",
@@ -126,6 +129,16 @@ class _TemporaryServer:
             env=self.env,
         )
         return f"http://127.0.0.1:{port}/api"
+
+    @staticmethod
+    def _launcher() -> list[str]:
+        """How uvicorn is started: on Linux through castflow._server_launcher, so the server gets SIGTERM
+        when this process dies, even by SIGKILL (it would otherwise live on under PID 1). Only from the
+        main thread: the kernel signals the child when the thread that started it exits, and a worker
+        thread may end long before this process. Elsewhere the server outlives a killed parent."""
+        if sys.platform == "linux" and threading.current_thread() is threading.main_thread():
+            return [sys.executable, "-m", "castflow._server_launcher", str(os.getpid())]
+        return [sys.executable, "-m", "uvicorn"]
 
     def start(self) -> str:
         import httpx

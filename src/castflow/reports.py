@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from castflow import media
 from castflow.db.tables import Campaign, StageRun, Video, VideoStage
+from castflow.redact import redact
 from castflow.runtime import Runtime
 from castflow.sheets import FORMULA_PREFIXES
 
@@ -75,7 +76,7 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
                 "actor": v.actor_key,
                 "status": v.status.value,
                 "failed_stage": v.failed_stage,
-                "error": v.error,
+                "error": redact(v.error) if v.error else v.error,  # rows recorded before redaction too
                 "resolution": v.resolution,
                 "scene": v.scene,
                 "audio_seconds": v.audio_seconds,

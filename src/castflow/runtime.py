@@ -5,17 +5,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from castflow.db import migrate
+from castflow import claims
+from castflow.datadir import check_data_dir, clean_stale_temp
+from castflow.db import migrate, queries
+from castflow.db.retry import run_session, run_tx
 from castflow.db.session import connection_scope, get_engine, session_scope
 from castflow.expiring import ExpiringCache
+from castflow.journal import Journal
+from castflow.journal import reconcile as journal_reconcile
 from castflow.models import StageOutcome
 from castflow.providers.base import (
     ImageEditor,
@@ -31,6 +37,8 @@ from castflow.providers.local import EspeakSpeech, LocalImageEditor, PreviewLipS
 from castflow.providers.wavespeed import WaveSpeedClient, WaveSpeedLipSync
 from castflow.settings import Settings, get_settings
 from castflow.storage import Storage, build_storage
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -77,6 +85,38 @@ class Runtime:
         default_factory=lambda: ExpiringCache(ttl_s=300.0, max_entries=50_000)
     )
     provider_slots: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
+    journal: Journal | None = None
+    leases: claims.LeaseKeeper | None = None
+
+    def __post_init__(self) -> None:
+        if self.journal is None:
+            self.journal = Journal(self.settings.data_dir)
+        if self.leases is None:
+            lease_s = self.settings.pipeline.claim_lease_s
+            self.leases = claims.LeaseKeeper(
+                lambda keys: self.db(
+                    lambda c: queries.renew_leases(c, owner=str(claims.me()), keys=keys, lease_s=lease_s),
+                    retry_s=0,
+                ),
+                lease_s,
+            )
+
+    def temp_root(self) -> Path:
+        """This process's folder for stage work files, under the data dir (``tmp/<owner>``): a later
+        process removes the folders of dead owners (castflow.datadir.clean_stale_temp)."""
+        root = self.settings.data_dir / "tmp" / str(claims.me())  # host:pid:start:nonce, no separator
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def db(self, fn: Callable[[sa.Connection], T], *, what: str = "", retry_s: float | None = None) -> T:
+        """``fn`` in one Core transaction, rerun through a database blink (settings.database.retry_s);
+        every per-row read and write goes through here."""
+        window = self.settings.database.retry_s if retry_s is None else retry_s
+        return run_tx(self.engine, fn, retry_s=window, what=what)
+
+    def db_session(self, fn: Callable[[Session], T], *, what: str = "") -> T:
+        """``fn`` in one ORM session's transaction, retried as :meth:`db` is."""
+        return run_session(self.engine, fn, retry_s=self.settings.database.retry_s, what=what)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -94,6 +134,10 @@ class Runtime:
         close = getattr(self.storage, "close", None)
         if callable(close):
             close()
+        if self.leases is not None:
+            self.leases.stop()
+        if self.journal is not None:
+            self.journal.close()
 
     @contextmanager
     def provider_slot(self, provider: str) -> Iterator[None]:
@@ -117,11 +161,13 @@ def build_runtime(settings: Settings) -> Runtime:
         from castflow.fakes import serve_fakes
 
         settings = serve_fakes(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_data_dir(settings.data_dir)  # one clear line, not "unable to open database file"
+    clean_stale_temp(settings.data_dir / "tmp", _temp_owner_alive)
     engine = get_engine(
         settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms, echo=settings.database.echo
     )
     ensure_schema(engine, auto=settings.is_embedded_db)
+    reconcile_journals(settings, engine)
     speech: dict[str, SpeechSynth | QueueSpeechSynth] = {"local": EspeakSpeech()}
     image: ImageEditor | QueueImageEditor = LocalImageEditor()
     if settings.providers.fal_key is not None:
@@ -156,6 +202,26 @@ def build_runtime(settings: Settings) -> Runtime:
             for name, limit in settings.campaign.provider_limits.items()
         },
     )
+
+
+def _temp_owner_alive(name: str) -> bool:
+    """A folder of ``<data dir>/tmp`` belongs to a live process (or is not one of ours: kept)."""
+    return claims.Owner.parse(name) is None or not claims.is_dead(name)
+
+
+def reconcile_journals(settings: Settings, engine: sa.Engine) -> int:
+    """Write the request ids that processes of this host journaled but never got into the database
+    (they died, or the database was down) before anything here looks at a stage (castflow.journal)."""
+
+    def apply(owner: str, entries: list[dict[str, Any]]) -> None:
+        run_tx(
+            engine,
+            lambda c: queries.apply_journal(c, owner=owner, entries=entries),
+            retry_s=settings.database.retry_s,
+            what="reconciling the submit journal",
+        )
+
+    return journal_reconcile(settings.data_dir, apply)
 
 
 def webhook_options(settings: Settings, engine: sa.Engine, provider: str) -> dict[str, Any]:

@@ -31,6 +31,12 @@ class DatabaseSettings(Section):
     )
     echo: bool = False
     busy_timeout_ms: int = Field(default=30_000, ge=1_000, description="SQLite busy timeout.")
+    retry_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a row waits out a database outage (restart, failover, full disk) before it "
+        "fails naming the database; every write of a row is retried within it.",
+    )
 
 
 def clean_secret(value: SecretStr | None) -> SecretStr | None:
@@ -224,11 +230,12 @@ class PipelineSettings(Section):
     retry_backoff_s: float = Field(default=2.0, ge=0)
     retry_jitter: float = Field(default=0.5, ge=0)
     max_workers: int = Field(default=8, ge=1, description="Thread pool size of the flow's task runner.")
-    submit_claim_s: float = Field(
-        default=120,
+    claim_lease_s: float = Field(
+        default=30.0,
         gt=0,
-        description="How long a stage claimed by another process may take to record its provider request "
-        "before this one submits instead (several workers).",
+        description="Lease of a stage claim, renewed while its process lives: a worker on another "
+        "machine that dies leaves its stages to others after this long (a dead process of this "
+        "machine is recognised at once).",
     )
 
 

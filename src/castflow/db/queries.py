@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -105,13 +106,113 @@ _STAGE_STATE = sa.select(
     _STAGE_RUNS.c.meta,
     _STAGE_RUNS.c.request_id,
     _STAGE_RUNS.c.updated_at,
+    _STAGE_RUNS.c.owner,
+    _STAGE_RUNS.c.lease_until,
+    _STAGE_RUNS.c.sending_at,
+    _STAGE_RUNS.c.campaign_id,
+    _STAGE_RUNS.c.error,
 ).where(_STAGE_RUNS.c.stage_key == sa.bindparam("stage_key"))
 
 
 def stage_run_state(session: Db, *, stage_key: str) -> Any:
     """What the pipeline needs to know of a stage run (status, output, cost, meta, request id, last
-    update), as a plain row: the per-stage lookup of every video, kept cheap."""
+    update, the claim), as a plain row: the per-stage lookup of every video, kept cheap."""
     return session.execute(_STAGE_STATE, {"stage_key": stage_key}).one_or_none()
+
+
+def claim_stage_run(
+    session: Db,
+    *,
+    stage_key: str,
+    stage: str,
+    provider: str,
+    model: str,
+    meta: dict[str, Any],
+    owner: str,
+    lease_s: float,
+    stale_owner: str | None = None,
+    rerun_succeeded: bool = False,
+) -> Any:
+    """Claim a stage in one statement (an upsert whose update is conditional), or learn that another
+    process holds it: returns the claimed row's ``request_id`` (a job to re-attach to, or None), or
+    None when the claim was refused. Atomic on SQLite and PostgreSQL alike: two processes that claim
+    the same stage at the same instant get one claim between them.
+
+    Refused: an ``unknown`` stage (only ``castflow stages resolve`` clears it); a send in progress with
+    no request id yet (handled by the caller, never claimed blindly); a succeeded stage unless
+    ``rerun_succeeded`` (its output was found missing); a running claim whose owner is neither this
+    process nor ``stale_owner`` (one this process saw is gone) and whose lease holds.
+    A claim over a failed run forgets that run's request id: the next submit is a new job.
+    """
+
+    def build() -> Any:
+        ins = _insert(session, _STAGE_RUNS)
+        c = _STAGE_RUNS.c
+        failed = c.status == StageStatus.failed.value
+        held = sa.and_(
+            c.status == StageStatus.running.value,
+            c.owner.is_not(None),
+            c.owner != sa.bindparam("me"),
+            sa.or_(c.owner != sa.bindparam("stale_owner"), sa.bindparam("stale_owner").is_(None)),
+            c.lease_until.is_not(None),
+            c.lease_until >= sa.bindparam("now"),
+        )
+        sending = sa.and_(
+            c.status == StageStatus.running.value, c.sending_at.is_not(None), c.request_id.is_(None)
+        )
+        return ins.on_conflict_do_update(
+            index_elements=["stage_key"],
+            set_={
+                "attempts": c.attempts + 1,
+                "status": StageStatus.running.value,
+                "error": None,
+                "owner": ins.excluded.owner,
+                "lease_until": ins.excluded.lease_until,
+                "request_id": sa.case((failed, None), else_=c.request_id),
+                "sending_at": sa.case((failed, None), else_=c.sending_at),
+                "campaign_id": sa.case((failed, None), else_=c.campaign_id),
+                "updated_at": ins.excluded.updated_at,
+            },
+            where=sa.and_(
+                c.status != StageStatus.unknown.value,
+                sa.or_(c.status != StageStatus.succeeded.value, sa.bindparam("rerun_succeeded")),
+                sa.not_(held),
+                sa.not_(sending),
+            ),
+        ).returning(_STAGE_RUNS.c.id, _STAGE_RUNS.c.request_id)
+
+    now = utcnow()
+    row = session.execute(
+        _prebuilt(session, "claim_stage_run", build),
+        {
+            "id": uuid.uuid4(),
+            "stage_key": stage_key,
+            "stage": stage,
+            "provider": provider,
+            "model": model,
+            "status": StageStatus.running.value,
+            "attempts": 1,
+            "billed_units": 0.0,
+            "cost_usd": 0.0,
+            "meta": meta,
+            "created_at": now,
+            "updated_at": now,
+            "lease_until": now + timedelta(seconds=lease_s),
+            "owner": owner,
+            "me": owner,
+            "now": now,
+            "stale_owner": stale_owner,
+            "rerun_succeeded": rerun_succeeded,
+        },
+    ).one_or_none()
+    return None if row is None else Claim(row.request_id)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A stage claimed by this process; ``request_id``: the recorded job to re-attach to, if any."""
+
+    request_id: str | None
 
 
 def start_stage_run(
@@ -124,8 +225,8 @@ def start_stage_run(
     meta: dict[str, Any],
     returning: bool = True,
 ) -> StageRun | None:
-    """Claim a stage: create its row (status running) or count one more attempt on the existing row.
-    Returns the row (None with ``returning=False``, which saves reading it back)."""
+    """Create a stage's row or count one more attempt on it, unconditionally (tests and tools; the
+    pipeline claims with :func:`claim_stage_run`). Returns the row (None with ``returning=False``)."""
 
     def build() -> Any:
         ins = _insert(session, _STAGE_RUNS)
@@ -163,13 +264,70 @@ def start_stage_run(
     return get_stage_run(session, stage_key=stage_key)
 
 
-def set_request_id(session: Db, *, stage_key: str, request_id: str) -> None:
-    """Record the provider's request id before waiting on it (never pay twice after a crash)."""
+def renew_leases(session: Db, *, owner: str, keys: list[str], lease_s: float) -> int:
+    """Extend the running claims of ``owner`` on ``keys``; returns how many."""
+    now = utcnow()
+    result = session.execute(
+        sa.update(_STAGE_RUNS)
+        .where(
+            _STAGE_RUNS.c.owner == owner,
+            _STAGE_RUNS.c.status == StageStatus.running.value,
+            _STAGE_RUNS.c.stage_key.in_(keys),
+        )
+        .values(lease_until=now + timedelta(seconds=lease_s))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def mark_sending(session: Db, *, stage_key: str, owner: str) -> None:
+    """The submit intent: set just before the submit goes out (so a crash after it is never taken for
+    "nothing was sent")."""
+    now = utcnow()
+    session.execute(
+        sa.update(_STAGE_RUNS)
+        .where(_STAGE_RUNS.c.stage_key == stage_key, _STAGE_RUNS.c.owner == owner)
+        .values(sending_at=now, request_id=None, updated_at=now)
+    )
+
+
+def set_request_id(
+    session: Db, *, stage_key: str, request_id: str, campaign_id: uuid.UUID | None = None
+) -> None:
+    """Record the provider's request id before waiting on it (never pay twice after a crash), and the
+    campaign that paid for it. An ``unknown`` stage whose id turns up is running again."""
     session.execute(
         sa.update(_STAGE_RUNS)
         .where(_STAGE_RUNS.c.stage_key == stage_key)
-        .values(request_id=request_id, updated_at=utcnow())
+        .values(
+            request_id=request_id,
+            campaign_id=campaign_id,
+            status=sa.case(
+                (_STAGE_RUNS.c.status == StageStatus.unknown.value, StageStatus.running.value),
+                else_=_STAGE_RUNS.c.status,
+            ),
+            updated_at=utcnow(),
+        )
     )
+
+
+def apply_journal(session: Db, *, owner: str, entries: list[dict[str, Any]]) -> None:
+    """Write a dead owner's journaled request ids where the database lacks them (castflow.journal)."""
+    for entry in entries:
+        session.execute(
+            sa.update(_STAGE_RUNS)
+            .where(
+                _STAGE_RUNS.c.stage_key == entry["stage_key"],
+                _STAGE_RUNS.c.request_id.is_(None),
+                _STAGE_RUNS.c.status.in_([StageStatus.running.value, StageStatus.unknown.value]),
+            )
+            .values(
+                request_id=entry["request_id"],
+                status=StageStatus.running.value,
+                error=None,
+                owner=None,
+                updated_at=utcnow(),
+            )
+        )
 
 
 def finish_stage_run(
@@ -185,7 +343,10 @@ def finish_stage_run(
     queue_seconds: float | None = None,
     request_id: str | None = None,
     meta: dict[str, Any] | None = None,
+    campaign_id: uuid.UUID | None = None,
 ) -> None:
+    """The stage succeeded; ``campaign_id`` names the payer of a synchronous call (a queue job's payer
+    was recorded with its request id)."""
     values: dict[str, Any] = {
         "status": StageStatus.succeeded,
         "output_key": output_key,
@@ -196,30 +357,91 @@ def finish_stage_run(
         "run_seconds": run_seconds,
         "queue_seconds": queue_seconds,
         "error": None,
+        "owner": None,
+        "lease_until": None,
         "updated_at": utcnow(),
     }
     if request_id is not None:
         values["request_id"] = request_id
     if meta is not None:
         values["meta"] = meta
+    if campaign_id is not None:
+        values["campaign_id"] = campaign_id
     session.execute(sa.update(_STAGE_RUNS).where(_STAGE_RUNS.c.stage_key == stage_key).values(**values))
 
 
 def note_stage_error(session: Db, *, stage_key: str, error: str) -> None:
-    """Record a transient error on a stage that stays running (its request may still finish)."""
+    """Record a transient error on a stage that stays running (its request may still finish), and let
+    go of the claim: whoever runs the stage next re-attaches to the request."""
     session.execute(
         sa.update(_STAGE_RUNS)
         .where(_STAGE_RUNS.c.stage_key == stage_key)
-        .values(error=error[:4000], updated_at=utcnow())
+        .values(error=error[:4000], owner=None, lease_until=None, updated_at=utcnow())
     )
 
 
 def fail_stage_run(session: Db, *, stage_key: str, error: str) -> None:
+    """Nothing paid is pending: the next claim submits anew."""
     session.execute(
         sa.update(_STAGE_RUNS)
-        .where(_STAGE_RUNS.c.stage_key == stage_key)
-        .values(status=StageStatus.failed, error=error[:4000], updated_at=utcnow())
+        .where(_STAGE_RUNS.c.stage_key == stage_key, _STAGE_RUNS.c.status != StageStatus.unknown.value)
+        .values(
+            status=StageStatus.failed,
+            error=error[:4000],
+            sending_at=None,
+            owner=None,
+            lease_until=None,
+            updated_at=utcnow(),
+        )
     )
+
+
+def mark_stage_unknown(session: Db, *, stage_key: str, error: str) -> bool:
+    """A submit went out and no request id can be found: hold the stage until a person resolves it.
+    Only a stage still without a request id changes (True then)."""
+    result = session.execute(
+        sa.update(_STAGE_RUNS)
+        .where(
+            _STAGE_RUNS.c.stage_key == stage_key,
+            _STAGE_RUNS.c.request_id.is_(None),
+            _STAGE_RUNS.c.status.in_([StageStatus.running.value, StageStatus.unknown.value]),
+        )
+        .values(
+            status=StageStatus.unknown, error=error[:4000], owner=None, lease_until=None, updated_at=utcnow()
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def unknown_stage_runs(session: Session) -> Sequence[StageRun]:
+    return session.scalars(
+        sa.select(StageRun).where(StageRun.status == StageStatus.unknown).order_by(StageRun.updated_at)
+    ).all()
+
+
+def resolve_stage_run(session: Session, *, stage_key: str, request_id: str | None) -> bool:
+    """Settle an ``unknown`` stage: with the request id found in the provider's dashboard, the next run
+    re-attaches to that job; without one, the next run submits again (and may pay a second time)."""
+    if request_id is not None:
+        values: dict[str, Any] = {"status": StageStatus.running, "request_id": request_id}
+    else:
+        values = {"status": StageStatus.failed, "request_id": None}
+    result = session.execute(
+        sa.update(_STAGE_RUNS)
+        .where(_STAGE_RUNS.c.stage_key == stage_key, _STAGE_RUNS.c.status == StageStatus.unknown.value)
+        .values(**values, sending_at=None, owner=None, lease_until=None, error=None, updated_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def campaign_spend(session: Db, *, campaign_id: uuid.UUID) -> float:
+    """What a campaign paid, over all its runs: each stage job it submitted, counted once."""
+    total = session.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(_STAGE_RUNS.c.cost_usd), 0.0)).where(
+            _STAGE_RUNS.c.campaign_id == campaign_id, _STAGE_RUNS.c.status == StageStatus.succeeded.value
+        )
+    ).scalar_one()
+    return float(total)
 
 
 # ---- image variants --------------------------------------------------------------------------------

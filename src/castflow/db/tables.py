@@ -42,6 +42,9 @@ class StageStatus(enum.StrEnum):
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
+    # A submit was sent and its answer lost: the provider may have created (and bill) a job whose id
+    # nobody knows. Nothing submits this stage again until ``castflow stages resolve`` says how.
+    unknown = "unknown"
 
 
 class VideoStatus(enum.StrEnum):
@@ -195,6 +198,15 @@ class StageRun(TimestampMixin, Base):
     output_hash: Mapped[str | None] = mapped_column(sa.String(64))
     meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # The claim (castflow.claims): which process runs the stage, and until when its lease holds unless
+    # renewed. A claim is taken over only once its owner is dead or its lease has lapsed.
+    owner: Mapped[str | None] = mapped_column(sa.String(200))
+    lease_until: Mapped[datetime | None]
+    # Set just before a submit is sent, cleared when it fails for sure: with no request id beside it, a
+    # job may exist that only the owner's journal (castflow.journal) can name.
+    sending_at: Mapped[datetime | None]
+    # The campaign whose run paid for the provider job (spend is counted once, by the payer).
+    campaign_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, index=True)
 
 
 class WebhookProvider(enum.StrEnum):

@@ -49,7 +49,8 @@ class SubmitOutcomeUnknown(PermanentError):
     def __init__(self, provider: str, what: str) -> None:
         super().__init__(
             f"{provider}: submit outcome unknown ({what}); not retried automatically, since the job may "
-            "exist and be billed. Check the provider's dashboard, then rerun to submit again",
+            "exist and be billed. Find it in the provider's dashboard, then `castflow stages resolve` "
+            "(see `castflow stages unknown`)",
             provider=provider,
         )
 

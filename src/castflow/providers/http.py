@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import email.utils
 import functools
 import random
@@ -305,11 +306,23 @@ async def download(
     return await with_retries(call, policy, provider=provider)
 
 
+# Called (in a worker thread) just before each submit is sent: the pipeline records its intent there,
+# in the database, so that a job whose answer never arrives is known to exist. A context variable, so
+# every provider's submit honours it without a parameter threaded through each layer.
+BEFORE_SEND: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "castflow_before_send", default=None
+)
+
+
 async def post_submit(
     client: httpx.AsyncClient, url: str, payload: dict[str, Any], provider: str
 ) -> httpx.Response:
     """POST a job submission. A connection that failed before sending raises as is (safe to retry);
-    any later transport failure is :class:`SubmitOutcomeUnknown` (the job may exist: never resent)."""
+    any later transport failure is :class:`SubmitOutcomeUnknown` (the job may exist: never resent).
+    The hook in :data:`BEFORE_SEND`, if any, runs first; an error in it means nothing was sent."""
+    hook = BEFORE_SEND.get()
+    if hook is not None:
+        await asyncio.to_thread(hook)
     try:
         return await client.post(url, json=payload)
     except (httpx.ConnectError, httpx.ConnectTimeout):
