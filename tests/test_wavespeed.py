@@ -614,3 +614,101 @@ def test_a_stage_another_worker_runs_is_waited_for_and_a_dead_workers_claim_take
     pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="720p", seed=0, mouth=None)
     assert time.monotonic() - started < 10
     assert fake.calls["submit"] == 2
+
+
+def test_a_lost_submit_answer_holds_the_stage_until_resolved_then_the_found_job_is_fetched(
+    ws_rt: Runtime, fake: FakeWaveSpeed
+) -> None:
+    """The fake creates the job and hangs up: the stage is 'unknown', other attempts do not submit,
+    `castflow stages unknown` lists it, and resolving it with the job's id fetches that very job."""
+    from typer.testing import CliRunner
+
+    from castflow.cli import app
+
+    actor = pipeline.actor_ref(ws_rt, "ava")
+    speech = pipeline.speech(ws_rt, actor, "Lost answers cost money.")
+    key = pipeline.lipsync_key(ws_rt, actor.image, speech.output, "480p", 0)
+    fake.knobs.lost_answer_rate = 1.0
+    with pytest.raises(SubmitOutcomeUnknown):
+        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    fake.knobs.lost_answer_rate = 0.0
+    for _ in range(2):  # another row, a rerun: refused without a submit
+        ws_rt.finished_stages.clear()
+        with pytest.raises(pipeline.StageOutcomeUnknown):
+            pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    jobs = fake.job_records()
+    assert len(jobs) == 1
+    assert not jobs[0]["answered"]
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["stages", "unknown"])
+    assert listed.exit_code == 0, listed.output
+    assert key in listed.output
+    assert "--request-id" in listed.output
+    both = runner.invoke(app, ["stages", "resolve", key, "--resubmit", "--request-id", "x"])
+    assert both.exit_code == 2
+    assert "not both" in both.output
+    resolved = runner.invoke(app, ["stages", "resolve", key, "--request-id", jobs[0]["id"]])
+    assert resolved.exit_code == 0, resolved.output
+    outcome = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert ws_rt.storage.exists(outcome.output.key)
+    assert len(fake.job_records()) == 1  # the lost job itself, paid once
+    again = runner.invoke(app, ["stages", "resolve", key, "--resubmit"])
+    assert again.exit_code == 2  # nothing left to resolve
+    assert "not waiting" in again.output
+
+
+def test_a_request_id_the_database_could_not_take_is_kept_by_the_journal(
+    ws_rt: Runtime, fake: FakeWaveSpeed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refuses the request id after the submit (an outage past the retry window): the
+    row fails naming the database, and the next attempt finds the id in the journal and re-attaches."""
+    from castflow.db import queries
+    from castflow.db.retry import DatabaseUnavailable
+
+    actor = pipeline.actor_ref(ws_rt, "leo")
+    speech = pipeline.speech(ws_rt, actor, "The journal remembers.")
+    ws_rt.settings.database.retry_s = 0.3
+    real = queries.set_request_id
+
+    def outage(*_args: object, **_kw: object) -> None:
+        raise sa.exc.OperationalError("UPDATE stage_run", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(queries, "set_request_id", outage)
+    with pytest.raises(DatabaseUnavailable, match="unreachable"):
+        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    monkeypatch.setattr(queries, "set_request_id", real)
+    assert len(fake.job_records()) == 1
+    outcome = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert ws_rt.storage.exists(outcome.output.key)
+    assert len(fake.job_records()) == 1
+
+
+def test_a_send_of_a_dead_process_with_no_journaled_id_is_held_as_unknown(
+    ws_rt: Runtime, fake: FakeWaveSpeed
+) -> None:
+    import os
+
+    from castflow import claims
+    from castflow.db import queries
+
+    actor = pipeline.actor_ref(ws_rt, "maya")
+    speech = pipeline.speech(ws_rt, actor, "Killed mid-submit.")
+    key = pipeline.lipsync_key(ws_rt, actor.image, speech.output, "480p", 0)
+    free = next(pid for pid in range(4_000_000, 4_100_000) if not os.path.exists(f"/proc/{pid}"))
+    dead = str(claims.Owner(claims.me().host, free, "1", "dead"))
+    with ws_rt.connection() as c:
+        assert queries.claim_stage_run(
+            c,
+            stage_key=key,
+            stage="lipsync",
+            provider="wavespeed",
+            model="m",
+            meta={},
+            owner=dead,
+            lease_s=3600,
+        )
+        queries.mark_sending(c, stage_key=key, owner=dead)
+    with pytest.raises(pipeline.StageOutcomeUnknown, match="resolve"):
+        pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
+    assert fake.job_records() == []

@@ -28,6 +28,7 @@ from castflow import claims, media
 from castflow.db import queries
 from castflow.db.retry import DatabaseUnavailable
 from castflow.db.tables import StageStatus, VideoStatus, utcnow
+from castflow.journal import JournalError
 from castflow.models import (
     ActorRef,
     MediaRef,
@@ -395,6 +396,10 @@ def _run_claimed(
             out_key = f"stages/{stage}/{key[:2]}/{key}{_ext(result.content_type)}"
             rt.storage.put_file(out_key, result.path, result.content_type)
     except Exception as exc:
+        if isinstance(exc, DatabaseUnavailable) or (job["submitted"] and not job["recorded"]):
+            # Nothing can be written, or a job was sent whose id only the journal holds: the row stays
+            # as it is (claimed, its send on record) and the journal settles it on the next attempt.
+            raise
         message = redact(str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}")
         if isinstance(exc, SubmitOutcomeUnknown):
             rt.db(lambda c: queries.mark_stage_unknown(c, stage_key=key, error=message))
@@ -475,7 +480,10 @@ def _submit_or_reattach(
     finally:
         BEFORE_SEND.reset(token)
     job["submitted"] = True
-    rt.journal.record(stage_key=key, request_id=request_id, provider=provider)
+    try:
+        rt.journal.record(stage_key=key, request_id=request_id, provider=provider)
+    except JournalError as exc:  # the database may still take it; if not, the stage ends unknown
+        log.warning("%s (stage %s, request %s)", exc, key[:12], request_id)
     payer = PAYER.get()
     rt.db(
         lambda c: queries.set_request_id(c, stage_key=key, request_id=request_id, campaign_id=payer),

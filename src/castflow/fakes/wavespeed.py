@@ -71,6 +71,8 @@ class Knobs(FaultKnobs):
     submit_error_codes: Codes = field(default_factory=lambda: [429])
     # How a task failed by fail_job_rate ends; code 5003 is one castflow submits again.
     fail_job_outcome: Outcome = field(default_factory=lambda: Outcome("failed", 5003, "Service unavailable"))
+    # The failed task's error quotes its image URL (signed URLs carry their token: castflow must redact it).
+    fail_job_quotes_input: bool = False
 
 
 @dataclass
@@ -447,6 +449,9 @@ class _Handler(JsonHandler):
                 task.outcome = knobs.fail_jobs.pop(0)
             elif fake.draws.chance(knobs.fail_job_rate):
                 task.outcome = knobs.fail_job_outcome
+                if knobs.fail_job_quotes_input:  # as providers do: "failed to download <the input URL>"
+                    error = f"{task.outcome.error}: failed to download {payload.get('image')}"
+                    task.outcome = Outcome(task.outcome.status, task.outcome.code, error)
             fake.tasks[task.id] = task
         answer = {"code": 200, "message": "success", "data": fake.data(task)}
         fake.log_job(submitted.record("wavespeed", task.id, model, "queued"))
