@@ -167,40 +167,44 @@ def test_the_journal_keeps_request_ids_and_a_later_process_reconciles_a_dead_own
     engine = get_engine(url)
     migrate.upgrade(engine)
     dead = str(claims.Owner(claims.me().host, _free_pid(), "1", "dead"))
-    with engine.begin() as c:  # the dead owner sent the submit; the database never got the id
-        assert queries.claim_stage_run(
-            c,
-            stage_key="k1",
-            stage="lipsync",
-            provider="wavespeed",
-            model="m",
-            meta={},
-            owner=dead,
-            lease_s=60,
-        )
-        queries.mark_sending(c, stage_key="k1", owner=dead)
+    live = str(claims.me())
+    with engine.begin() as c:  # the dead owner sent three submits; the database never got their ids
+        for key, owner in (("k1", dead), ("k2", dead), ("k4", live)):
+            assert queries.claim_stage_run(
+                c, stage_key=key, stage="lipsync", provider="wavespeed", model="m", meta={}, owner=owner,
+                lease_s=60,
+            )  # fmt: skip
+            queries.mark_sending(c, stage_key=key, owner=owner)
     folder = tmp_path / "journal"
     folder.mkdir()
+    now = time.time()
     lines = [
         json.dumps({"owner": dead}),
-        json.dumps({"stage_key": "k1", "request_id": "job-9", "provider": "w"}),
+        json.dumps({"stage_key": "k1", "request_id": "job-8", "provider": "w", "ts": now - 5}),
+        json.dumps({"stage_key": "k1", "request_id": "job-9", "provider": "w", "ts": now}),  # the last wins
+        # An answer older than k2's send is an earlier attempt's job: never adopted for this send.
+        json.dumps({"stage_key": "k2", "request_id": "job-old", "provider": "w", "ts": now - 100}),
+        # k4 is a live process's send now: a dead process's old line must not touch it.
+        json.dumps({"stage_key": "k4", "request_id": "job-x", "provider": "w", "ts": now}),
     ]
     (folder / f"{dead}.jsonl").write_bytes(
         ("\n".join(lines) + "\n").encode() + b'{"stage_key": "k2", "req' + b"\0" * 64
     )
     owner, entries = read_entries(folder / f"{dead}.jsonl")
     assert owner == dead
-    assert [e["request_id"] for e in entries] == ["job-9"]
+    assert [e["request_id"] for e in entries] == ["job-8", "job-9", "job-old", "job-x"]
 
     def apply(_owner: str, found: list[dict[str, object]]) -> None:
         with engine.begin() as c:
             queries.apply_journal(c, owner=_owner, entries=found)  # type: ignore[arg-type]
 
-    assert reconcile(tmp_path, apply) == 1
+    assert reconcile(tmp_path, apply) == 4
     assert not (folder / f"{dead}.jsonl").exists()
     with engine.begin() as c:
-        run = queries.stage_run_state(c, stage_key="k1")
+        run, old, other = (queries.stage_run_state(c, stage_key=k) for k in ("k1", "k2", "k4"))
     assert (run.status, run.request_id, run.owner) == (StageStatus.running, "job-9", None)
+    assert (old.request_id, old.owner) == (None, dead)
+    assert (other.request_id, other.owner) == (None, live)
 
     journal = Journal(tmp_path)  # this process's own: preallocated, synced, found again
     journal.record(stage_key="k3", request_id="job-3", provider="fal")

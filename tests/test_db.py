@@ -59,6 +59,50 @@ def test_migrations_up_down_up_and_no_drift(engine: sa.Engine) -> None:
     assert migrate.current_revision(engine) == head
 
 
+def test_revision_0004_records_who_paid_for_the_stages_run_before_it(engine: sa.Engine) -> None:
+    """A campaign resumed after the upgrade counts the spend of its earlier runs (the budget holds)."""
+    import uuid
+
+    migrate.upgrade(engine, "0003")
+    now = queries.utcnow()
+    campaign, video, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    from castflow.db.tables import Campaign, StageRun, Video, VideoStage
+
+    with engine.begin() as c:  # Core inserts of the columns revision 0003 has
+        c.execute(
+            sa.insert(Campaign.__table__).values(
+                id=campaign, name="c", sheet_name="s.csv", sheet_hash="h", status="finished", settings={},
+                totals={}, created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+        for vid, key, cid in ((video, "v1", campaign), (other, "v2", None)):
+            c.execute(
+                sa.insert(Video.__table__).values(
+                    id=vid, request_key=key, campaign_id=cid, actor_key="maya", resolution="480p", seed=0,
+                    status="succeeded", cost_usd=0.5, extra={}, created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+        for key, cost in (("paid", 0.4), ("free", 0.0)):
+            c.execute(
+                sa.insert(StageRun.__table__).values(
+                    id=uuid.uuid4(), stage_key=key, stage="lipsync", provider="wavespeed", model="m",
+                    status="succeeded", attempts=1, billed_units=5, cost_usd=cost, meta={}, created_at=now,
+                    updated_at=now,
+                )
+            )  # fmt: skip
+        c.execute(
+            sa.insert(VideoStage.__table__).values(
+                id=uuid.uuid4(), video_id=video, stage="lipsync", stage_key="paid", reused=False, cost_usd=0.4,
+                created_at=now,
+            )
+        )  # fmt: skip
+    migrate.upgrade(engine)
+    with engine.begin() as c:
+        assert queries.campaign_spend(c, campaign_id=campaign) == pytest.approx(0.4)
+        payers = dict(c.execute(sa.text("SELECT stage_key, campaign_id FROM stage_run")).all())
+    assert payers["free"] is None
+
+
 def _actor_values(**extra: object) -> dict[str, object]:
     return {
         "name": "Maya",

@@ -44,22 +44,27 @@ def slug(text: str, limit: int = 40) -> str:
 
 def load_sheet(rt: Runtime, path: Path) -> Sheet:
     """Read and validate a sheet against the actor library and the image variants in the database."""
-    with rt.session() as s:
-        actors = {a.key: ActorInfo(a.key, a.voice_model, a.voice_provider) for a in queries.list_actors(s)}
+    actors = rt.db_session(
+        lambda s: {a.key: ActorInfo(a.key, a.voice_model, a.voice_provider) for a in queries.list_actors(s)},
+        what="reading the actors",
+    )
 
     def variant_owner(variant_id: str) -> str | None:
         try:
             uuid.UUID(variant_id)
         except ValueError:
             return None
-        with rt.session() as s:
+
+        def read(s: Session) -> str | None:
             row = queries.get_image_variant(s, variant_id=variant_id)
             if row is None:
                 return None
             for actor in queries.list_actors(s):
                 if actor.id == row.actor_id:
                     return actor.key
-        return None
+            return None
+
+        return rt.db_session(read, what="reading an image variant")
 
     return read_sheet(path, settings=rt.settings, actors=actors, variant_owner=variant_owner)
 
@@ -121,8 +126,7 @@ def lipsync_cost(rt: Runtime, seconds: float, resolution: str) -> float:
 
 def _succeeded(rt: Runtime, key: str) -> MediaRef | None:
     """The output of a finished stage, or None."""
-    with rt.session() as s:
-        return pipeline.finished_output(queries.stage_run_state(s, stage_key=key))
+    return rt.db(lambda c: pipeline.finished_output(queries.stage_run_state(c, stage_key=key)))
 
 
 def estimate_row(
@@ -386,7 +390,7 @@ def record_invalid_rows(rt: Runtime, campaign_id: uuid.UUID, sheet: Sheet) -> li
 
 
 def open_campaign(rt: Runtime, name: str, sheet: Sheet, budget_usd: float | None) -> tuple[uuid.UUID, bool]:
-    with rt.session() as s:
+    def open_it(s: Session) -> tuple[uuid.UUID, bool]:
         campaign, existed = queries.open_campaign(
             s, name=name, sheet_name=sheet.name, sheet_hash=sheet.content_hash, budget_usd=budget_usd
         )
@@ -394,6 +398,8 @@ def open_campaign(rt: Runtime, name: str, sheet: Sheet, budget_usd: float | None
             s, campaign_id=campaign.id, status=CampaignStatus.running, budget_usd=budget_usd
         )
         return campaign.id, existed
+
+    return rt.db_session(open_it, what="opening the campaign")
 
 
 def finish_campaign(rt: Runtime, campaign_id: uuid.UUID, results: Iterable[RowResult]) -> dict[str, Any]:
@@ -442,30 +448,32 @@ def manifest_rows(
     rt: Runtime, campaign_id: uuid.UUID, sheet: Sheet
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """One record per sheet row: its inputs, passthrough columns and outcome."""
-    with rt.session() as s:
-        videos = {v.row_id: v for v in queries.campaign_videos(s, campaign_id=campaign_id)}
-        extras = [c for c in sheet.columns if c not in BASE_COLUMNS]
-        records = []
-        for row in sheet.rows:
-            video: Video | None = videos.get(row.row_id)
-            record: dict[str, Any] = {
-                "row": row.row,
-                "row_id": row.row_id,
-                "actor": row.actor,
-                "script": row.script or "",
-                "audio": str(row.audio) if row.audio else "",
-                "scene": row.scene or "",
-                "image_variant_id": row.image_variant_id or "",
-                "resolution": row.resolution,
-                "seed": row.seed,
-                "captions": "yes" if row.captions else "no",
-                **{c: row.extra.get(c, "") for c in extras},
-            }
-            record.update(_outcome(video))
-            records.append(record)
-        for line in sorted(sheet.invalid_rows):
-            video = videos.get(f"row-{line}")
-            records.append({"row": line, "row_id": f"row-{line}", **_outcome(video)})
+    videos = rt.db_session(
+        lambda s: {v.row_id: v for v in queries.campaign_videos(s, campaign_id=campaign_id)},
+        what="reading the campaign's videos",
+    )
+    extras = [c for c in sheet.columns if c not in BASE_COLUMNS]
+    records = []
+    for row in sheet.rows:
+        video: Video | None = videos.get(row.row_id)
+        record: dict[str, Any] = {
+            "row": row.row,
+            "row_id": row.row_id,
+            "actor": row.actor,
+            "script": row.script or "",
+            "audio": str(row.audio) if row.audio else "",
+            "scene": row.scene or "",
+            "image_variant_id": row.image_variant_id or "",
+            "resolution": row.resolution,
+            "seed": row.seed,
+            "captions": "yes" if row.captions else "no",
+            **{c: row.extra.get(c, "") for c in extras},
+        }
+        record.update(_outcome(video))
+        records.append(record)
+    for line in sorted(sheet.invalid_rows):
+        video = videos.get(f"row-{line}")
+        records.append({"row": line, "row_id": f"row-{line}", **_outcome(video)})
     records.sort(key=lambda r: int(r["row"]))
     return BASE_COLUMNS + extras + RESULT_COLUMNS, records
 

@@ -41,7 +41,8 @@ def _file_name(owner: Owner) -> str:
 
 
 class Journal:
-    """This process's journal (opened on first use, in a forked child too)."""
+    """This process's journal for one data dir (one object per process and folder: :func:`journal_for`),
+    opened on first use; a forked child opens a file of its own."""
 
     def __init__(self, data_dir: Path) -> None:
         self._dir = journal_dir(data_dir)
@@ -49,60 +50,84 @@ class Journal:
         self._fd: int | None = None
         self._pid = 0
         self._offset = 0
-        self._entries: dict[str, str] = {}  # stage key → request id, this process's
+        self._entries: dict[str, tuple[str, float]] = {}  # stage key → (request id, when), not yet in the DB
 
     def _open(self) -> int:
         if self._fd is not None and self._pid == os.getpid():
             return self._fd
         owner = me()
+        if self._pid != os.getpid():
+            self._entries = {}  # a forked child: the parent's ids are the parent's to settle
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
             path = self._dir / _file_name(owner)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            with contextlib.suppress(AttributeError):  # no posix_fallocate: the file grows as written
-                os.posix_fallocate(fd, 0, PREALLOCATE)
-            header = json.dumps({"owner": str(owner)}) + "\n"
-            self._write(fd, 0, header)
+            with open(path, "rb") as fh:  # reopened in this process: append after what is there
+                offset = len(fh.read().rstrip(b"\0"))
+            if offset == 0:
+                header = (json.dumps({"owner": str(owner)}) + "\n").encode()
+                self._write(fd, 0, header)
+                offset = len(header)
+            self._reserve(fd, offset)
         except OSError as exc:
             raise JournalError(
                 f"cannot write the submit journal in {self._dir}: {exc.strerror or exc}"
             ) from None
-        self._fd, self._pid, self._offset, self._entries = fd, os.getpid(), len(header.encode()), {}
+        self._fd, self._pid, self._offset = fd, os.getpid(), offset
         return fd
 
     @staticmethod
-    def _write(fd: int, offset: int, line: str) -> None:
-        data = line.encode()
+    def _reserve(fd: int, offset: int) -> None:
+        """Keep PREALLOCATE bytes allocated past ``offset``: appends then need no new blocks."""
+        with contextlib.suppress(AttributeError):  # no posix_fallocate: the file grows as written
+            os.posix_fallocate(fd, 0, offset + PREALLOCATE)
+
+    @staticmethod
+    def _write(fd: int, offset: int, data: bytes) -> None:
         while data:
             written = os.pwrite(fd, data, offset)
             data, offset = data[written:], offset + written
         os.fdatasync(fd)
 
     def check(self) -> None:
-        """Open the journal now (JournalError when it cannot be written): before any submit."""
-        with self._lock:
-            self._open()
-
-    def record(self, *, stage_key: str, request_id: str, provider: str) -> None:
-        """Append and sync one request id (JournalError if the disk refuses even the preallocated file)."""
-        line = json.dumps(
-            {"stage_key": stage_key, "request_id": request_id, "provider": provider, "ts": time.time()}
-        )
+        """Before a submit: the journal is open and has room for the answer (JournalError otherwise, and
+        nothing is sent)."""
         with self._lock:
             fd = self._open()
+            if self._offset > PREALLOCATE // 2:  # grow the reserve ahead of need, while sending nothing
+                try:
+                    self._reserve(fd, self._offset)
+                except OSError as exc:
+                    raise JournalError(f"cannot grow the submit journal: {exc.strerror or exc}") from None
+
+    def record(self, *, stage_key: str, request_id: str, provider: str) -> None:
+        """Keep one request id (in memory first, then appended and synced); JournalError if the disk
+        refuses even the reserved space (the id is still held in memory for this process)."""
+        ts = time.time()
+        line = json.dumps({"stage_key": stage_key, "request_id": request_id, "provider": provider, "ts": ts})
+        with self._lock:
             try:
-                self._write(fd, self._offset, line + "\n")
+                fd = self._open()
+            finally:  # held in memory even if the file cannot be opened
+                self._entries[stage_key] = (request_id, ts)
+            data = (line + "\n").encode()
+            try:
+                self._write(fd, self._offset, data)
             except OSError as exc:
                 raise JournalError(f"cannot write the submit journal: {exc.strerror or exc}") from None
-            self._offset += len(line.encode()) + 1
-            self._entries[stage_key] = request_id
+            self._offset += len(data)
 
-    def find(self, stage_key: str) -> str | None:
+    def find(self, stage_key: str, since: float = 0.0) -> str | None:
+        """The id this process got for ``stage_key`` and has not yet seen in the database, if it was
+        answered at or after ``since`` (an older one belongs to an earlier attempt)."""
         with self._lock:
-            return self._entries.get(stage_key) if self._pid == os.getpid() else None
+            if self._pid != os.getpid():
+                return None
+            found = self._entries.get(stage_key)
+        return found[0] if found is not None and found[1] >= since - 1.0 else None
 
     def close(self) -> None:
-        """Close and remove this process's file once every id in it is in the database."""
+        """Close the file, and remove it once every id in it is in the database."""
         with self._lock:
             if self._fd is None or self._pid != os.getpid():
                 return
@@ -116,6 +141,21 @@ class Journal:
         """The id of ``stage_key`` is in the database now."""
         with self._lock:
             self._entries.pop(stage_key, None)
+
+
+_JOURNALS: dict[tuple[int, Path], Journal] = {}
+_JOURNALS_LOCK = threading.Lock()
+
+
+def journal_for(data_dir: Path) -> Journal:
+    """The one journal of this process for ``data_dir`` (runtimes rebuilt in one process share it, so
+    no second object ever writes over the first one's entries)."""
+    key = (os.getpid(), Path(data_dir).resolve())
+    with _JOURNALS_LOCK:
+        found = _JOURNALS.get(key)
+        if found is None:
+            found = _JOURNALS[key] = Journal(data_dir)
+        return found
 
 
 def read_entries(path: Path) -> tuple[str | None, list[dict[str, Any]]]:
@@ -168,4 +208,12 @@ def reconcile(data_dir: Path, apply: Callable[[str, list[dict[str, Any]]], None]
     return count
 
 
-__all__ = ["Journal", "JournalError", "dead_journals", "journal_dir", "read_entries", "reconcile"]
+__all__ = [
+    "Journal",
+    "JournalError",
+    "dead_journals",
+    "journal_dir",
+    "journal_for",
+    "read_entries",
+    "reconcile",
+]

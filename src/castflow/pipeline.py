@@ -245,6 +245,14 @@ PAYER: contextvars.ContextVar[uuid.UUID | None] = contextvars.ContextVar("castfl
 _CLAIM_POLL_S = 0.5
 
 
+def _job_ended_badly(exc: BaseException) -> bool:
+    """The provider says the recorded job itself failed (or refused it): only then is it forgotten and
+    a new job submitted."""
+    if isinstance(exc, TransientError):
+        return exc.job_failed
+    return isinstance(exc, PermanentError)
+
+
 def _sending(run: Any) -> bool:
     """A submit went out (or was about to) and no request id is on record."""
     return (
@@ -297,20 +305,19 @@ def _run_stage_locked(
             rt.finished_stages.put(key, reused)
             return reused
         if done is not None and done.status is StageStatus.unknown:
+            if _recover_request_id(rt, key, done, me):
+                continue  # a journal had the id after all: re-attach to that job
             raise StageOutcomeUnknown(stage, key, provider, done.error)
         stale: str | None = None
         if _sending(done):
             if _recover_request_id(rt, key, done, me):
                 continue  # the id was found (journal): the claim below re-attaches to it
-            if (
-                done.owner == me
-                or claims.is_dead(done.owner)
-                or _lease_lapsed(done, rt.settings.database.retry_s)
-            ):
+            if _send_abandoned(rt, done, me):
                 error = (
                     "a submit was sent and its answer never recorded (its process died or lost the database)"
                 )
-                rt.db(functools.partial(queries.mark_stage_unknown, stage_key=key, error=error))
+                if not rt.db(functools.partial(queries.mark_stage_unknown, stage_key=key, error=error)):
+                    time.sleep(_CLAIM_POLL_S)  # the owner recorded the id meanwhile: read it again
                 continue  # raised as unknown above, unless the owner recorded the id meanwhile
             time.sleep(_CLAIM_POLL_S)  # a live owner is sending it right now: wait for its request id
             continue
@@ -343,20 +350,34 @@ def _run_stage_locked(
             if claim is None:  # another process claimed it between our read and our claim
                 continue
             assert rt.leases is not None
-            with rt.leases.hold(key):
-                return _run_claimed(
-                    rt, stage, key, provider, call, submit, collect, meta, claim.request_id, done
-                )
+            try:
+                with rt.leases.hold(key):
+                    return _run_claimed(
+                        rt, stage, key, provider, call, submit, collect, meta, claim.request_id, done
+                    )
+            except queries.ClaimLost:
+                continue  # our lease lapsed and another process runs the stage now: wait for it
+
+
+def _send_abandoned(rt: Runtime, run: Any, me: str) -> bool:
+    """Nobody will record the request id of this send: its owner is this process (whose attempt ended
+    without it), a dead process of this host, or (another machine's) lapsed past the database retry
+    window. A live owner of this host is waited for: it holds the id, or will mark the stage itself."""
+    if run.owner == me or claims.is_dead(run.owner):
+        return True
+    owner = claims.Owner.parse(run.owner)
+    same_host = owner is not None and owner.host == claims.me().host
+    return not same_host and _lease_lapsed(run, rt.settings.database.retry_s)
 
 
 def _recover_request_id(rt: Runtime, key: str, run: Any, me: str) -> bool:
     """A send with no request id in the database: look for the id in this process's journal, or (its
     owner dead) in the dead owners' journals of this host; write it to the database if found."""
     assert rt.journal is not None
-    found = rt.journal.find(key) if run.owner == me else None
+    sent = run.sending_at.timestamp() if run.sending_at is not None else 0.0
+    found = rt.journal.find(key, since=sent) if run.owner == me else None
     if found is not None:
-        payer = run.campaign_id
-        rt.db(lambda c: queries.set_request_id(c, stage_key=key, request_id=found, campaign_id=payer))
+        rt.db(lambda c: queries.set_request_id(c, stage_key=key, request_id=found))
         rt.journal.forget(key)
         return True
     if run.owner != me and claims.is_dead(run.owner):
@@ -379,6 +400,7 @@ def _run_claimed(
     seen: Any,
 ) -> StageOutcome:
     """The claimed stage: call the provider (or re-attach to the recorded job), store, record."""
+    me = str(claims.me())
     started = time.monotonic()
     collected = False  # a paid job whose output we hold: a later failure must not lose it
     job = {"recorded": in_flight is not None, "submitted": False}
@@ -396,19 +418,22 @@ def _run_claimed(
             out_key = f"stages/{stage}/{key[:2]}/{key}{_ext(result.content_type)}"
             rt.storage.put_file(out_key, result.path, result.content_type)
     except Exception as exc:
-        if isinstance(exc, DatabaseUnavailable) or (job["submitted"] and not job["recorded"]):
-            # Nothing can be written, or a job was sent whose id only the journal holds: the row stays
-            # as it is (claimed, its send on record) and the journal settles it on the next attempt.
+        if isinstance(exc, DatabaseUnavailable | queries.ClaimLost) or (
+            job["submitted"] and not job["recorded"]
+        ):
+            # Nothing can be written, the stage is another process's now, or a job was sent whose id
+            # only the journal holds: the row stays as it is and the rules above settle it next time.
             raise
         message = redact(str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}")
         if isinstance(exc, SubmitOutcomeUnknown):
             rt.db(lambda c: queries.mark_stage_unknown(c, stage_key=key, error=message))
-        elif collected or (job["recorded"] and isinstance(exc, TransientError) and not exc.job_failed):
+        elif collected or (job["recorded"] and not _job_ended_badly(exc)):
             # The provider's job finished (or may still): keep the stage running with its request id,
-            # so the next attempt re-attaches and fetches the output instead of paying again.
-            rt.db(lambda c: queries.note_stage_error(c, stage_key=key, error=message))
+            # so the next attempt re-attaches and fetches the output instead of paying again (a full
+            # disk while downloading it, a storage error, a timeout: none of them calls for a new job).
+            rt.db(lambda c: queries.note_stage_error(c, stage_key=key, error=message, owner=me))
         else:  # nothing paid is pending: the next attempt submits anew
-            rt.db(lambda c: queries.fail_stage_run(c, stage_key=key, error=message))
+            rt.db(lambda c: queries.fail_stage_run(c, stage_key=key, error=message, owner=me))
         raise
     elapsed = time.monotonic() - started
     # Paid here: by this call, or a job an earlier run of the same payer submitted and never finished.
@@ -463,15 +488,19 @@ def _submit_or_reattach(
         try:
             return collect(in_flight, workdir)
         except RequestNotFound:
-            pass
+            job["recorded"] = False  # that job is gone: what follows is a new submit's story
     assert rt.journal is not None
     rt.journal.check()  # no submit unless its request id can be kept
     me = str(claims.me())
+    payer = PAYER.get()
     marked = threading.Event()
 
     def intent() -> None:
         if not marked.is_set():
-            rt.db(lambda c: queries.mark_sending(c, stage_key=key, owner=me), what="recording a submit")
+            rt.db(
+                lambda c: queries.mark_sending(c, stage_key=key, owner=me, campaign_id=payer),
+                what="recording a submit",
+            )
             marked.set()
 
     token = BEFORE_SEND.set(intent)
@@ -479,12 +508,13 @@ def _submit_or_reattach(
         request_id = submit()
     finally:
         BEFORE_SEND.reset(token)
+    if not request_id:  # an answer without an id: a job may exist that nothing can name
+        raise SubmitOutcomeUnknown(provider, "the answer carries no request id")
     job["submitted"] = True
     try:
         rt.journal.record(stage_key=key, request_id=request_id, provider=provider)
     except JournalError as exc:  # the database may still take it; if not, the stage ends unknown
         log.warning("%s (stage %s, request %s)", exc, key[:12], request_id)
-    payer = PAYER.get()
     rt.db(
         lambda c: queries.set_request_id(c, stage_key=key, request_id=request_id, campaign_id=payer),
         what="recording a request id",

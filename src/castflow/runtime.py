@@ -20,7 +20,7 @@ from castflow.db import migrate, queries
 from castflow.db.retry import run_session, run_tx
 from castflow.db.session import connection_scope, get_engine, session_scope
 from castflow.expiring import ExpiringCache
-from castflow.journal import Journal
+from castflow.journal import Journal, journal_for
 from castflow.journal import reconcile as journal_reconcile
 from castflow.models import StageOutcome
 from castflow.providers.base import (
@@ -90,7 +90,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if self.journal is None:
-            self.journal = Journal(self.settings.data_dir)
+            self.journal = journal_for(self.settings.data_dir)
         if self.leases is None:
             lease_s = self.settings.pipeline.claim_lease_s
             self.leases = claims.LeaseKeeper(

@@ -6,7 +6,7 @@ import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -279,55 +279,80 @@ def renew_leases(session: Db, *, owner: str, keys: list[str], lease_s: float) ->
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def mark_sending(session: Db, *, stage_key: str, owner: str) -> None:
+class ClaimLost(Exception):
+    """This process no longer holds the stage's claim (its lease lapsed and another process took it):
+    it must not send anything for it."""
+
+
+def mark_sending(session: Db, *, stage_key: str, owner: str, campaign_id: uuid.UUID | None = None) -> None:
     """The submit intent: set just before the submit goes out (so a crash after it is never taken for
-    "nothing was sent")."""
+    "nothing was sent"), with the campaign that pays. Fenced: only the claim's owner may send, so a
+    process whose lease lapsed (and whose stage another took over) raises :class:`ClaimLost` instead."""
     now = utcnow()
-    session.execute(
+    result = session.execute(
         sa.update(_STAGE_RUNS)
-        .where(_STAGE_RUNS.c.stage_key == stage_key, _STAGE_RUNS.c.owner == owner)
-        .values(sending_at=now, request_id=None, updated_at=now)
+        .where(
+            _STAGE_RUNS.c.stage_key == stage_key,
+            _STAGE_RUNS.c.owner == owner,
+            _STAGE_RUNS.c.status == StageStatus.running.value,
+        )
+        .values(sending_at=now, request_id=None, campaign_id=campaign_id, updated_at=now)
     )
+    if not getattr(result, "rowcount", 0):
+        raise ClaimLost(f"stage {stage_key[:12]}: claim lost to another process before sending")
 
 
 def set_request_id(
     session: Db, *, stage_key: str, request_id: str, campaign_id: uuid.UUID | None = None
 ) -> None:
     """Record the provider's request id before waiting on it (never pay twice after a crash), and the
-    campaign that paid for it. An ``unknown`` stage whose id turns up is running again."""
-    session.execute(
-        sa.update(_STAGE_RUNS)
-        .where(_STAGE_RUNS.c.stage_key == stage_key)
-        .values(
-            request_id=request_id,
-            campaign_id=campaign_id,
-            status=sa.case(
-                (_STAGE_RUNS.c.status == StageStatus.unknown.value, StageStatus.running.value),
-                else_=_STAGE_RUNS.c.status,
-            ),
-            updated_at=utcnow(),
-        )
-    )
+    campaign that paid for it (kept as recorded with the intent when not given). An ``unknown`` stage
+    whose id turns up is running again."""
+    values: dict[str, Any] = {
+        "request_id": request_id,
+        "status": sa.case(
+            (_STAGE_RUNS.c.status == StageStatus.unknown.value, StageStatus.running.value),
+            else_=_STAGE_RUNS.c.status,
+        ),
+        "updated_at": utcnow(),
+    }
+    if campaign_id is not None:
+        values["campaign_id"] = campaign_id
+    session.execute(sa.update(_STAGE_RUNS).where(_STAGE_RUNS.c.stage_key == stage_key).values(**values))
 
 
-def apply_journal(session: Db, *, owner: str, entries: list[dict[str, Any]]) -> None:
-    """Write a dead owner's journaled request ids where the database lacks them (castflow.journal)."""
+def apply_journal(session: Db, *, owner: str, entries: list[dict[str, Any]]) -> int:
+    """Write a dead owner's journaled request ids where the database lacks them (castflow.journal):
+    per stage its last entry, and only on a row that is still that owner's send (its intent recorded
+    before the answer was journaled), so an old entry never names a later attempt's job and no other
+    process's claim is touched. Returns how many rows took an id."""
+    last: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        session.execute(
+        last[str(entry["stage_key"])] = entry
+    taken = 0
+    for key, entry in last.items():
+        answered = datetime.fromtimestamp(float(entry.get("ts") or 0), UTC) + timedelta(seconds=1)
+        result = session.execute(
             sa.update(_STAGE_RUNS)
             .where(
-                _STAGE_RUNS.c.stage_key == entry["stage_key"],
+                _STAGE_RUNS.c.stage_key == key,
+                _STAGE_RUNS.c.owner == owner,
                 _STAGE_RUNS.c.request_id.is_(None),
+                _STAGE_RUNS.c.sending_at.is_not(None),
+                _STAGE_RUNS.c.sending_at <= answered,
                 _STAGE_RUNS.c.status.in_([StageStatus.running.value, StageStatus.unknown.value]),
             )
             .values(
-                request_id=entry["request_id"],
+                request_id=str(entry["request_id"]),
                 status=StageStatus.running.value,
                 error=None,
                 owner=None,
+                lease_until=None,
                 updated_at=utcnow(),
             )
         )
+        taken += int(getattr(result, "rowcount", 0) or 0)
+    return taken
 
 
 def finish_stage_run(
@@ -370,21 +395,31 @@ def finish_stage_run(
     session.execute(sa.update(_STAGE_RUNS).where(_STAGE_RUNS.c.stage_key == stage_key).values(**values))
 
 
-def note_stage_error(session: Db, *, stage_key: str, error: str) -> None:
+def _owned(owner: str | None) -> Any:
+    """Only the claim's owner writes a claimed row's outcome (None: whoever, for tools and QC)."""
+    return sa.true() if owner is None else sa.or_(_STAGE_RUNS.c.owner == owner, _STAGE_RUNS.c.owner.is_(None))
+
+
+def note_stage_error(session: Db, *, stage_key: str, error: str, owner: str | None = None) -> None:
     """Record a transient error on a stage that stays running (its request may still finish), and let
     go of the claim: whoever runs the stage next re-attaches to the request."""
     session.execute(
         sa.update(_STAGE_RUNS)
-        .where(_STAGE_RUNS.c.stage_key == stage_key)
+        .where(_STAGE_RUNS.c.stage_key == stage_key, _owned(owner))
         .values(error=error[:4000], owner=None, lease_until=None, updated_at=utcnow())
     )
 
 
-def fail_stage_run(session: Db, *, stage_key: str, error: str) -> None:
-    """Nothing paid is pending: the next claim submits anew."""
+def fail_stage_run(session: Db, *, stage_key: str, error: str, owner: str | None = None) -> None:
+    """Nothing paid is pending: the next claim submits anew. With ``owner``: only while it holds the
+    claim (a process that lost it must not undo the new owner's send)."""
     session.execute(
         sa.update(_STAGE_RUNS)
-        .where(_STAGE_RUNS.c.stage_key == stage_key, _STAGE_RUNS.c.status != StageStatus.unknown.value)
+        .where(
+            _STAGE_RUNS.c.stage_key == stage_key,
+            _STAGE_RUNS.c.status != StageStatus.unknown.value,
+            _owned(owner),
+        )
         .values(
             status=StageStatus.failed,
             error=error[:4000],
@@ -406,9 +441,8 @@ def mark_stage_unknown(session: Db, *, stage_key: str, error: str) -> bool:
             _STAGE_RUNS.c.request_id.is_(None),
             _STAGE_RUNS.c.status.in_([StageStatus.running.value, StageStatus.unknown.value]),
         )
-        .values(
-            status=StageStatus.unknown, error=error[:4000], owner=None, lease_until=None, updated_at=utcnow()
-        )
+        # The owner stays: its journal (castflow.journal) may still name the job.
+        .values(status=StageStatus.unknown, error=error[:4000], lease_until=None, updated_at=utcnow())
     )
     return bool(getattr(result, "rowcount", 0))
 

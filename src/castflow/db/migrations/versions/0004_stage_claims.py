@@ -31,6 +31,15 @@ def upgrade() -> None:
         )
         batch.add_column(sa.Column("campaign_id", sa.Uuid(), nullable=True))
     op.create_index(op.f("ix_stage_run_campaign_id"), "stage_run", ["campaign_id"], unique=False)
+    # The payer of the stages run before this revision: the campaign of the first video that paid for
+    # each (video_stage, reused = false), so that a campaign resumed after the upgrade counts its spend.
+    op.execute(
+        "UPDATE stage_run SET campaign_id = ("
+        " SELECT v.campaign_id FROM video_stage vs JOIN video v ON v.id = vs.video_id"
+        " WHERE vs.stage_key = stage_run.stage_key AND vs.reused = false AND v.campaign_id IS NOT NULL"
+        " ORDER BY vs.created_at LIMIT 1"
+        ") WHERE campaign_id IS NULL"
+    )
 
 
 def downgrade() -> None:
