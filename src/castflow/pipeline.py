@@ -67,6 +67,7 @@ class StageFailed(Exception):
     """A stage of a video failed; carries the stage name for the record."""
 
     def __init__(self, stage: str, message: str) -> None:
+        message = redact(message)
         super().__init__(f"{stage}: {message}")
         self.stage = stage
         self.message = message

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from castflow.models import Mouth, Voice
+from castflow.redact import redact
 
 
 class ProviderError(Exception):
@@ -17,7 +18,9 @@ class ProviderError(Exception):
     def __init__(
         self, message: str, *, provider: str = "", request_id: str | None = None, job_failed: bool = False
     ) -> None:
-        super().__init__(message)
+        # Providers quote what they were given (signed input URLs with their tokens): the message is
+        # cleaned here, once, so no sink (task states in Prefect, logs, the database) ever holds it raw.
+        super().__init__(redact(message))
         self.provider = provider
         self.request_id = request_id
         # The provider's job itself ended in failure: a retry must submit anew, not re-attach to it.
