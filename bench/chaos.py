@@ -584,9 +584,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     world.ledger.engine.dispose()
                     world.fakes.stop()
         # Signed-URL tokens in Prefect's database (artifacts, logs, states), over all the runs.
-        leaked = (
-            secrets_in(prefect_db.read_bytes().decode(errors="replace"), []) if prefect_db.exists() else 0
-        )
+        prefect_text = prefect_db.read_bytes().decode(errors="replace") if prefect_db.exists() else ""
+        leaked = secrets_in(prefect_text, [])
+        cleaned = prefect_text.count("token=[redacted]")  # quoted URLs that reached Prefect, cleaned
     finally:
         if pg is not None:
             pg.close()
@@ -595,6 +595,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["totals"] = totals(report["scenarios"])
     report["totals"]["secrets_found"] += leaked
     report["totals"]["prefect_db_secrets"] = leaked
+    report["totals"]["prefect_db_redacted_tokens"] = cleaned
     report["totals"]["targets_met"] = report["totals"]["targets_met"] and leaked == 0
     report["seconds"] = round(time.monotonic() - started, 1)
     if args.keep:
