@@ -430,7 +430,8 @@ def sigkill(world: World, rng: random.Random, kills: int) -> None:
         first = world.start_run()
         takeover_delays(world, dead, first)
         if n < kills - 1:
-            time.sleep(rng.uniform(1, 6))
+            wait_for_work(world, first, stages=1)
+            time.sleep(rng.uniform(0, 4))
     world.finish(first)
     world.until_done()
 

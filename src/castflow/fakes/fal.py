@@ -74,6 +74,10 @@ class Knobs(FaultKnobs):
     fail_job_error: tuple[str, str] = ("Runner disconnected", "runner_disconnected")
 
 
+class _InputUnavailable(Exception):
+    """An input URL of a job could not be fetched."""
+
+
 @dataclass
 class Job:
     id: str
@@ -289,6 +293,12 @@ class FakeFal(LoopbackServer):
     def _finish_locked(self, job: Job) -> None:
         if job.output is not None or job.error is not None:
             return
+        try:
+            self._produce(job)
+        except _InputUnavailable as exc:  # as fal does: the job fails, quoting the input it could not read
+            job.error = (str(exc), "bad_request")
+
+    def _produce(self, job: Job) -> None:
         if job.cancelled:
             job.error = ("Request was cancelled", "client_cancelled")
             return
@@ -353,7 +363,12 @@ class FakeFal(LoopbackServer):
     def _download(self, url: str) -> bytes:
         if url.startswith(self.url):
             return self.files[urlparse(url).path][0].read_bytes()
-        return httpx.get(url, timeout=30).content
+        try:
+            resp = httpx.get(url, timeout=30)
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise _InputUnavailable(f"Failed to download the file at {url}: {exc}") from None
+        return resp.content
 
     def _store(self, data: bytes | Path, content_type: str, name: str) -> str:
         """Keep a file (on disk, not in memory) and return its CDN URL."""
