@@ -171,6 +171,15 @@ class Ledger:
             n=CAMPAIGN,
         )
 
+    def dump(self) -> str:
+        """Every row of every table, as text: the database dump the secrets scan reads."""
+        out = []
+        with self.engine.connect() as c:
+            for table in sa.inspect(c).get_table_names():
+                for row in c.execute(sa.text(f'SELECT * FROM "{table}"')):  # noqa: S608 - reflected names
+                    out.append(" ".join(str(v) for v in row))
+        return "\n".join(out)
+
     def texts(self) -> str:
         """Every error text and summary the database keeps, for the secrets scan."""
         found = self.rows("SELECT error FROM stage_run") + self.rows("SELECT error FROM video")
@@ -339,13 +348,32 @@ def sheet(rows: int) -> str:
 
 # A signed URL's token in the clear. The links castflow hands out on purpose (a published video, the
 # manifest) carry theirs: those are the deliverables, not leaks; an input's URL quoted in an error is one.
-_TOKEN = re.compile(r"(\S*?)[?&]token=(?!\[redacted\])[A-Za-z0-9._~%-]{8,}")
+_TOKEN = re.compile(
+    r"(https?://[^\s'\"<>?]{1,1000})\?(?:[^\s'\"<>#]*&)?token=(?!\[redacted\])[A-Za-z0-9._~%-]{8,}"
+)
 _DELIVERED = ("/videos/", "/campaigns/")  # published videos, the campaign's manifest
 
 
 def secrets_in(text: str, keys: list[str]) -> int:
     leaked = [m for m in _TOKEN.finditer(text) if not any(d in m.group(1) for d in _DELIVERED)]
     return sum(text.count(k) for k in keys) + len(leaked)
+
+
+# What of the data directory is text a secret could sit in (not the media files).
+_TEXT_FILES = {".db", ".db-wal", ".csv", ".json", ".jsonl", ".txt", ".html", ".srt", ".log", ".parquet"}
+
+
+def data_dir_texts(data: Path) -> list[str]:
+    found = []
+    for path in data.rglob("*") if data.exists() else []:
+        if (
+            path.is_file()
+            and not path.is_symlink()
+            and path.suffix in _TEXT_FILES
+            and path.stat().st_size < 1 << 26
+        ):
+            found.append(path.read_bytes().decode(errors="replace"))
+    return found
 
 
 def measure(world: World, prefect_db: Path | None) -> dict[str, Any]:
@@ -359,9 +387,8 @@ def measure(world: World, prefect_db: Path | None) -> dict[str, Any]:
     billed = [j for j in jobs if j["status"] != "failed"]
     unique = {(j["provider"], j["model"], j["payload_sha256"]) for j in billed}
     recorded = {s["request_id"] for s in stages if s["request_id"]}
-    texts = [world.log.read_text(errors="replace"), world.ledger.texts()]
-    for manifest in (world.work / "data" / "manifests").glob("*") if (world.work / "data").exists() else []:
-        texts.append(manifest.read_text(errors="replace"))
+    texts = [world.log.read_text(errors="replace"), world.ledger.dump()]
+    texts += data_dir_texts(Path(world.env["CASTFLOW_DATA_DIR"]))
     secrets = secrets_in("\n".join(texts), world.fakes.secrets())
     if prefect_db is not None and prefect_db.exists():  # the shared server's: this scenario's keys only
         raw = prefect_db.read_bytes().decode(errors="replace")
@@ -370,6 +397,7 @@ def measure(world: World, prefect_db: Path | None) -> dict[str, Any]:
         "rows": {"succeeded": succeeded, "failed": failed, "lost": world.rows - succeeded - failed},
         "jobs": len(jobs),
         "billed_jobs": len(billed),
+        "failed_jobs": len(jobs) - len(billed),  # ended failed at the provider: not billed, counted apart
         "unique_stages": len(unique),
         "jobs_per_unique_stage": round(len(billed) / len(unique), 3) if unique else 1.0,
         "unrecorded_jobs": sum(1 for j in billed if j["id"] not in recorded),
