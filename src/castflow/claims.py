@@ -78,6 +78,8 @@ def is_dead(owner: str | None) -> bool:
     mine = me()
     if found.host != mine.host:
         return False
+    if mine.start == "0":  # no /proc here (not Linux): processes cannot be inspected, only leases tell
+        return found.pid == mine.pid and found.nonce != mine.nonce
     if found.pid == mine.pid:
         return found.start != mine.start or found.nonce != mine.nonce
     return _start_ticks(found.pid) != found.start

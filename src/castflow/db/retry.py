@@ -20,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from castflow.db.session import connection_scope, session_scope
+from castflow.redact import redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,8 +52,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def describe_url(engine: sa.Engine) -> str:
-    """The database's URL without its password."""
-    return engine.url.render_as_string(hide_password=True)
+    """The database's URL without its password (nor one passed as a query parameter)."""
+    return redact(engine.url.render_as_string(hide_password=True))
 
 
 def _short(exc: BaseException) -> str:
@@ -64,7 +65,7 @@ def _short(exc: BaseException) -> str:
 def describe_error(exc: sa_exc.DBAPIError, url: str) -> str:
     """One line for a database that cannot be used: which one (no password) and why."""
     shown = sa.engine.make_url(url).render_as_string(hide_password=True)
-    return f"database {shown} unavailable ({_short(exc)})"
+    return redact(f"database {shown} unavailable ({_short(exc)})")
 
 
 def retrying(engine: sa.Engine, work: Callable[[], T], *, retry_s: float, what: str = "") -> T:
