@@ -232,12 +232,13 @@ def test_wavespeed_jobs_digest_uploads_by_content_and_signed_urls_without_their_
 
 
 def test_job_status_follows_the_job(fal_fake: FakeFal, ws_fake: FakeWaveSpeed) -> None:
-    knobs(fal_fake.url, queue_seconds=0.3, run_seconds=0.3)
+    knobs(fal_fake.url, queue_seconds=1.5, run_seconds=1.5)
+    sent = time.monotonic()
     assert fal_submit(fal_fake, TTS, {"text": "hi"}).status_code == 200
-    assert jobs(fal_fake.url)[0]["status"] == "queued"
-    time.sleep(0.4)
+    assert jobs(fal_fake.url)[0]["status"] == "queued"  # well inside its 1.5 s in the queue
+    time.sleep(max(0.0, sent + 2.2 - time.monotonic()))  # the margins allow for a loaded machine
     assert jobs(fal_fake.url)[0]["status"] == "running"
-    time.sleep(0.3)
+    time.sleep(max(0.0, sent + 3.6 - time.monotonic()))
     assert jobs(fal_fake.url)[0]["status"] == "completed"
 
     assert ws_submit(ws_fake, ws_inputs(ws_fake)).status_code == 200
