@@ -120,6 +120,26 @@ def stage_run_state(session: Db, *, stage_key: str) -> Any:
     return session.execute(_STAGE_STATE, {"stage_key": stage_key}).one_or_none()
 
 
+def _new_stage_row(
+    stage_key: str, stage: str, provider: str, model: str, meta: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The values of a stage's first row (running, first attempt, nothing billed yet)."""
+    return {
+        "id": uuid.uuid4(),
+        "stage_key": stage_key,
+        "stage": stage,
+        "provider": provider,
+        "model": model,
+        "status": StageStatus.running.value,
+        "attempts": 1,
+        "billed_units": 0.0,
+        "cost_usd": 0.0,
+        "meta": meta,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def claim_stage_run(
     session: Db,
     *,
@@ -185,18 +205,7 @@ def claim_stage_run(
     row = session.execute(
         _prebuilt(session, "claim_stage_run", build),
         {
-            "id": uuid.uuid4(),
-            "stage_key": stage_key,
-            "stage": stage,
-            "provider": provider,
-            "model": model,
-            "status": StageStatus.running.value,
-            "attempts": 1,
-            "billed_units": 0.0,
-            "cost_usd": 0.0,
-            "meta": meta,
-            "created_at": now,
-            "updated_at": now,
+            **_new_stage_row(stage_key, stage, provider, model, meta, now),
             "lease_until": now + timedelta(seconds=lease_s),
             "owner": owner,
             "me": owner,
@@ -243,20 +252,7 @@ def start_stage_run(
     now = utcnow()
     session.execute(
         _prebuilt(session, "start_stage_run", build),
-        {
-            "id": uuid.uuid4(),
-            "stage_key": stage_key,
-            "stage": stage,
-            "provider": provider,
-            "model": model,
-            "status": StageStatus.running.value,
-            "attempts": 1,
-            "billed_units": 0.0,
-            "cost_usd": 0.0,
-            "meta": meta,
-            "created_at": now,
-            "updated_at": now,
-        },
+        _new_stage_row(stage_key, stage, provider, model, meta, now),
     )
     if not returning:
         return None
