@@ -12,6 +12,7 @@ from castflow.db import queries
 from castflow.runtime import get_runtime
 from castflow.stages import normalise_text
 from tasks import video as t
+from tasks.policy import with_policy
 
 MAX_PROMPT_CHARS = 2_000
 
@@ -42,7 +43,7 @@ def create_image_variant(
     if len(text) > MAX_PROMPT_CHARS:
         raise pipeline.UserError(f"prompt is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
     ref = pipeline.actor_ref(rt, actor)
-    future = t.retrying(t.scene_variant, rt.settings).submit(ref, text, seed)
+    future = with_policy(t.scene_variant, rt.settings).submit(ref, text, seed)
     outcome = future.result()
     with rt.session() as s:
         variant = queries.get_image_variant_by_stage_key(s, stage_key=outcome.stage_key)

@@ -1,16 +1,18 @@
-"""The ``generate_video`` flow: scene variant and speech concurrently, then lip-sync, QC, publish, record."""
+"""The ``generate_video`` flow: one video's stage graph on Prefect tasks (scene variant and speech
+concurrently, then lip-sync, QC, captions, publish, record), with an optional callback."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, cast
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import Field
 
 from castflow import callbacks, pipeline, redact
-from castflow.models import StageOutcome, VideoRequest, VideoResult
+from castflow.budget import Budget, Spend
+from castflow.models import VideoRequest, VideoResult
 from castflow.runtime import get_runtime
 from tasks import video as t
 
@@ -18,14 +20,6 @@ from tasks import video as t
 def _runner() -> TaskRunner[PrefectFuture[Any]]:
     # Bounded: scene variant, speech, then lip-sync; the default pool is unbounded.
     return cast("TaskRunner[PrefectFuture[Any]]", ThreadPoolTaskRunner(max_workers=4))
-
-
-def _outcome(future: PrefectFuture[StageOutcome]) -> StageOutcome:
-    """The stage's outcome; a Prefect cache hit counts as reused (it cost nothing this time)."""
-    outcome = future.result()
-    if future.state.name == "Cached" and not outcome.reused:
-        return outcome.model_copy(update={"reused": True})
-    return outcome
 
 
 @flow(
@@ -39,6 +33,10 @@ def generate_video(
         str | None,
         Field(description="POST the result here when the run ends (signed; see the deployments README)."),
     ] = None,
+    budget_usd: Annotated[
+        float | None,
+        Field(gt=0, description="Start no paid stage that would take this video's cost past this (USD)."),
+    ] = None,
 ) -> VideoResult:
     """Make one lip-synced video of an actor saying a script (or playing an audio file) in a scene."""
     rt = get_runtime()
@@ -49,7 +47,7 @@ def generate_video(
         except callbacks.CallbackRefused as exc:
             raise pipeline.UserError(str(exc)) from exc
     try:
-        result = _generate(rt, request)
+        result = _generate(rt, request, budget_usd)
     except Exception as exc:
         if callback_url:
             _call_back(rt, callback_url, {"status": "failed", "actor": request.actor, "error": str(exc)})
@@ -69,50 +67,12 @@ def _call_back(rt: Any, url: str, payload: dict[str, Any]) -> None:
         )
 
 
-def _generate(rt: Any, request: VideoRequest) -> VideoResult:
-    prepared = pipeline.prepare_video(rt, request)  # bad input fails here, before any spend
-    pipeline.record_start(rt, prepared)
-    stage = "prepare"
+def _generate(rt: Any, request: VideoRequest, budget_usd: float | None) -> VideoResult:
+    video = pipeline.prepare_video(rt, request)  # bad input fails here, before any spend
+    pipeline.record_start(rt, video)
+    spend = Spend(Budget(budget_usd))
     try:
-        futures: dict[str, PrefectFuture[StageOutcome]] = {}
-        if request.scene:
-            futures["scene_variant"] = t.retrying(t.scene_variant, rt.settings).submit(
-                prepared.actor, request.scene, request.seed
-            )
-        if prepared.script is not None:
-            futures["speech"] = t.retrying(t.speech, rt.settings).submit(prepared.actor, prepared.script)
-        else:
-            assert prepared.audio_path is not None
-            assert prepared.audio_sha256 is not None
-            futures["audio_ingest"] = t.retrying(t.ingest_audio, rt.settings).submit(
-                str(prepared.audio_path), prepared.audio_sha256
-            )
-        wait(list(futures.values()))  # both finish (and are recorded) even when one fails
-        results: dict[str, Any] = {}
-        for stage, fut in futures.items():
-            results[stage] = _outcome(fut)
-        image = results.get("scene_variant") or pipeline.given_image(prepared)
-        audio = results.get("speech") or results["audio_ingest"]
-        assert audio.output.seconds is not None
-        stage = "lipsync"
-        video = _outcome(
-            t.lipsync.submit(
-                image.output, audio.output, request.resolution, request.seed, prepared.actor.mouth
-            )
-        )
-        stage = "qc"
-        t.quality_check(video, audio.output.seconds, request.resolution)
-        key = pipeline.video_key(prepared.actor.key, prepared.request_key, request.resolution)
-        final, srt_key = video, None
-        if request.captions and prepared.script:
-            stage = "captions"
-            final, srt_key = pipeline.add_captions(rt, video, audio, prepared.script, key)
-        stage = "publish"
-        url = t.retrying(t.publish, rt.settings)(final, key)
-        stage = "record"
-        return t.retrying(t.record, rt.settings)(prepared, image, audio, video, key, url, srt_key)
-    except Exception as exc:
-        failed = exc.stage if isinstance(exc, pipeline.StageFailed) else stage
-        message = exc.message if isinstance(exc, pipeline.StageFailed) else str(exc)
-        pipeline.record_failure(rt, prepared, stage=failed, error=redact.redact(message))
-        raise
+        return t.run_on_tasks(rt, video, watch=spend)
+    except pipeline.Skipped as exc:  # the budget stopped it: a failure of this one video, with why
+        pipeline.record_failure(rt, video, stage="budget", error=str(exc), used=exc.used)
+        raise pipeline.UserError(str(exc)) from None

@@ -15,20 +15,21 @@ import uuid
 from pathlib import Path
 from typing import Any, cast
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from castflow import campaigns, pipeline, redact
-from castflow.campaigns import Budget, RowEstimate, RowResult
+from castflow import campaigns, manifest, pipeline, redact
+from castflow.budget import Budget
+from castflow.campaigns import RowResult
 from castflow.db.retry import DatabaseUnavailable
-from castflow.models import ActorRef
+from castflow.estimates import RowEstimate, budget_total
 from castflow.runtime import get_runtime
 from castflow.sheets import SheetInvalid, SheetRow
-from tasks.video import is_transient
+from tasks.campaign import campaign_row, close_run, open_run
+from tasks.policy import with_policy
 
 
 class CampaignParams(BaseModel):
@@ -67,38 +68,6 @@ class CampaignResult(BaseModel):
     estimates: list[RowEstimate] = []
 
 
-_BUDGETS: dict[str, Budget] = {}  # the run's budget, by campaign id (tasks get the id, not the object)
-# Each finished row's result, handed to the flow directly (reading it back through the task's state
-# costs more CPU than the rest of a reused row).
-_RESULTS: dict[str, dict[str, RowResult]] = {}
-_ACTORS: dict[str, dict[str, ActorRef]] = {}  # actors looked up once per run
-
-
-@task(
-    name="campaign-row",
-    task_run_name="row-{row.row_id}",
-    cache_policy=NO_CACHE,
-    retry_condition_fn=is_transient,
-)
-def campaign_row(campaign_id: str, campaign_name: str, row: SheetRow) -> RowResult:
-    """One row of the sheet: its video, within the budget."""
-    rt = get_runtime()
-    actors = _ACTORS.setdefault(campaign_id, {})
-    actor = actors.get(row.actor)
-    if actor is None:
-        actor = actors[row.actor] = pipeline.actor_ref(rt, row.actor)
-    result = campaigns.run_row(
-        rt,
-        campaign_id=uuid.UUID(campaign_id),
-        campaign_name=campaign_name,
-        row=row,
-        budget=_BUDGETS[campaign_id],
-        actor=actor,
-    )
-    _RESULTS.setdefault(campaign_id, {})[row.row_id] = result
-    return result
-
-
 def _runner() -> TaskRunner[PrefectFuture[Any]]:
     # The flow keeps at most row_concurrency rows submitted; the pool only needs to be at least that big.
     return cast("TaskRunner[PrefectFuture[Any]]", ThreadPoolTaskRunner(max_workers=512))
@@ -120,7 +89,7 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
     estimates: list[RowEstimate] = []
     if params.dry_run or params.budget_usd is not None:
         estimates = campaigns.estimate_sheet(rt, sheet.rows)
-    estimate_total = campaigns.budget_total(estimates)
+    estimate_total = budget_total(estimates)
     if params.dry_run:
         return CampaignResult(
             campaign_id=None,
@@ -135,16 +104,12 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
 
     campaign_id, resumed = campaigns.open_campaign(rt, name, sheet, params.budget_usd)
     key = str(campaign_id)
-    _BUDGETS[key] = Budget(params.budget_usd, campaigns.spent_so_far(rt, campaign_id))
+    run = open_run(key, Budget(params.budget_usd, campaigns.spent_so_far(rt, campaign_id)))
     results: list[RowResult] = campaigns.record_invalid_rows(rt, campaign_id, sheet) if sheet.errors else []
     total = len(sheet.rows) + len(results)
     progress = _Progress(total, len(results), name)
     cfg = rt.settings
-    row_task = campaign_row.with_options(
-        retries=cfg.pipeline.task_retries,
-        retry_delay_seconds=cfg.pipeline.retry_backoff_s,
-        retry_jitter_factor=cfg.pipeline.retry_jitter,
-    )
+    row_task = with_policy(campaign_row, cfg)
     limit = params.row_concurrency or cfg.campaign.row_concurrency
     finished = campaigns.finished_rows(rt, campaign_id) if resumed else {}
     for row in sheet.rows:
@@ -166,7 +131,7 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
                 in_flight += 1
             future, row = finished_q.get()
             in_flight -= 1
-            outcome = _RESULTS.get(key, {}).pop(row.row_id, None) or _row_result(future, row)
+            outcome = run.results.pop(row.row_id, None) or _row_result(future, row)
             results.append(outcome)
             progress.step(outcome)
             if outcome.status == "failed" and outage is None and (outage := _outage(future)) is not None:
@@ -174,14 +139,12 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
                 # (nothing could be recorded); the rows in flight end, and a rerun resumes.
                 pending.clear()
     finally:
-        _BUDGETS.pop(key, None)
-        _RESULTS.pop(key, None)
-        _ACTORS.pop(key, None)
+        close_run(key)
         progress.close()
     if outage is not None:
         raise DatabaseUnavailable(f"{outage}; run the campaign again to resume") from None
     totals = campaigns.finish_campaign(rt, campaign_id, results)
-    manifest_path, manifest_url = campaigns.write_manifest(
+    manifest_path, manifest_url = manifest.write_manifest(
         rt, campaign_id, name, sheet, rt.settings.data_dir / "manifests"
     )
     result = CampaignResult(

@@ -1,150 +1,127 @@
-"""Thin Prefect tasks around the core pipeline steps: retries, cache keys and task names."""
+"""A video's stage graph on Prefect tasks: one task per unit (name, cache key, the one retry policy), and
+the adapter that runs a video's plan on them (the generate-video flow).
+
+The adapter submits each unit as soon as the roles it needs are resolved, so units with nothing between
+them (scene variant and speech) run concurrently; the budget and the failure bookkeeping are the in-process
+runner's own (castflow.pipeline.graph.run_video), so both paths behave alike.
+"""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+import functools
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
-from prefect.context import TaskRunContext
-from prefect.tasks import exponential_backoff
+from prefect.futures import PrefectFuture, wait
 
 from castflow import pipeline
-from castflow.models import ActorRef, MediaRef, Mouth, StageOutcome, VideoResult
-from castflow.providers.base import ProviderError
-from castflow.runtime import get_runtime
-from castflow.settings import Settings
-from castflow.stages import CACHE_VERSION
+from castflow.db.retry import DatabaseUnavailable
+from castflow.models import ActorRef, StageOutcome, VideoResult
+from castflow.pipeline import GRAPH, PreparedVideo, Unit, Watch
+from castflow.runtime import Runtime, get_runtime
+from tasks.policy import is_transient, stage_cache, with_policy
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def is_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
-    """Retry only what may succeed on another try: provider errors marked transient."""
-    try:
-        state.result()
-    except ProviderError as exc:
-        return exc.transient
-    except Exception:
-        return False
-    return False
+__all__ = ["is_transient", "record", "run_on_tasks", "scene_variant", "unit_task"]
 
 
-def _namespace() -> str:
-    # Prefect's cache is shared by every castflow installation using the same result storage; the key
-    # carries which database and storage it belongs to, so a cached output always exists where it points.
-    rt = get_runtime()
-    return hashlib.sha256(f"{rt.settings.database_url}\x00{rt.storage.location}".encode()).hexdigest()[:12]
+@functools.cache
+def unit_task(unit: Unit) -> Task[[PreparedVideo, dict[str, StageOutcome]], StageOutcome]:
+    """The Prefect task of ``unit`` (made once per unit; retries are applied per run by ``with_policy``)."""
+    assert unit.task is not None, f"unit {unit.name} runs inside the flow"
+    key_of = unit.key
+
+    def body(video: PreparedVideo, done: dict[str, StageOutcome]) -> StageOutcome:
+        return unit.run(get_runtime(), video, done)
+
+    body.__name__ = body.__qualname__ = unit.task.replace("-", "_")  # Prefect's task key
+    body.__doc__ = f"The {unit.name.replace('_', ' ')} stage of a video."
+    name, run_name = unit.task, unit.task + "-{video.actor.key}"
+    if key_of is None or not unit.ledger:
+        return task(
+            name=name, task_run_name=run_name, cache_policy=NO_CACHE, retry_condition_fn=is_transient
+        )(body)
+    return task(
+        name=name,
+        task_run_name=run_name,
+        cache_key_fn=stage_cache(lambda p: key_of(get_runtime(), p["video"], p["done"])),
+        retry_condition_fn=is_transient,
+    )(body)
 
 
-def _stage_cache(key_of: Callable[[dict[str, Any]], str]) -> Callable[[TaskRunContext, dict[str, Any]], str]:
-    def cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
-        return f"castflow-{ctx.task.name}-v{CACHE_VERSION}-{_namespace()}-{key_of(params)}"
-
-    return cache_key
-
-
-RETRIES: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": is_transient,
-}
-
-
-def retrying(task: Task[P, R], settings: Settings) -> Task[P, R]:
-    """The task with the retry policy of the settings (transient errors only, exponential backoff)."""
-    cfg = settings.pipeline
-    return task.with_options(
-        retries=cfg.task_retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=cfg.retry_backoff_s),
-        retry_jitter_factor=cfg.retry_jitter,
-    )
+@task(name="record", cache_policy=NO_CACHE, retry_condition_fn=is_transient)
+def record(video: PreparedVideo, done: dict[str, StageOutcome], used: list[StageOutcome]) -> VideoResult:
+    """Write the finished video's row (idempotent per request)."""
+    return pipeline.record_success(get_runtime(), video, done, used)
 
 
 @task(
     name="scene-variant",
     task_run_name="scene-variant-{actor.key}",
-    cache_key_fn=_stage_cache(
+    cache_key_fn=stage_cache(
         lambda p: pipeline.scene_variant_key(get_runtime(), p["actor"].image, p["prompt"], p["seed"])
     ),
-    **RETRIES,
+    retry_condition_fn=is_transient,
 )
 def scene_variant(actor: ActorRef, prompt: str, seed: int) -> StageOutcome:
-    """Edit the actor's portrait into the scene."""
+    """Edit the actor's portrait into the scene (the create-image-variant flow; a video's scene variant
+    is its unit's task, which shares this cache key)."""
     return pipeline.scene_variant(get_runtime(), actor, prompt, seed)
 
 
-@task(
-    name="speech",
-    task_run_name="speech-{actor.key}",
-    cache_key_fn=_stage_cache(lambda p: pipeline.speech_key(p["actor"].voice, p["script"])),
-    **RETRIES,
-)
-def speech(actor: ActorRef, script: str) -> StageOutcome:
-    """Speak the script in the actor's voice."""
-    return pipeline.speech(get_runtime(), actor, script)
+def _outcome(future: PrefectFuture[StageOutcome]) -> StageOutcome:
+    """The unit's outcome; a Prefect cache hit counts as reused (it cost nothing this time)."""
+    outcome = future.result()
+    if future.state.name == "Cached" and not outcome.reused:
+        return outcome.model_copy(update={"reused": True})
+    return outcome
 
 
-@task(
-    name="audio-ingest",
-    cache_key_fn=_stage_cache(lambda p: pipeline.audio_ingest_key(p["sha256"])),
-    **RETRIES,
-)
-def ingest_audio(path: str, sha256: str) -> StageOutcome:
-    """Copy a given audio file into storage."""
-    return pipeline.ingest_audio(get_runtime(), Path(path), sha256)
-
-
-@task(
-    name="lipsync",
-    cache_key_fn=_stage_cache(
-        lambda p: pipeline.lipsync_key(get_runtime(), p["image"], p["audio"], p["resolution"], p["seed"])
-    ),
-    **RETRIES,
-)
-def lipsync(
-    image: MediaRef, audio: MediaRef, resolution: str, seed: int, mouth: Mouth | None
-) -> StageOutcome:
-    """Make the talking video from one image and one audio."""
-    return pipeline.lipsync(get_runtime(), image, audio, resolution=resolution, seed=seed, mouth=mouth)
-
-
-@task(name="quality-check", cache_policy=NO_CACHE)
-def quality_check(video: StageOutcome, audio_seconds: float, resolution: str) -> None:
-    """Probe the video: streams, duration, frame rate and size."""
-    pipeline.quality_check(get_runtime(), video, audio_seconds=audio_seconds, resolution=resolution)
-
-
-@task(name="publish", cache_policy=NO_CACHE, **RETRIES)
-def publish(video: StageOutcome, key: str) -> str:
-    """Copy the checked video to its deterministic key in storage."""
-    return pipeline.publish(get_runtime(), video, key)
-
-
-@task(name="record", cache_policy=NO_CACHE, **RETRIES)
-def record(
-    prepared: pipeline.PreparedVideo,
-    image: StageOutcome,
-    audio: StageOutcome,
-    video: StageOutcome,
-    key: str,
-    url: str,
-    captions_key: str | None = None,
+def run_on_tasks(
+    rt: Runtime, video: PreparedVideo, *, watch: Watch | None = None, graph: tuple[Unit, ...] = GRAPH
 ) -> VideoResult:
-    """Write the finished video's row (idempotent per request)."""
-    return pipeline.record_success(
-        get_runtime(),
-        prepared,
-        image=image,
-        audio=audio,
-        video=video,
-        key=key,
-        url=url,
-        captions_key=captions_key,
-    )
+    """The video's plan as Prefect tasks, then its record; failures recorded as the in-process runner
+    records them (the failing unit, the reason) and re-raised."""
+    done: dict[str, StageOutcome] = {}
+    used: list[StageOutcome] = []
+    in_flight: dict[str, tuple[Unit, PrefectFuture[StageOutcome]]] = {}  # by the role it makes
+    current = "prepare"
+
+    def resolve(roles: tuple[str, ...] | list[str]) -> None:
+        """Wait for the units making ``roles`` (all of them, so each is recorded even when one fails),
+        then take their outcomes in graph order."""
+        nonlocal current
+        waiting = [in_flight.pop(role) for role in dict.fromkeys(roles) if role in in_flight]
+        wait([future for _unit, future in waiting])
+        for unit, future in sorted(waiting, key=lambda w: graph.index(w[0])):
+            current = unit.name
+            _take(unit, _outcome(future))
+
+    def _take(unit: Unit, outcome: StageOutcome) -> None:
+        done[unit.makes] = outcome
+        if unit.ledger:
+            used.append(outcome)
+            if watch is not None:
+                watch.after(outcome)
+
+    try:
+        for unit in pipeline.plan(video, graph):
+            resolve((*unit.needs, unit.makes))  # its inputs, and an earlier maker of its role
+            current = unit.name
+            if watch is not None:
+                watch.before(unit, rt, video, done)
+            if unit.task is None:
+                _take(unit, unit.run(rt, video, done))
+                continue
+            future = with_policy(unit_task(unit), rt.settings).submit(video, dict(done))
+            in_flight[unit.makes] = (unit, future)
+        resolve(list(in_flight))
+        current = "record"
+        return with_policy(record, rt.settings)(video, done, used)
+    except pipeline.Skipped as exc:
+        exc.used = used
+        raise
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        pipeline.record_error(rt, video, exc, stage=current, used=used)
+        raise

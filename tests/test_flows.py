@@ -177,6 +177,9 @@ def test_quality_check_failure_fails_the_video_with_the_reason(
         def size_problem(self, width: int, height: int, resolution: str) -> str | None:
             return real.size_problem(width, height, resolution)
 
+        def price(self, audio_seconds: float, resolution: str) -> float:
+            return real.price(audio_seconds, resolution)
+
     counted["lipsync"].inner = ShortVideo()
     state = generate_video(
         VideoRequest(actor="leo", script="This one comes out too short."), return_state=True

@@ -25,9 +25,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from castflow.providers.http import tls_context
+from castflow.providers.http import RetryPolicy, tls_context
 from castflow.redact import redact
 from castflow.settings import CallbackSettings
 
@@ -128,10 +127,12 @@ def deliver(
             resp.raise_for_status()
         return resp.status_code
 
-    retrying = Retrying(
-        retry=retry_if_exception(_retryable),
-        stop=stop_after_attempt(settings.attempts),
-        wait=wait_random_exponential(multiplier=settings.backoff_s, max=60),
-        reraise=True,
+    return int(callback_policy(settings).retrying(_retryable)(post))
+
+
+def callback_policy(settings: CallbackSettings) -> RetryPolicy:
+    """The HTTP layer's retry policy with the callback's own patience: a receiver outside is given more
+    time than a provider (its tries and first backoff are settings of their own)."""
+    return RetryPolicy(
+        attempts=settings.attempts, base_delay=settings.backoff_s, max_delay=60.0, total_seconds=600.0
     )
-    return int(retrying(post))

@@ -7,14 +7,11 @@ it (finished rows and stages cost nothing), a changed sheet is a new campaign.
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
-import math
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +20,13 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from castflow import pipeline
+from castflow.budget import Budget, Spend
 from castflow.db import queries
-from castflow.db.tables import CampaignStatus, Video, VideoStatus, utcnow
-from castflow.models import ActorRef, MediaRef, StageOutcome, VideoRequest
-from castflow.providers.wavespeed import WaveSpeedLipSync
+from castflow.db.tables import CampaignStatus, VideoStatus, utcnow
+from castflow.estimates import RowEstimate, estimate_video
+from castflow.models import ActorRef, StageOutcome, VideoRequest
 from castflow.runtime import Runtime
-from castflow.sheets import KNOWN_COLUMNS, ActorInfo, Sheet, SheetRow, escape_cell, read_sheet
+from castflow.sheets import ActorInfo, Sheet, SheetRow, read_sheet
 from castflow.stages import normalise_text
 
 # Speech is estimated at this many characters per second; slower than typical TTS (~14-16), so the
@@ -92,136 +90,6 @@ def request_key(campaign_id: uuid.UUID, row_id: str) -> str:
     return f"campaign:{campaign_id}:{row_id}"
 
 
-# ---- estimates and budget -------------------------------------------------------------------------------
-
-
-class RowEstimate(BaseModel):
-    """What a row would cost if run now (stages already done cost nothing)."""
-
-    row: int
-    row_id: str
-    actor: str
-    image_usd: float
-    speech_usd: float
-    lipsync_usd: float
-    speech_seconds: float
-    reused_stages: int
-
-    @property
-    def total_usd(self) -> float:
-        return round(self.image_usd + self.speech_usd + self.lipsync_usd, 6)
-
-
-def _done(rt: Runtime, key: str) -> bool:
-    return _succeeded(rt, key) is not None
-
-
-def lipsync_cost(rt: Runtime, seconds: float, resolution: str) -> float:
-    """The lip-sync price of ``seconds`` of audio, by the provider's own billing rule (what its stage
-    will record); the embedded renderer is free."""
-    if isinstance(rt.lipsync, WaveSpeedLipSync):
-        return rt.lipsync.cost(seconds, resolution)[1]
-    return 0.0
-
-
-def _succeeded(rt: Runtime, key: str) -> MediaRef | None:
-    """The output of a finished stage, or None."""
-    return rt.db(lambda c: pipeline.finished_output(queries.stage_run_state(c, stage_key=key)))
-
-
-def estimate_row(
-    rt: Runtime, prepared: pipeline.PreparedVideo, row: SheetRow, seen: set[str] | None = None
-) -> RowEstimate:
-    """Cost estimate of one row without calling any paid API. Stages already done cost nothing; with
-    ``seen`` (shared by the rows of a sheet) a stage an earlier row will pay for costs nothing either."""
-    seen = set() if seen is None else seen
-    prices = rt.settings.prices
-    req = prepared.request
-    reused = 0
-    image_usd = 0.0
-    image: MediaRef | None = pipeline.given_image(prepared).output
-    image_id = image.sha256 if image else ""
-    if req.scene:
-        key = pipeline.scene_variant_key(rt, prepared.actor.image, req.scene, req.seed)
-        image, image_id = _succeeded(rt, key), key
-        if image is not None or key in seen:
-            reused += 1
-        elif rt.image.name != "local":
-            image_usd = prices.image_edit(rt.image.model)
-        seen.add(key)
-    speech_usd = 0.0
-    audio: MediaRef | None = None
-    if prepared.script is not None:
-        key = pipeline.speech_key(prepared.actor.voice, prepared.script)
-        audio, audio_id = _succeeded(rt, key), key
-        seconds = (
-            audio.seconds if audio and audio.seconds else len(prepared.script) / ESTIMATE_CHARS_PER_SECOND
-        )
-        if audio is not None or key in seen:
-            reused += 1
-        elif prepared.actor.voice.provider != "local":
-            speech_usd = prices.tts(prepared.actor.voice.model, len(prepared.script))
-        seen.add(key)
-    else:
-        seconds = row.audio_seconds or 0.0
-        audio_id = prepared.audio_sha256 or ""
-    lip_id = f"lipsync:{image_id}:{audio_id}:{req.resolution}:{req.seed}"
-    done = (
-        image is not None
-        and audio is not None
-        and _done(rt, pipeline.lipsync_key(rt, image, audio, req.resolution, req.seed))
-    )
-    if done or lip_id in seen:
-        reused += 1
-        lipsync_usd = 0.0
-    else:
-        lipsync_usd = lipsync_cost(rt, seconds, req.resolution)
-    seen.add(lip_id)
-    return RowEstimate(
-        row=row.row,
-        row_id=row.row_id,
-        actor=row.actor,
-        image_usd=image_usd,
-        speech_usd=speech_usd,
-        lipsync_usd=lipsync_usd,
-        speech_seconds=round(seconds, 2),
-        reused_stages=reused,
-    )
-
-
-def estimate_sheet(rt: Runtime, rows: Iterable[SheetRow]) -> list[RowEstimate]:
-    """Every row's estimate, counting each stage shared between rows once."""
-    seen: set[str] = set()
-    return [estimate_row(rt, pipeline.prepare_video(rt, to_request(row)), row, seen) for row in rows]
-
-
-class Budget:
-    """A spending cap shared by the rows of a run: a paid stage starts only if its cost fits."""
-
-    def __init__(self, limit_usd: float | None, spent_usd: float = 0.0) -> None:
-        self.limit = limit_usd
-        self.spent = spent_usd
-        self.reserved = 0.0
-        self._lock = threading.Lock()
-
-    def reserve(self, amount: float) -> bool:
-        """Hold ``amount`` for a row about to spend it; False when it would cross the cap."""
-        if self.limit is None or amount <= 0:
-            return True
-        with self._lock:
-            if self.spent + self.reserved + amount > self.limit + 1e-9:
-                return False
-            self.reserved += amount
-            return True
-
-    def settle(self, reserved: float, actual: float) -> None:
-        """Release a reservation and count what was really spent."""
-        with self._lock:
-            if self.limit is not None and reserved > 0:
-                self.reserved = max(0.0, self.reserved - reserved)
-            self.spent += actual
-
-
 # ---- rows -----------------------------------------------------------------------------------------------
 
 
@@ -235,19 +103,17 @@ class RowResult(BaseModel):
 
 
 def start_row(
-    rt: Runtime, campaign_id: uuid.UUID, row: SheetRow, actor: ActorRef | None = None
+    rt: Runtime, campaign_name: str, campaign_id: uuid.UUID, row: SheetRow, actor: ActorRef | None = None
 ) -> pipeline.PreparedVideo:
     """Validate the row's request again (the library may have changed) and mark it running."""
     prepared = pipeline.prepare_video(rt, to_request(row), actor=actor)
-    prepared = _with_key(prepared, request_key(campaign_id, row.row_id))
+    prepared = replace(
+        prepared,
+        request_key=request_key(campaign_id, row.row_id),
+        output_key=output_key(campaign_name, row),
+    )
     pipeline.record_start(rt, prepared, campaign_id=campaign_id, row_id=row.row_id, extra=dict(row.extra))
     return prepared
-
-
-def _with_key(prepared: pipeline.PreparedVideo, key: str) -> pipeline.PreparedVideo:
-    from dataclasses import replace
-
-    return replace(prepared, request_key=key)
 
 
 def finished_rows(rt: Runtime, campaign_id: uuid.UUID) -> dict[str, RowResult]:
@@ -280,52 +146,26 @@ def run_row(
     """Make one row's video, within the budget. Failures are recorded on the row and re-raised (so the
     task layer can retry transient ones); a row the budget cannot afford ends ``skipped``. Rows that
     were finished before are left out by the caller (:func:`finished_rows`)."""
-    prepared = start_row(rt, campaign_id, row, actor)
-    estimate = estimate_row(rt, prepared, row) if budget.limit is not None else None
-    held = estimate.total_usd if estimate else 0.0
-    if not budget.reserve(held):
-        return skip_row(rt, prepared, row, f"budget: this row needs up to ${held:.2f}")
-
-    spent = 0.0
-
-    def on_stage(outcome: StageOutcome) -> None:
-        nonlocal spent
-        if not outcome.reused:
-            spent += outcome.cost_usd
-
-    def before_lipsync(image: StageOutcome, audio: StageOutcome) -> None:
-        """Re-check the budget with the true audio length before the most expensive stage."""
-        nonlocal held
-        if estimate is None:  # no budget
-            return
-        req = prepared.request
-        seconds = audio.output.seconds or 0.0
-        key = pipeline.lipsync_key(rt, image.output, audio.output, req.resolution, req.seed)
-        exact = 0.0 if _done(rt, key) else lipsync_cost(rt, seconds, req.resolution)
-        delta = exact - estimate.lipsync_usd
-        if delta > 0:
-            if not budget.reserve(delta):
-                raise pipeline.Skipped(f"budget: the lip-sync of {seconds:.1f} s would cost ${exact:.2f}")
-            held += delta
-
+    prepared = start_row(rt, campaign_name, campaign_id, row, actor)
+    estimate = (
+        estimate_video(rt, prepared, row=row.row, row_id=row.row_id) if budget.limit is not None else None
+    )
+    spend = Spend(budget, estimate)
+    if not spend.start():
+        assert estimate is not None
+        return skip_row(rt, prepared, row, f"budget: this row needs up to ${estimate.total_usd:.2f}")
     payer = pipeline.PAYER.set(campaign_id)  # the jobs this row submits are this campaign's spend
     try:
-        result = pipeline.make_video(
-            rt,
-            prepared,
-            key=output_key(campaign_name, row),
-            before_lipsync=before_lipsync,
-            on_stage=on_stage,
-        )
+        result = pipeline.run_video(rt, prepared, watch=spend)
     except pipeline.Skipped as exc:
-        budget.settle(held, spent)
+        spend.settle()
         return skip_row(rt, prepared, row, str(exc), exc.used)
     except Exception:
-        budget.settle(held, spent)
+        spend.settle()
         raise
     finally:
         pipeline.PAYER.reset(payer)
-    budget.settle(held, result.cost_usd)
+    spend.settle(result.cost_usd)
     return RowResult(
         row=row.row,
         row_id=row.row_id,
@@ -429,90 +269,13 @@ def spent_so_far(rt: Runtime, campaign_id: uuid.UUID) -> float:
     return rt.db(functools.partial(queries.campaign_spend, campaign_id=campaign_id), what="reading spend")
 
 
-# ---- manifest -------------------------------------------------------------------------------------------
-
-BASE_COLUMNS = ["row", *KNOWN_COLUMNS]
-RESULT_COLUMNS = [
-    "status",
-    "failed_stage",
-    "error",
-    "video_key",
-    "video_url",
-    "audio_seconds",
-    "video_seconds",
-    "cost_usd",
-]
-
-
-def manifest_rows(
-    rt: Runtime, campaign_id: uuid.UUID, sheet: Sheet
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """One record per sheet row: its inputs, passthrough columns and outcome."""
-    videos = rt.db_session(
-        lambda s: {v.row_id: v for v in queries.campaign_videos(s, campaign_id=campaign_id)},
-        what="reading the campaign's videos",
-    )
-    extras = [c for c in sheet.columns if c not in BASE_COLUMNS]
-    records = []
-    for row in sheet.rows:
-        video: Video | None = videos.get(row.row_id)
-        record: dict[str, Any] = {
-            "row": row.row,
-            "row_id": row.row_id,
-            "actor": row.actor,
-            "script": row.script or "",
-            "audio": str(row.audio) if row.audio else "",
-            "scene": row.scene or "",
-            "image_variant_id": row.image_variant_id or "",
-            "resolution": row.resolution,
-            "seed": row.seed,
-            "captions": "yes" if row.captions else "no",
-            **{c: row.extra.get(c, "") for c in extras},
-        }
-        record.update(_outcome(video))
-        records.append(record)
-    for line in sorted(sheet.invalid_rows):
-        video = videos.get(f"row-{line}")
-        records.append({"row": line, "row_id": f"row-{line}", **_outcome(video)})
-    records.sort(key=lambda r: int(r["row"]))
-    return BASE_COLUMNS + extras + RESULT_COLUMNS, records
-
-
-def _outcome(video: Video | None) -> dict[str, Any]:
-    if video is None:
-        return {"status": "pending"}
-    return {
-        "status": video.status.value,
-        "failed_stage": video.failed_stage or "",
-        "error": video.error or "",
-        "video_key": video.video_key or "",
-        "video_url": video.video_url or "",
-        "audio_seconds": "" if video.audio_seconds is None else round(video.audio_seconds, 3),
-        "video_seconds": "" if video.video_seconds is None else round(video.video_seconds, 3),
-        "cost_usd": round(video.cost_usd, 6),
-    }
-
-
-def manifest_csv(columns: list[str], records: list[dict[str, Any]]) -> str:
-    """The manifest as CSV text; formula-like cells are escaped so a spreadsheet shows them as text."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for record in records:
-        writer.writerow({k: escape_cell(v) if isinstance(v, str) else v for k, v in record.items()})
-    return out.getvalue()
-
-
-def write_manifest(
-    rt: Runtime, campaign_id: uuid.UUID, campaign_name: str, sheet: Sheet, dest_dir: Path
-) -> tuple[Path, str]:
-    """Write the manifest next to the outputs (storage) and to ``dest_dir``; returns the local path and URL."""
-    columns, records = manifest_rows(rt, campaign_id, sheet)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    path = dest_dir / f"{slug(campaign_name, 60)}-manifest.csv"
-    path.write_text(manifest_csv(columns, records), encoding="utf-8")
-    url = rt.storage.put_file(f"campaigns/{slug(campaign_name, 60)}/manifest.csv", path, "text/csv")
-    return path, url
+def estimate_sheet(rt: Runtime, rows: Iterable[SheetRow]) -> list[RowEstimate]:
+    """Every row's estimate, counting each stage shared between rows once."""
+    seen: set[str] = set()
+    return [
+        estimate_video(rt, pipeline.prepare_video(rt, to_request(r)), row=r.row, row_id=r.row_id, seen=seen)
+        for r in rows
+    ]
 
 
 ProgressListener = Callable[[int, int, RowResult], None]
@@ -528,7 +291,3 @@ def add_progress_listener(listener: ProgressListener) -> Callable[[], None]:
 def notify(done: int, total: int, result: RowResult) -> None:
     for listener in list(_LISTENERS):
         listener(done, total, result)
-
-
-def budget_total(estimates: Iterable[RowEstimate]) -> float:
-    return round(math.fsum(e.total_usd for e in estimates), 6)

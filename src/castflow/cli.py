@@ -593,6 +593,7 @@ def campaign_run(
 
     def go() -> None:
         from castflow import campaigns
+        from castflow.estimates import budget_total
 
         rt = _runtime()
         loaded = _load_sheet(sheet)
@@ -605,7 +606,7 @@ def campaign_run(
                     f"image ${e.image_usd:.3f}  speech ${e.speech_usd:.4f}  lip-sync ${e.lipsync_usd:.3f}  "
                     f"= ${e.total_usd:.4f}" + (f"  ({e.reused_stages} reused)" if e.reused_stages else "")
                 )
-            typer.echo(f"estimate: ${campaigns.budget_total(estimates):.2f} for {len(estimates)} row(s)")
+            typer.echo(f"estimate: ${budget_total(estimates):.2f} for {len(estimates)} row(s)")
             return
         _run_campaign_flow(sheet, name, budget, skip_invalid, concurrency, total=loaded.total_rows)
 

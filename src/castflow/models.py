@@ -82,7 +82,7 @@ class VideoRequest(Frozen):
         return Path(self.audio).expanduser() if self.audio else None
 
 
-StageName = Literal["scene_variant", "speech", "audio_ingest", "lipsync", "captions"]
+StageName = str  # a unit of castflow.pipeline.graph.GRAPH (scene_variant, speech, lipsync, ...)
 
 
 class StageOutcome(Frozen):
@@ -94,6 +94,8 @@ class StageOutcome(Frozen):
     reused: bool = False  # not paid for by this call (done before, or another payer's job re-attached to)
     cost_usd: float = 0.0
     produced: bool = False  # this call fetched the output (ran the stage, or re-attached to its job)
+    url: str | None = None  # where the output can be fetched (the publish unit's)
+    files: dict[str, str] = Field(default_factory=dict)  # files stored beside it, by kind (captions: srt)
 
 
 class VideoResult(Frozen):

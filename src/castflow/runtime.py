@@ -32,7 +32,7 @@ from castflow.providers.base import (
     SpeechSynth,
 )
 from castflow.providers.fal import FalClient, FalImageEditor, FalSpeech
-from castflow.providers.http import PollSchedule
+from castflow.providers.http import PollSchedule, RetryPolicy
 from castflow.providers.local import EspeakSpeech, LocalImageEditor, PreviewLipSync
 from castflow.providers.wavespeed import WaveSpeedClient, WaveSpeedLipSync
 from castflow.settings import Settings, get_settings
@@ -173,6 +173,7 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.providers.fal_key is not None:
         fal = FalClient(
             settings.providers.fal_key,
+            policy=RetryPolicy.from_settings(settings.http),
             queue_url=settings.fal.queue_url,
             rest_url=settings.fal.rest_url,
             cdn_url=settings.fal.cdn_url,
@@ -248,6 +249,7 @@ def build_lipsync(settings: Settings, engine: sa.Engine) -> LipSyncer | QueueLip
         cap = max(ws.poll_cap_s, settings.webhooks.poll_cap_s) if hooks else ws.poll_cap_s
         client = WaveSpeedClient(
             key,
+            policy=RetryPolicy.from_settings(settings.http),
             base_url=ws.base_url,
             result_path=ws.result_path,
             upload_mode=ws.upload_mode,

@@ -39,6 +39,19 @@ class DatabaseSettings(Section):
     )
 
 
+class HttpSettings(Section):
+    """The HTTP layer's one retry policy (castflow.providers.http.RetryPolicy), used by every provider
+    client and the storage backend: requests that are safe to repeat, on transport errors, 408, 429 and
+    5xx. A job that failed is the task layer's to retry (pipeline.task_retries), never both."""
+
+    attempts: int = Field(default=5, ge=1, description="Tries of one request, the first included.")
+    base_delay_s: float = Field(default=0.5, ge=0, description="Backoff before the first retry (doubles).")
+    max_delay_s: float = Field(
+        default=30.0, ge=0, description="Longest wait between tries (Retry-After too)."
+    )
+    total_s: float = Field(default=120.0, gt=0, description="Give up on a request after this long.")
+
+
 def clean_secret(value: SecretStr | None) -> SecretStr | None:
     """Keys pasted with surrounding spaces or a newline are trimmed; any other control character is
     refused (it would end up quoted, with the key, in an HTTP library's error message)."""
@@ -268,6 +281,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path(".castflow"), description="Holds the embedded database and storage.")
     database: DatabaseSettings = DatabaseSettings()
+    http: HttpSettings = HttpSettings()
     storage: StorageSettings = StorageSettings()
     providers: ProviderSettings = ProviderSettings()
     fal: FalSettings = FalSettings()

@@ -83,6 +83,10 @@ class ImageEditor(Protocol):
     name: str
     model: str
 
+    def price(self) -> float:
+        """What one edit costs (USD); 0 for the embedded editor."""
+        ...
+
     def edit(self, image: Path, prompt: str, *, seed: int, workdir: Path) -> ProviderResult: ...
 
 
@@ -92,6 +96,8 @@ class QueueImageEditor(Protocol):
 
     name: str
     model: str
+
+    def price(self) -> float: ...
 
     def submit_edit(self, image: Path, prompt: str, *, seed: int, image_url: str | None = None) -> str:
         """Queue the edit; ``image_url`` (a URL of our storage) saves uploading ``image``."""
@@ -104,6 +110,8 @@ class QueueImageEditor(Protocol):
 class QueueSpeechSynth(Protocol):
     name: str
 
+    def price(self, voice: Voice, characters: int) -> float: ...
+
     def submit_speech(self, text: str, voice: Voice) -> str: ...
 
     def collect(self, request_id: str, text: str, voice: Voice, *, workdir: Path) -> ProviderResult: ...
@@ -111,6 +119,10 @@ class QueueSpeechSynth(Protocol):
 
 class SpeechSynth(Protocol):
     name: str
+
+    def price(self, voice: Voice, characters: int) -> float:
+        """What speaking ``characters`` in ``voice`` costs (USD); 0 for the embedded voice."""
+        ...
 
     def synthesize(self, text: str, voice: Voice, *, workdir: Path) -> ProviderResult: ...
 
@@ -135,6 +147,8 @@ class QueueLipSyncer(Protocol):
         """Queue the render; the URLs (of our storage) save uploading the files."""
         ...
 
+    def price(self, audio_seconds: float, resolution: str) -> float: ...
+
     def collect(
         self, request_id: str, *, audio_seconds: float, resolution: str, workdir: Path
     ) -> ProviderResult: ...
@@ -145,6 +159,11 @@ class QueueLipSyncer(Protocol):
 class LipSyncer(Protocol):
     name: str
     model: str
+
+    def price(self, audio_seconds: float, resolution: str) -> float:
+        """What a render of ``audio_seconds`` costs at ``resolution`` (USD, by the provider's billing
+        rule: what its stage will record); 0 for the embedded renderer."""
+        ...
 
     def size_problem(self, width: int, height: int, resolution: str) -> str | None:
         """Why a rendered frame size is wrong for ``resolution`` (None when it is right)."""

@@ -384,8 +384,12 @@ class FalImageEditor:
         self.client = client
         self.model = model
         self.aspect_ratio = aspect_ratio
-        self.price = price_per_image
+        self.price_per_image = price_per_image
         self.deadline_s = deadline_s
+
+    def price(self) -> float:
+        """One edit's price (fal bills nano banana per image)."""
+        return self.price_per_image
 
     def submit_edit(self, image: Path, prompt: str, *, seed: int, image_url: str | None = None) -> str:
         async def go() -> str:
@@ -415,7 +419,7 @@ class FalImageEditor:
             return ProviderResult(
                 path,
                 "image/png",
-                Billing(1, "images", self.price),
+                Billing(1, "images", self.price_per_image),
                 request_id=request_id,
                 meta={
                     "inference_time": status.inference_time,
@@ -442,6 +446,10 @@ class FalSpeech:
             key = "text" if "speech-02" in model else "prompt"
             return {key: text, "voice_setting": {"voice_id": voice_id}, "output_format": "url"}
         return {"text": text, "voice": voice_id}
+
+    def price(self, voice: Voice, characters: int) -> float:
+        """The price of speaking ``characters`` in ``voice`` (fal bills TTS per 1,000 characters)."""
+        return round(self.prices.get(voice.model, 0.0) * characters / 1000, 6)
 
     def submit_speech(self, text: str, voice: Voice) -> str:
         async def go() -> str:
@@ -471,7 +479,7 @@ class FalSpeech:
             raise PermanentError(
                 f"fal: speech output unreadable: {exc}", provider=PROVIDER, request_id=request_id
             ) from exc
-        cost = round(self.prices.get(voice.model, 0.0) * len(text) / 1000, 6)
+        cost = self.price(voice, len(text))
         return ProviderResult(
             path,
             ctype,

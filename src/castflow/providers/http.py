@@ -26,10 +26,18 @@ from typing import Any, TypeVar
 
 import certifi
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+)
 
 from castflow.expiring import ExpiringCache
 from castflow.providers.base import PermanentError, ProviderError, SubmitOutcomeUnknown, TransientError
+from castflow.settings import HttpSettings
 
 T = TypeVar("T")
 
@@ -46,10 +54,76 @@ class RetryableHTTPError(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """The HTTP layer's one retry policy (providers, storage, callbacks): at most ``attempts`` tries
+    within ``total_seconds``, exponential backoff with full-range jitter from ``base_delay`` up to
+    ``max_delay``, a server's Retry-After honoured (capped at ``max_delay``)."""
+
     attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0
     total_seconds: float = 120.0
+
+    @classmethod
+    def from_settings(cls, http: HttpSettings) -> RetryPolicy:
+        return cls(
+            attempts=http.attempts,
+            base_delay=http.base_delay_s,
+            max_delay=http.max_delay_s,
+            total_seconds=http.total_s,
+        )
+
+    def delay(self, attempt: int, hinted: float | None = None) -> float:
+        """Seconds before retry number ``attempt`` (1 = the first retry): the server's hint when it
+        gave one, else jittered exponential backoff."""
+        if hinted is not None:
+            return min(hinted, self.max_delay)
+        backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not security
+
+    def retrying(
+        self,
+        retryable: Callable[[BaseException], bool],
+        *,
+        hint: Callable[[BaseException], float | None] = lambda _exc: None,
+        before_sleep: Callable[[RetryCallState], None] | None = None,
+        first_done: bool = False,
+    ) -> Retrying:
+        """A tenacity controller of this policy for a blocking call (storage, callbacks).
+        ``first_done``: the first try was made already (the caller tried once without a controller)."""
+        tries = self.attempts - 1 if first_done else self.attempts
+        return Retrying(
+            retry=retry_if_exception(retryable),
+            stop=stop_after_attempt(max(tries, 1)) | stop_after_delay(self.total_seconds),
+            wait=self._wait(hint, first_done),
+            reraise=True,
+            before_sleep=before_sleep,
+        )
+
+    def async_retrying(
+        self,
+        retryable: Callable[[BaseException], bool],
+        *,
+        hint: Callable[[BaseException], float | None] = lambda _exc: None,
+        first_done: bool = False,
+    ) -> AsyncRetrying:
+        """The same controller for a coroutine (the providers' requests)."""
+        tries = self.attempts - 1 if first_done else self.attempts
+        return AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            stop=stop_after_attempt(max(tries, 1)) | stop_after_delay(self.total_seconds),
+            wait=self._wait(hint, first_done),
+            reraise=True,
+        )
+
+    def _wait(
+        self, hint: Callable[[BaseException], float | None], first_done: bool
+    ) -> Callable[[RetryCallState], float]:
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            attempt = state.attempt_number + (1 if first_done else 0)
+            return self.delay(attempt, hint(exc) if exc is not None else None)
+
+        return wait
 
 
 @dataclass(frozen=True)
@@ -190,26 +264,12 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return max(0.0, parsed.timestamp() - time.time())
 
 
-def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return _delay(policy, exc, state.attempt_number + 1)  # the first try was made before
-
-    return wait
-
-
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, RetryableHTTPError | httpx.TransportError)
 
 
-def _delay(policy: RetryPolicy, exc: BaseException | None, attempt: int) -> float:
-    """Seconds before retry number ``attempt``: Retry-After when given, else jittered exponential."""
-    if isinstance(exc, RetryableHTTPError):
-        hinted = retry_after_seconds(exc.response)
-        if hinted is not None:
-            return min(hinted, policy.max_delay)
-    backoff = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
-    return random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not security
+def _hint(exc: BaseException) -> float | None:
+    return retry_after_seconds(exc.response) if isinstance(exc, RetryableHTTPError) else None
 
 
 async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *, provider: str) -> T:
@@ -219,13 +279,8 @@ async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, *,
     except (RetryableHTTPError, httpx.TransportError) as exc:
         failure: BaseException = exc
     if policy.attempts > 1:
-        await asyncio.sleep(_delay(policy, failure, 1))
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_retryable),
-            stop=stop_after_attempt(policy.attempts - 1) | stop_after_delay(policy.total_seconds),
-            wait=_wait(policy),
-            reraise=True,
-        )
+        await asyncio.sleep(policy.delay(1, _hint(failure)))
+        retrying = policy.async_retrying(_is_retryable, hint=_hint, first_done=True)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -357,8 +412,10 @@ __all__ = [
     "PermanentError",
     "PollSchedule",
     "ProviderError",
+    "RetryCallState",
     "RetryPolicy",
     "RetryableHTTPError",
+    "Retrying",
     "TransientError",
     "UploadCache",
     "raise_for_status",

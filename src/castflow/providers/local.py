@@ -27,6 +27,9 @@ class LocalImageEditor:
     name = "local"
     model = "pillow-scene-v1"
 
+    def price(self) -> float:
+        return 0.0  # embedded: free
+
     def edit(self, image: Path, prompt: str, *, seed: int, workdir: Path) -> ProviderResult:
         try:
             with Image.open(image) as src:
@@ -115,6 +118,9 @@ class EspeakSpeech:
     name = "local"
     model = "espeak-ng"
 
+    def price(self, voice: Voice, characters: int) -> float:
+        return 0.0  # embedded: free
+
     def __init__(self, words_per_minute: int = 165) -> None:
         self.words_per_minute = words_per_minute
 
@@ -146,6 +152,9 @@ class PreviewLipSync:
 
     name = "local"
     model = "preview-envelope-v1"
+
+    def price(self, audio_seconds: float, resolution: str) -> float:
+        return 0.0  # embedded: free
 
     def __init__(
         self,

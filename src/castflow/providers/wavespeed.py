@@ -400,8 +400,12 @@ class WaveSpeedLipSync:
         return self.deadline_base_s + self.deadline_per_audio_s * audio_seconds
 
     def cost(self, audio_seconds: float, resolution: str) -> tuple[int, float]:
+        """(billed seconds, USD) of a render of ``audio_seconds``: whole seconds, with a minimum."""
         seconds = billed_seconds(audio_seconds, minimum=self.min_seconds)
         return seconds, round(seconds * self.prices.get(resolution, 0.0), 6)
+
+    def price(self, audio_seconds: float, resolution: str) -> float:
+        return self.cost(audio_seconds, resolution)[1]
 
     def submit_render(
         self,

@@ -50,9 +50,12 @@ class Storage(Protocol):
 def build_storage(settings: Settings) -> Storage:
     """The backend chosen by ``settings.storage.backend``."""
     if settings.storage.backend == "supabase":
+        from castflow.providers.http import RetryPolicy
         from castflow.storage.supabase import SupabaseStorage
 
-        return SupabaseStorage(settings.storage.supabase, settings.cache_dir)
+        return SupabaseStorage(
+            settings.storage.supabase, settings.cache_dir, policy=RetryPolicy.from_settings(settings.http)
+        )
     from castflow.storage.local import LocalStorage
 
     return LocalStorage(settings.storage_root)

@@ -17,7 +17,6 @@ import base64
 import logging
 import mimetypes
 import os
-import random
 import shutil
 import tempfile
 import threading
@@ -32,10 +31,9 @@ import httpx
 from storage3 import SyncStorageClient
 from storage3.exceptions import StorageApiError
 from storage3.types import FileOptions
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from castflow.providers.base import PermanentError, TransientError
-from castflow.providers.http import RetryPolicy, retry_after_seconds
+from castflow.providers.http import RetryCallState, Retrying, RetryPolicy, retry_after_seconds
 from castflow.settings import SupabaseStorageSettings
 from castflow.storage.local import InvalidKey
 
@@ -113,6 +111,10 @@ def _from_response(resp: httpx.Response) -> _Failure:
             retry_after,
         )
     return _Failure(str(resp.status_code), resp.reason_phrase, resp.text[:300], retry_after)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    return exc.retry_after if isinstance(exc, _Failure) else None
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -361,25 +363,7 @@ class SupabaseStorage:
             ) from None
 
     def _retrying(self) -> Retrying:
-        p = self.policy
-        return Retrying(
-            retry=retry_if_exception(_retryable),
-            stop=stop_after_attempt(p.attempts) | stop_after_delay(p.total_seconds),
-            wait=self._wait,
-            reraise=True,
-            before_sleep=self._log_retry,
-        )
-
-    def _delay(self, attempt: int, exc: BaseException | None) -> float:
-        p = self.policy
-        if isinstance(exc, _Failure) and exc.retry_after is not None:
-            return min(exc.retry_after, p.max_delay)
-        backoff = min(p.max_delay, p.base_delay * 2 ** (attempt - 1))
-        return random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not security
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return self._delay(state.attempt_number, exc)
+        return self.policy.retrying(_retryable, hint=_retry_after, before_sleep=self._log_retry)
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -448,7 +432,7 @@ class SupabaseStorage:
                         offset,
                         what,
                     )
-                    time.sleep(self._delay(failures, exc))
+                    time.sleep(self.policy.delay(failures, _retry_after(exc)))
                 offset = self._run(lambda: self._tus_offset(location), op="upload", bucket=bucket, key=key)
 
     def _tus_create(self, bucket: str, key: str, content_type: str, size: int) -> str:

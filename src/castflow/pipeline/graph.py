@@ -1,0 +1,101 @@
+"""A video's stage graph, declared once, and the runner that executes it in this thread.
+
+The same graph runs two ways: :func:`run_video` here (a campaign row, a chunk worker), and
+``tasks/video.py``'s adapter, which maps every unit onto a Prefect task (the generate-video flow: task
+runs in the UI, Prefect's cache). Both use the same units, the same :class:`Watch` (budget) and the same
+failure bookkeeping (``records.record_error``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from castflow.db.retry import DatabaseUnavailable
+from castflow.models import StageOutcome, VideoResult
+from castflow.pipeline import records, steps
+from castflow.pipeline.errors import Skipped
+from castflow.pipeline.prepare import PreparedVideo
+from castflow.pipeline.unit import Done, Unit
+from castflow.runtime import Runtime
+
+# Order matters only where a unit refines a role an earlier one made (captions after lip-sync and QC).
+GRAPH: tuple[Unit, ...] = (
+    steps.SCENE_VARIANT,
+    steps.PORTRAIT,
+    steps.SPEECH,
+    steps.AUDIO_INGEST,
+    steps.LIPSYNC,
+    steps.QUALITY_CHECK,
+    steps.CAPTIONS,
+    steps.PUBLISH,
+)
+
+RECORDED_ROLES = ("image", "audio", "video", "published")  # what records.record_success reads
+
+
+def check_graph(graph: tuple[Unit, ...]) -> None:
+    """Every role a unit needs is made by a unit before it; unit and task names are unique."""
+    made: set[str] = set()
+    names: set[str] = set()
+    for unit in graph:
+        missing = [role for role in unit.needs if role not in made]
+        if missing:
+            raise ValueError(f"unit {unit.name} needs {missing}, which no earlier unit makes")
+        if unit.name in names:
+            raise ValueError(f"two units are named {unit.name}")
+        names.add(unit.name)
+        made.add(unit.makes)
+    if missing := [role for role in RECORDED_ROLES if role not in made]:
+        raise ValueError(f"the graph makes no {missing}")
+
+
+check_graph(GRAPH)
+
+
+def plan(video: PreparedVideo, graph: tuple[Unit, ...] = GRAPH) -> list[Unit]:
+    """The units this video needs, in graph order."""
+    return [unit for unit in graph if unit.applies(video)]
+
+
+class Watch(Protocol):
+    """What a caller hears of a video's run: ``before`` each unit (it may raise :class:`Skipped`, as
+    the budget does) and ``after`` each ledger stage (what it cost)."""
+
+    def before(self, unit: Unit, rt: Runtime, video: PreparedVideo, done: Done) -> None: ...
+
+    def after(self, outcome: StageOutcome) -> None: ...
+
+
+def run_video(
+    rt: Runtime, video: PreparedVideo, *, watch: Watch | None = None, graph: tuple[Unit, ...] = GRAPH
+) -> VideoResult:
+    """Every unit of the video's plan in this thread, then its record; published at ``video.output_key``.
+
+    Failures are recorded (failing stage and reason) and re-raised; a :class:`Skipped` carries the
+    stages used so far for the caller to record; with the database gone nothing can be recorded, and
+    the stage rows already say what was paid (a rerun resumes).
+    """
+    done: dict[str, StageOutcome] = {}
+    used: list[StageOutcome] = []
+    current = "prepare"
+    try:
+        for unit in plan(video, graph):
+            current = unit.name
+            if watch is not None:
+                watch.before(unit, rt, video, done)
+            outcome = unit.run(rt, video, done)
+            done[unit.makes] = outcome
+            if unit.ledger:
+                used.append(outcome)
+                if watch is not None:
+                    watch.after(outcome)
+        current = "record"
+        return records.record_success(rt, video, done, used)
+    except Skipped as exc:
+        exc.used = used  # the caller records the skip with what was paid so far
+        raise
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        records.record_error(rt, video, exc, stage=current, used=used)
+        raise

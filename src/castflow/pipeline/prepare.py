@@ -1,0 +1,138 @@
+"""A request checked and resolved before any spend: the actor, the script or audio, the variant."""
+
+from __future__ import annotations
+
+import mimetypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from castflow import media
+from castflow.db import queries
+from castflow.models import (
+    ActorRef,
+    MediaRef,
+    Mouth,
+    VideoRequest,
+    Voice,
+)
+from castflow.pipeline.errors import UserError
+from castflow.runtime import Runtime
+from castflow.stages import normalise_text, sha256_file, stage_key
+
+
+def actor_ref(rt: Runtime, key: str) -> ActorRef:
+    """The actor with ``key`` as the pipeline sees it; a UserError when there is none."""
+
+    def read(s: Session) -> tuple[Any, str]:
+        found = queries.get_actor(s, key=key)
+        known = "" if found is not None else ", ".join(a.key for a in queries.list_actors(s))
+        return found, known
+
+    actor, known = rt.db_session(read, what="reading an actor")
+    if actor is None:
+        raise UserError(f"unknown actor {key!r} (known: {known or 'none imported'})")
+    if not rt.storage.exists(actor.image_key):
+        raise UserError(f"actor {key!r}: portrait {actor.image_key} is missing from storage")
+    return ActorRef(
+        key=actor.key,
+        name=actor.name,
+        image=MediaRef(
+            key=actor.image_key, sha256=actor.image_hash, content_type=_image_type(actor.image_key)
+        ),
+        voice=Voice(provider=actor.voice_provider, model=actor.voice_model, voice_id=actor.voice_id),
+        mouth=Mouth.model_validate(actor.mouth) if actor.mouth else None,
+    )
+
+
+def _image_type(key: str) -> str:
+    return mimetypes.guess_type(key)[0] or "image/png"
+
+
+@dataclass(frozen=True)
+class PreparedVideo:
+    """A validated request with everything resolved that the DAG needs."""
+
+    request: VideoRequest
+    request_key: str
+    actor: ActorRef
+    script: str | None
+    audio_path: Path | None
+    audio_sha256: str | None
+    audio_seconds: float | None  # the given audio's length (a script's is known once spoken)
+    variant: MediaRef | None  # an existing image variant to reuse
+    output_key: str  # where the finished video is published (deterministic: reruns overwrite it)
+
+
+def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = None) -> PreparedVideo:
+    """Validate a request before any spend; raises UserError naming what is wrong. ``actor``: the
+    request's actor when the caller already looked it up (a campaign looks each actor up once)."""
+    cfg = rt.settings.pipeline
+    if actor is None or actor.key != req.actor:
+        actor = actor_ref(rt, req.actor)
+    script = None
+    audio_path = None
+    audio_sha = None
+    audio_seconds = None
+    if req.script is not None and req.script.strip():
+        script = normalise_text(req.script)
+        limit = rt.settings.script_limit(actor.voice.model)
+        if len(script) > limit:
+            raise UserError(
+                f"script is {len(script)} characters long; {actor.voice.model} takes at most {limit}"
+            )
+        if actor.voice.provider not in rt.speech:
+            raise UserError(
+                f"actor {actor.key!r} speaks with provider {actor.voice.provider!r}, which is not configured "
+                f"(configured: {', '.join(sorted(rt.speech))})"
+            )
+    else:
+        audio_path = req.audio_path
+        assert audio_path is not None  # the model guarantees one source
+        if not audio_path.is_file():
+            raise UserError(f"audio file {audio_path} does not exist")
+        try:
+            info = media.decode_audio(audio_path, max_seconds=cfg.max_audio_seconds)
+        except media.MediaError as exc:
+            raise UserError(f"audio file {audio_path.name}: {exc}") from exc
+        if info.seconds < 0.2:
+            raise UserError(f"audio file {audio_path.name} is too short ({info.seconds:.2f} s)")
+        audio_sha = sha256_file(audio_path)
+        audio_seconds = info.seconds
+    variant = None
+    if req.image_variant_id:
+        variant_id = req.image_variant_id
+
+        def read_variant(s: Session) -> tuple[Any, Any]:
+            return queries.get_image_variant(s, variant_id=variant_id), queries.get_actor(s, key=actor.key)
+
+        row, owner = rt.db_session(read_variant, what="reading an image variant")
+        if row is None:
+            raise UserError(f"unknown image variant {req.image_variant_id!r}")
+        if owner is None or row.actor_id != owner.id:
+            raise UserError(f"image variant {req.image_variant_id} belongs to another actor")
+        variant = MediaRef(key=row.image_key, sha256=row.image_hash, content_type=_image_type(row.image_key))
+    request_key = "video:" + stage_key(
+        "video",
+        provider="-",
+        model="-",
+        actor=actor.key,
+        script=script,
+        audio=audio_sha,
+        scene=normalise_text(req.scene) if req.scene else None,
+        variant=req.image_variant_id,
+        resolution=req.resolution,
+        seed=req.seed,
+        **({"captions": True} if req.captions else {}),  # absent: keys of plain videos stay as they were
+    )
+    output_key = video_key(actor.key, request_key, req.resolution)
+    return PreparedVideo(
+        req, request_key, actor, script, audio_path, audio_sha, audio_seconds, variant, output_key
+    )
+
+
+def video_key(actor: str, request_key: str, resolution: str) -> str:
+    """The default place of a request's video: one per request and resolution."""
+    return f"videos/{actor}/{request_key.removeprefix('video:')[:24]}_{resolution}.mp4"

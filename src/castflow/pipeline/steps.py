@@ -1,0 +1,421 @@
+"""The stage units of a video: what each stage reads, its stage key, its price and its run."""
+
+from __future__ import annotations
+
+import functools
+import mimetypes
+import tempfile
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from castflow import media
+from castflow.db import queries
+from castflow.models import (
+    ActorRef,
+    MediaRef,
+    Mouth,
+    StageOutcome,
+    Voice,
+)
+from castflow.pipeline.errors import StageFailed
+from castflow.pipeline.prepare import PreparedVideo
+from castflow.pipeline.runner import run_stage
+from castflow.pipeline.unit import Done, Unit
+from castflow.providers.base import (
+    Billing,
+    PermanentError,
+    ProviderResult,
+    QueueImageEditor,
+    QueueLipSyncer,
+    QueueSpeechSynth,
+    SpeechSynth,
+)
+from castflow.runtime import Runtime
+from castflow.stages import normalise_text, sha256_file, stage_key
+
+
+def scene_variant_key(rt: Runtime, image: MediaRef, prompt: str, seed: int) -> str:
+    return stage_key(
+        "scene_variant",
+        provider=rt.image.name,
+        model=rt.image.model,
+        image=image.sha256,
+        prompt=normalise_text(prompt),
+        seed=seed,
+    )
+
+
+def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> StageOutcome:
+    """The actor's portrait edited into the scene ``prompt`` (also recorded as an image variant)."""
+    key = scene_variant_key(rt, actor.image, prompt, seed)
+    text = normalise_text(prompt)
+
+    def source() -> Path:  # only fetched when the stage runs (a reused stage needs no local copy)
+        return rt.storage.local_path(actor.image.key)
+
+    editor = rt.image
+    stage = functools.partial(
+        run_stage,
+        rt,
+        stage="scene_variant",
+        key=key,
+        provider=editor.name,
+        model=editor.model,
+        meta={"actor": actor.key},
+    )
+    if isinstance(editor, QueueImageEditor):
+        outcome = stage(
+            submit=lambda: editor.submit_edit(
+                source(),
+                text,
+                seed=seed,
+                image_url=rt.storage.url(actor.image.key) if rt.storage.shares_urls else None,
+            ),
+            collect=lambda rid, wd: editor.collect(rid, workdir=wd),
+        )
+    else:
+        outcome = stage(call=lambda wd: editor.edit(source(), text, seed=seed, workdir=wd))
+    if not outcome.produced:
+        return outcome  # its image variant was recorded when the stage ran
+
+    def record(s: Session) -> None:
+        db_actor = queries.get_actor(s, key=actor.key)
+        assert db_actor is not None
+        queries.record_image_variant(
+            s,
+            actor_id=db_actor.id,
+            prompt=text,
+            seed=seed,
+            provider=editor.name,
+            model=editor.model,
+            stage_key=key,
+            image_key=outcome.output.key,
+            image_hash=outcome.output.sha256,
+            cost_usd=outcome.cost_usd,
+        )
+
+    rt.db_session(record, what="recording an image variant")
+    return outcome
+
+
+def speech_key(voice: Voice, text: str) -> str:
+    return stage_key(
+        "speech", provider=voice.provider, model=voice.model, voice=voice.voice_id, text=normalise_text(text)
+    )
+
+
+def speech(rt: Runtime, actor: ActorRef, script: str) -> StageOutcome:
+    """The script spoken in the actor's voice."""
+    synth = rt.speech.get(actor.voice.provider)
+    if synth is None:
+        raise PermanentError(f"speech provider {actor.voice.provider!r} is not configured")
+    text = normalise_text(script)
+    voice = actor.voice
+    stage = functools.partial(
+        run_stage,
+        rt,
+        stage="speech",
+        key=speech_key(voice, text),
+        provider=voice.provider,
+        model=voice.model,
+        meta={"actor": actor.key, "characters": len(text)},
+    )
+    if isinstance(synth, QueueSpeechSynth):
+        return stage(
+            submit=lambda: synth.submit_speech(text, voice),
+            collect=lambda rid, wd: synth.collect(rid, text, voice, workdir=wd),
+        )
+    return stage(call=lambda wd: synth.synthesize(text, voice, workdir=wd))
+
+
+def audio_ingest_key(sha256: str) -> str:
+    return stage_key("audio_ingest", provider="upload", model="-", audio=sha256)
+
+
+def ingest_audio(rt: Runtime, path: Path, sha256: str) -> StageOutcome:
+    """A given audio file copied into storage (content-addressed), with its true duration."""
+
+    def call(_wd: Path) -> ProviderResult:
+        sound = media.decode_audio(path, max_seconds=rt.settings.pipeline.max_audio_seconds)
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+        return ProviderResult(path, ctype, Billing(0, "files"), seconds=sound.seconds)
+
+    return run_stage(
+        rt, stage="audio_ingest", key=audio_ingest_key(sha256), provider="upload", model="-", call=call
+    )
+
+
+def lipsync_key(rt: Runtime, image: MediaRef, audio: MediaRef, resolution: str, seed: int) -> str:
+    return stage_key(
+        "lipsync",
+        provider=rt.lipsync.name,
+        model=rt.lipsync.model,
+        image=image.sha256,
+        audio=audio.sha256,
+        resolution=resolution,
+        seed=seed,
+        fps=rt.settings.pipeline.fps,
+    )
+
+
+def lipsync(
+    rt: Runtime, image: MediaRef, audio: MediaRef, *, resolution: str, seed: int, mouth: Mouth | None
+) -> StageOutcome:
+    """The talking video: one image plus one audio."""
+    syncer = rt.lipsync
+
+    def image_path() -> Path:  # inputs are fetched only when the stage runs, not when it is reused
+        return rt.storage.local_path(image.key)
+
+    def audio_path() -> Path:
+        return rt.storage.local_path(audio.key)
+
+    stage = functools.partial(
+        run_stage,
+        rt,
+        stage="lipsync",
+        key=lipsync_key(rt, image, audio, resolution, seed),
+        provider=syncer.name,
+        model=syncer.model,
+        meta={"resolution": resolution},
+    )
+    if isinstance(syncer, QueueLipSyncer):
+        share = rt.storage.shares_urls
+        return stage(
+            submit=lambda: syncer.submit_render(
+                image_path(),
+                audio_path(),
+                resolution=resolution,
+                seed=seed,
+                image_url=rt.storage.url(image.key) if share else None,
+                audio_url=rt.storage.url(audio.key) if share else None,
+            ),
+            collect=lambda rid, wd: syncer.collect(
+                rid,
+                audio_seconds=audio.seconds
+                if audio.seconds is not None
+                else media.audio_seconds(audio_path()),
+                resolution=resolution,
+                workdir=wd,
+            ),
+        )
+    return stage(
+        call=lambda wd: syncer.render(
+            image_path(), audio_path(), resolution=resolution, seed=seed, mouth=mouth, workdir=wd
+        )
+    )
+
+
+CAPTIONS_MODEL = "captions-v1"  # bump when the look or the timing rules change
+
+
+def captions_key(video: MediaRef, text: str) -> str:
+    return stage_key(
+        "captions", provider="local", model=CAPTIONS_MODEL, video=video.sha256, text=normalise_text(text)
+    )
+
+
+def add_captions(
+    rt: Runtime, video: StageOutcome, audio: StageOutcome, script: str, key: str
+) -> StageOutcome:
+    """The video with the script burned in as captions timed to the speech; the matching SRT is stored
+    beside the video's ``key`` (named in the outcome's ``files``)."""
+    from castflow import captions
+
+    sound = media.decode_audio(rt.storage.local_path(audio.output.key))
+    cues = captions.timed_cues(script, sound)
+
+    def call(workdir: Path) -> ProviderResult:
+        out = captions.burn(rt.storage.local_path(video.output.key), sound, cues, workdir / "captioned.mp4")
+        return ProviderResult(out, "video/mp4", Billing(0, "videos"), seconds=media.probe(out).duration)
+
+    outcome = run_stage(
+        rt,
+        stage="captions",
+        key=captions_key(video.output, script),
+        provider="local",
+        model=CAPTIONS_MODEL,
+        call=call,
+        meta={"cues": len(cues)},
+    )
+    srt_key = _publish_text(rt, key.removesuffix(".mp4") + ".srt", captions.srt(cues), "application/x-subrip")
+    return outcome.model_copy(update={"files": {"srt": srt_key}})
+
+
+def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, resolution: str) -> None:
+    """Probe the lip-sync output; a failure fails the video at ``qc``.
+
+    With the embedded renderer the lip-sync run is marked failed too, so a rerun renders again (free).
+    A paid render stays recorded: rendering the same inputs again would cost as much and most likely
+    fail the same way, so a rerun reports the same QC problem instead of paying again.
+    """
+    problems = media.check_video(
+        rt.storage.local_path(video.output.key),
+        audio_seconds=audio_seconds,
+        fps=rt.settings.pipeline.fps,
+        size=lambda w, h: rt.lipsync.size_problem(w, h, resolution),
+        tolerance=rt.settings.pipeline.qc_duration_tolerance_s,
+    )
+    if problems:
+        message = "; ".join(problems)
+        if not rt.lipsync.price(audio_seconds, resolution):  # a free render: the next run renders anew
+            rt.finished_stages.forget(video.stage_key)
+            error = f"quality check failed: {message}"
+            rt.db(functools.partial(queries.fail_stage_run, stage_key=video.stage_key, error=error))
+        raise StageFailed("qc", message)
+
+
+def _publish_text(rt: Runtime, key: str, text: str, content_type: str) -> str:
+    """Store a small text file (an SRT) at ``key``; returns the key."""
+    with tempfile.TemporaryDirectory(prefix="castflow-text-") as tmp:
+        path = Path(tmp) / Path(key).name
+        path.write_text(text, encoding="utf-8")
+        rt.storage.put_file(key, path, content_type)
+    return key
+
+
+def publish(rt: Runtime, video: StageOutcome, key: str) -> StageOutcome:
+    """Copy the checked video to its deterministic key; the outcome names the key and its URL."""
+    if rt.storage.exists(key) and sha256_file(rt.storage.local_path(key)) == video.output.sha256:
+        url = rt.storage.url(key)
+    else:
+        url = rt.storage.put_file(key, rt.storage.local_path(video.output.key), "video/mp4")
+    published = video.output.model_copy(update={"key": key})
+    return StageOutcome(stage="publish", stage_key=key, output=published, reused=True, url=url)
+
+
+def given_image(prepared: PreparedVideo) -> StageOutcome:
+    """The image when no scene is asked: the chosen variant or the actor's portrait (nothing to pay)."""
+    image = prepared.variant or prepared.actor.image
+    return StageOutcome(stage="scene_variant", stage_key=image.sha256, output=image, reused=True)
+
+
+# ---- the units ---------------------------------------------------------------------------------------
+# Each unit's functions take (runtime, video, outcomes so far by role); a new stage is a unit here and one
+# line in castflow.pipeline.graph.GRAPH.
+
+
+# Speech is guessed at this many characters per second; slower than typical TTS (~14-16), so a lip-sync
+# estimate errs high. A budget checks again with the true length before the lip-sync starts.
+ESTIMATE_CHARS_PER_SECOND = 12.0
+
+
+def _scene(video: PreparedVideo) -> str:
+    assert video.request.scene is not None  # the unit applies only then
+    return video.request.scene
+
+
+def _script(video: PreparedVideo) -> str:
+    assert video.script is not None  # the unit applies only then
+    return video.script
+
+
+def _synth(rt: Runtime, video: PreparedVideo) -> SpeechSynth | QueueSpeechSynth | None:
+    return rt.speech.get(video.actor.voice.provider)
+
+
+def _audio_seconds(done: Done) -> float:
+    seconds = done["audio"].output.seconds
+    assert seconds is not None  # speech and ingest both record the true length
+    return seconds
+
+
+def _captioned(video: PreparedVideo) -> bool:
+    return video.request.captions and video.script is not None
+
+
+SCENE_VARIANT = Unit(
+    name="scene_variant",
+    makes="image",
+    task="scene-variant",
+    applies=lambda v: bool(v.request.scene),
+    key=lambda rt, v, _d: scene_variant_key(rt, v.actor.image, _scene(v), v.request.seed),
+    price=lambda rt, _v, _d: rt.image.price(),
+    run=lambda rt, v, _d: scene_variant(rt, v.actor, _scene(v), v.request.seed),
+)
+
+PORTRAIT = Unit(  # no scene asked: the chosen variant or the actor's portrait, nothing to run or pay
+    name="portrait",
+    makes="image",
+    applies=lambda v: not v.request.scene,
+    run=lambda _rt, v, _d: given_image(v),
+    ledger=False,
+)
+
+SPEECH = Unit(
+    name="speech",
+    makes="audio",
+    task="speech",
+    applies=lambda v: v.script is not None,
+    key=lambda _rt, v, _d: speech_key(v.actor.voice, _script(v)),
+    price=lambda rt, v, _d: s.price(v.actor.voice, len(_script(v))) if (s := _synth(rt, v)) else 0.0,
+    run=lambda rt, v, _d: speech(rt, v.actor, _script(v)),
+    guess_seconds=lambda v: len(_script(v)) / ESTIMATE_CHARS_PER_SECOND,
+)
+
+
+def _ingest(rt: Runtime, video: PreparedVideo, _done: Done) -> StageOutcome:
+    assert video.audio_path is not None
+    assert video.audio_sha256 is not None
+    return ingest_audio(rt, video.audio_path, video.audio_sha256)
+
+
+AUDIO_INGEST = Unit(
+    name="audio_ingest",
+    makes="audio",
+    task="audio-ingest",
+    applies=lambda v: v.script is None,
+    key=lambda _rt, v, _d: audio_ingest_key(v.audio_sha256 or ""),
+    run=_ingest,
+    guess_seconds=lambda v: v.audio_seconds,
+)
+
+LIPSYNC = Unit(
+    name="lipsync",
+    makes="video",
+    task="lipsync",
+    needs=("image", "audio"),
+    key=lambda rt, v, d: lipsync_key(
+        rt, d["image"].output, d["audio"].output, v.request.resolution, v.request.seed
+    ),
+    price=lambda rt, v, d: rt.lipsync.price(_audio_seconds(d), v.request.resolution),
+    run=lambda rt, v, d: lipsync(
+        rt,
+        d["image"].output,
+        d["audio"].output,
+        resolution=v.request.resolution,
+        seed=v.request.seed,
+        mouth=v.actor.mouth,
+    ),
+)
+
+
+def _check(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcome:
+    quality_check(rt, done["video"], audio_seconds=_audio_seconds(done), resolution=video.request.resolution)
+    return done["video"]
+
+
+QUALITY_CHECK = Unit(
+    name="qc", makes="checked", task="quality-check", needs=("video", "audio"), run=_check, ledger=False
+)
+
+CAPTIONS = Unit(
+    name="captions",
+    makes="video",
+    task="captions",
+    needs=("checked", "audio"),
+    applies=_captioned,
+    key=lambda _rt, v, d: captions_key(d["checked"].output, _script(v)),
+    run=lambda rt, v, d: add_captions(rt, d["checked"], d["audio"], _script(v), v.output_key),
+)
+
+PUBLISH = Unit(
+    name="publish",
+    makes="published",
+    task="publish",
+    needs=("video", "checked"),
+    run=lambda rt, v, d: publish(rt, d["video"], v.output_key),
+    ledger=False,
+)
