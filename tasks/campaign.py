@@ -55,9 +55,10 @@ def campaign_row(campaign_id: str, campaign_name: str, row: SheetRow) -> RowResu
     """One row of the sheet: its video, within the budget."""
     rt = get_runtime()
     state = _RUNS[campaign_id]
-    actor = state.actors.get(row.actor)
+    key = row.request.actor
+    actor = state.actors.get(key)
     if actor is None:
-        actor = state.actors[row.actor] = pipeline.actor_ref(rt, row.actor)
+        actor = state.actors[key] = pipeline.actor_ref(rt, key)
     result = campaigns.run_row(
         rt,
         campaign_id=uuid.UUID(campaign_id),

@@ -49,7 +49,8 @@ def test_a_valid_sheet_with_bom_quoted_newlines_and_passthrough_columns(tmp_path
     assert s.errors == []
     assert [r.row for r in s.rows] == [2, 3, 4]
     first, second, third = s.rows
-    assert (first.row_id, first.script, first.scene, first.resolution, first.seed, first.captions) == (
+    req = first.request
+    assert (first.row_id, req.script, req.scene, req.resolution, req.seed, req.captions) == (
         "a1",
         "Hello, world!",
         "a beach",
@@ -58,9 +59,9 @@ def test_a_valid_sheet_with_bom_quoted_newlines_and_passthrough_columns(tmp_path
         True,
     )
     assert first.extra == {"campaign tag": "spring", "utm_source": "tiktok"}
-    assert second.audio == tmp_path / "vo.wav"
+    assert second.request.audio_path == tmp_path / "vo.wav"
     assert second.audio_seconds == pytest.approx(1.5, abs=0.01)
-    assert (second.resolution, second.seed, second.captions) == ("480p", 0, False)
+    assert (second.request.resolution, second.request.seed, second.request.captions) == ("480p", 0, False)
     assert third.row_id == "row-4"  # generated from the spreadsheet row
     assert len(s.content_hash) == 64
 
@@ -68,7 +69,7 @@ def test_a_valid_sheet_with_bom_quoted_newlines_and_passthrough_columns(tmp_path
 def test_semicolon_sheets_are_read(tmp_path: Path) -> None:
     s = sheet(tmp_path, 'actor;script;scene\nmaya;"Hola; qué tal";"un café, de día"\n')
     assert s.errors == []
-    assert (s.rows[0].script, s.rows[0].scene) == ("Hola; qué tal", "un café, de día")
+    assert (s.rows[0].request.script, s.rows[0].request.scene) == ("Hola; qué tal", "un café, de día")
 
 
 def test_every_error_of_a_sheet_comes_at_once_with_row_and_column(tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ def test_script_limits_follow_the_voice_model(tmp_path: Path) -> None:
     long = "word " * 500  # 2,499 characters: too long for eSpeak, fine for ElevenLabs (10,000)
     s = sheet(tmp_path, f"actor,script\nmaya,{long}\nnia,{long}\n")
     assert [(p.row, p.column) for p in s.errors] == [(2, "script")]
-    assert [r.actor for r in s.rows] == ["nia"]
+    assert [r.request.actor for r in s.rows] == ["nia"]
 
 
 @pytest.mark.parametrize(
@@ -152,3 +153,16 @@ def test_formula_like_cells_are_flagged_and_escaped(tmp_path: Path) -> None:
     assert escape_cell("=1+1") == "'=1+1"
     assert escape_cell("-5 dollars") == "'-5 dollars"
     assert escape_cell("plain") == "plain"
+
+
+def test_a_rows_fields_are_declared_once_by_the_request_model() -> None:
+    from castflow.manifest import BASE_COLUMNS
+    from castflow.models import VideoRequest
+    from castflow.sheets import KNOWN_COLUMNS, request_cells
+
+    assert ("row_id", *VideoRequest.model_fields) == KNOWN_COLUMNS
+    assert ["row", *KNOWN_COLUMNS] == BASE_COLUMNS
+    req = VideoRequest(actor="maya", script="Hi.", scene="a pier", seed=3, captions=True)
+    cells = request_cells(req)
+    assert list(cells) == list(VideoRequest.model_fields)  # every field, in the sheet's order
+    assert (cells["scene"], cells["audio"], cells["seed"], cells["captions"]) == ("a pier", "", 3, "yes")

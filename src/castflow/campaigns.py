@@ -24,7 +24,7 @@ from castflow.budget import Budget, Spend
 from castflow.db import queries
 from castflow.db.tables import CampaignStatus, VideoStatus, utcnow
 from castflow.estimates import RowEstimate, estimate_video
-from castflow.models import ActorRef, StageOutcome, VideoRequest
+from castflow.models import ActorRef, StageOutcome
 from castflow.runtime import Runtime
 from castflow.sheets import ActorInfo, Sheet, SheetRow, read_sheet
 from castflow.stages import normalise_text
@@ -67,23 +67,11 @@ def load_sheet(rt: Runtime, path: Path) -> Sheet:
     return read_sheet(path, settings=rt.settings, actors=actors, variant_owner=variant_owner)
 
 
-def to_request(row: SheetRow) -> VideoRequest:
-    return VideoRequest(
-        actor=row.actor,
-        script=row.script,
-        audio=str(row.audio) if row.audio else None,
-        scene=row.scene,
-        image_variant_id=row.image_variant_id,
-        resolution=row.resolution,
-        seed=row.seed,
-        captions=row.captions,
-    )
-
-
 def output_key(campaign: str, row: SheetRow) -> str:
     """``campaigns/{campaign}/{row_id}_{actor}_{scene-slug}_{resolution}.mp4``: stable across reruns."""
-    scene = slug(row.scene) if row.scene else ("variant" if row.image_variant_id else "portrait")
-    return f"campaigns/{slug(campaign, 60)}/{row.row_id}_{row.actor}_{scene}_{row.resolution}.mp4"
+    req = row.request
+    scene = slug(req.scene) if req.scene else ("variant" if req.image_variant_id else "portrait")
+    return f"campaigns/{slug(campaign, 60)}/{row.row_id}_{req.actor}_{scene}_{req.resolution}.mp4"
 
 
 def request_key(campaign_id: uuid.UUID, row_id: str) -> str:
@@ -106,7 +94,7 @@ def start_row(
     rt: Runtime, campaign_name: str, campaign_id: uuid.UUID, row: SheetRow, actor: ActorRef | None = None
 ) -> pipeline.PreparedVideo:
     """Validate the row's request again (the library may have changed) and mark it running."""
-    prepared = pipeline.prepare_video(rt, to_request(row), actor=actor)
+    prepared = pipeline.prepare_video(rt, row.request, actor=actor)
     prepared = replace(
         prepared,
         request_key=request_key(campaign_id, row.row_id),
@@ -273,7 +261,7 @@ def estimate_sheet(rt: Runtime, rows: Iterable[SheetRow]) -> list[RowEstimate]:
     """Every row's estimate, counting each stage shared between rows once."""
     seen: set[str] = set()
     return [
-        estimate_video(rt, pipeline.prepare_video(rt, to_request(r)), row=r.row, row_id=r.row_id, seen=seen)
+        estimate_video(rt, pipeline.prepare_video(rt, r.request), row=r.row, row_id=r.row_id, seen=seen)
         for r in rows
     ]
 

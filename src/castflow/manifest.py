@@ -12,7 +12,7 @@ from castflow.campaigns import slug
 from castflow.db import queries
 from castflow.db.tables import Video
 from castflow.runtime import Runtime
-from castflow.sheets import KNOWN_COLUMNS, Sheet, escape_cell
+from castflow.sheets import KNOWN_COLUMNS, Sheet, escape_cell, request_cells
 
 BASE_COLUMNS = ["row", *KNOWN_COLUMNS]
 RESULT_COLUMNS = [
@@ -42,14 +42,7 @@ def manifest_rows(
         record: dict[str, Any] = {
             "row": row.row,
             "row_id": row.row_id,
-            "actor": row.actor,
-            "script": row.script or "",
-            "audio": str(row.audio) if row.audio else "",
-            "scene": row.scene or "",
-            "image_variant_id": row.image_variant_id or "",
-            "resolution": row.resolution,
-            "seed": row.seed,
-            "captions": "yes" if row.captions else "no",
+            **request_cells(row.request),
             **{c: row.extra.get(c, "") for c in extras},
         }
         record.update(_outcome(video))

@@ -21,21 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+from pydantic import ValidationError
 
 from castflow import media
+from castflow.models import VideoRequest
 from castflow.settings import Settings
 
-KNOWN_COLUMNS = (
-    "row_id",
-    "actor",
-    "script",
-    "audio",
-    "scene",
-    "image_variant_id",
-    "resolution",
-    "seed",
-    "captions",
-)
+# A sheet's columns are the request's fields (castflow.models.VideoRequest) and the row id: a new field
+# of the request is a new column, validated in _validate_row.
+KNOWN_COLUMNS = ("row_id", *VideoRequest.model_fields)
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TRUE = {"1", "true", "yes", "y", "on", "x"}
@@ -63,20 +57,28 @@ class SheetProblem:
 
 @dataclass(frozen=True)
 class SheetRow:
-    """A valid row, resolved: what the video DAG needs plus the passthrough columns."""
+    """A valid row, resolved: its video request (an audio path made absolute) and the passthrough
+    columns."""
 
     row: int  # spreadsheet row number (header is row 1)
     row_id: str
-    actor: str
-    script: str | None
-    audio: Path | None
-    audio_seconds: float | None
-    scene: str | None
-    image_variant_id: str | None
-    resolution: str
-    seed: int
-    captions: bool
+    request: VideoRequest
+    audio_seconds: float | None = None  # the audio file's length, measured by validation
     extra: dict[str, str] = field(default_factory=dict)
+
+
+def request_cells(request: VideoRequest) -> dict[str, str | int]:
+    """The request as a sheet writes it (the inverse of reading a row): empty cells for what is not
+    given, yes/no for flags."""
+    cells: dict[str, str | int] = {}
+    for name, value in request.model_dump().items():
+        if value is None:
+            cells[name] = ""
+        elif isinstance(value, bool):
+            cells[name] = "yes" if value else "no"
+        else:
+            cells[name] = value
+    return cells
 
 
 @dataclass
@@ -357,20 +359,23 @@ def _validate_row(
 
     if any(p.severity == "error" for p in problems):
         return None, problems
-    return (
-        SheetRow(
-            row=line,
-            row_id=row_id,
+    try:
+        request = VideoRequest(
             actor=actor_key,
             script=script,
-            audio=audio,
-            audio_seconds=audio_seconds,
+            audio=str(audio) if audio else None,
             scene=scene,
             image_variant_id=variant,
             resolution=resolution,
             seed=seed,
             captions=captions,
-            extra={name: record.get(name) or "" for name in extras},
-        ),
-        problems,
-    )
+        )
+    except ValidationError as exc:  # a rule of the request that the checks above do not know yet
+        for err in exc.errors():
+            where = str(err["loc"][0]) if err["loc"] else None
+            problems.append(SheetProblem(line, where, err["msg"]))
+        return None, problems
+    extra = {name: record.get(name) or "" for name in extras}
+    return SheetRow(
+        row=line, row_id=row_id, request=request, audio_seconds=audio_seconds, extra=extra
+    ), problems

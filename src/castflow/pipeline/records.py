@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import uuid
 
 import sqlalchemy as sa
 
 from castflow import media
 from castflow.db import queries
-from castflow.db.tables import VideoStatus, utcnow
+from castflow.db.tables import Video, VideoStatus, utcnow
 from castflow.models import (
     StageOutcome,
     VideoResult,
@@ -46,19 +47,36 @@ def _finish(
     return rt.db(write, what="recording a video")
 
 
+# The video row's column of a request field, where the names differ; a field with no column of its name
+# (captions) is not stored on the row.
+_VIDEO_COLUMN = {"actor": "actor_key", "audio": "audio_source"}
+
+
+def request_columns(prepared: PreparedVideo) -> dict[str, object]:
+    """The request's fields as the video row stores them: the prepared values (the normalised script,
+    the resolved audio path, the variant's UUID), the request's own for the rest."""
+    req = prepared.request
+    resolved: dict[str, object] = {
+        "actor": prepared.actor.key,
+        "script": prepared.script,
+        "audio": str(prepared.audio_path) if prepared.audio_path else None,
+        "image_variant_id": uuid.UUID(req.image_variant_id) if req.image_variant_id else None,
+    }
+    columns = Video.__table__.c
+    values: dict[str, object] = {}
+    for name in type(req).model_fields:
+        column = _VIDEO_COLUMN.get(name, name)
+        if column in columns:
+            values[column] = resolved[name] if name in resolved else getattr(req, name)
+    return values
+
+
 def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -> str:
     """Create (or reset) the video row as running; returns its id. ``extra_values`` are more columns
     (a campaign row's campaign_id, row_id, extra)."""
-    req = prepared.request
     values = {
         **extra_values,
-        "actor_key": prepared.actor.key,
-        "script": prepared.script,
-        "audio_source": str(prepared.audio_path) if prepared.audio_path else None,
-        "scene": req.scene,
-        "resolution": req.resolution,
-        "seed": req.seed,
-        "image_variant_id": _uuid_or_none(req.image_variant_id),
+        **request_columns(prepared),
         "status": VideoStatus.running,
         "failed_stage": None,
         "error": None,
@@ -68,12 +86,6 @@ def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -
         what="recording a video",
     )
     return str(video_id)
-
-
-def _uuid_or_none(value: str | None) -> object:
-    import uuid
-
-    return uuid.UUID(value) if value else None
 
 
 def record_success(
