@@ -23,8 +23,8 @@ for _name in list(os.environ):
         del os.environ[_name]  # a developer's own configuration must not leak into tests
 
 from castflow.db.session import dispose_engines  # noqa: E402
-from castflow.fakes.fal import FakeFal  # noqa: E402
-from castflow.fakes.wavespeed import FakeWaveSpeed  # noqa: E402
+from castflow.providers.fal.fake import FakeFal  # noqa: E402
+from castflow.providers.wavespeed.fake import FakeWaveSpeed  # noqa: E402
 from castflow.runtime import Runtime, build_runtime, reset_runtime  # noqa: E402
 from castflow.settings import Settings, reset_settings  # noqa: E402
 

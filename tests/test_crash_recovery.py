@@ -15,9 +15,9 @@ import sqlalchemy as sa
 
 from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
 from castflow.db.tables import StageRun, StageStatus
-from castflow.fakes import fal as fal_fake
-from castflow.fakes import wavespeed as ws_fake
 from castflow.models import VideoRequest, Voice
+from castflow.providers.fal import fake as fal_fake
+from castflow.providers.wavespeed import fake as ws_fake
 from castflow.runtime import Runtime, get_runtime
 from castflow.settings import reset_settings
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from castflow.doctor import run_checks
-from castflow.fakes import fal as fal_fake
-from castflow.fakes import wavespeed as ws_fake
+from castflow.providers.fal import fake as fal_fake
+from castflow.providers.wavespeed import fake as ws_fake
 from castflow.settings import Settings
 
 

@@ -21,14 +21,15 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from castflow.fakes import fal, wavespeed
-from castflow.fakes.fal import FakeFal
 from castflow.fakes.supabase import FakeSupabaseStorage
-from castflow.fakes.wavespeed import FakeWaveSpeed, Outcome
 from castflow.providers.base import SubmitOutcomeUnknown, TransientError
-from castflow.providers.fal import FalClient
+from castflow.providers.fal import fake as fal
+from castflow.providers.fal.client import FalClient
+from castflow.providers.fal.fake import FakeFal
 from castflow.providers.http import PollSchedule, RetryPolicy
-from castflow.providers.wavespeed import WaveSpeedClient
+from castflow.providers.wavespeed import fake as wavespeed
+from castflow.providers.wavespeed.client import WaveSpeedClient
+from castflow.providers.wavespeed.fake import FakeWaveSpeed, Outcome
 from castflow.storage.supabase import SupabaseStorage
 
 FAST = RetryPolicy(attempts=6, base_delay=0.01, max_delay=0.05, total_seconds=10)

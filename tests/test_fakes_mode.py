@@ -12,9 +12,9 @@ from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
 from castflow.db.tables import StageRun
 from castflow.fakes import running_fakes
 from castflow.models import VideoRequest, Voice
-from castflow.providers.fal import FalImageEditor, FalSpeech
+from castflow.providers.fal.roles import FalImageEditor, FalSpeech
 from castflow.providers.http import RetryPolicy
-from castflow.providers.wavespeed import WaveSpeedLipSync
+from castflow.providers.wavespeed.lipsync import WaveSpeedLipSync
 from castflow.runtime import get_runtime
 from castflow.settings import reset_settings
 
@@ -99,7 +99,7 @@ def test_faults_everywhere_give_the_same_correct_video_as_the_embedded_defaults(
     """429s, 5xx, slow queues and one failed job on every paid role: the video comes out as correct as
     on the embedded defaults (QC-checked durations and frame rate, every stage succeeded, costs recorded),
     and each failure costs exactly one extra submit."""
-    from castflow.fakes.wavespeed import Outcome
+    from castflow.providers.wavespeed.fake import Outcome
     from flows.generate_video import generate_video
 
     reset_settings()

@@ -12,11 +12,11 @@ from PIL import Image
 from pydantic import SecretStr
 
 from castflow import media
-from castflow.fakes.fal import VALID_KEY, FakeFal
 from castflow.portraits import SAMPLE_LOOKS, draw_portrait
 from castflow.providers.base import PermanentError, SubmitOutcomeUnknown, TransientError
-from castflow.providers.fal import FalClient, PollSchedule, app_path
-from castflow.providers.http import RetryPolicy
+from castflow.providers.fal.client import FalClient, app_path
+from castflow.providers.fal.fake import VALID_KEY, FakeFal
+from castflow.providers.http import PollSchedule, RetryPolicy
 
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, total_seconds=10)
 

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from castflow import pipeline
 from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
 from castflow.db.tables import StageRun, StageStatus
-from castflow.fakes.fal import VALID_KEY, FakeFal
 from castflow.models import VideoRequest, Voice
-from castflow.providers.fal import FalImageEditor, PollSchedule
-from castflow.providers.http import RetryPolicy
+from castflow.providers.fal.fake import VALID_KEY, FakeFal
+from castflow.providers.fal.roles import FalImageEditor
+from castflow.providers.http import PollSchedule, RetryPolicy
 from castflow.runtime import Runtime, get_runtime
 from castflow.settings import reset_settings
 

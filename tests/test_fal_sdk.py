@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from castflow import media
-from castflow.fakes.fal import VALID_KEY, FakeFal
+from castflow.providers.fal.fake import VALID_KEY, FakeFal
 
 
 @pytest.fixture

@@ -16,12 +16,13 @@ from pydantic import SecretStr
 from castflow import media, pipeline
 from castflow.actors import ensure_sample_actors
 from castflow.db.tables import StageRun, StageStatus
-from castflow.fakes.wavespeed import VALID_KEY, FakeWaveSpeed, Outcome
 from castflow.models import MediaRef, VideoRequest, Voice
 from castflow.providers.base import PermanentError, SubmitOutcomeUnknown, TransientError
 from castflow.providers.http import PollSchedule, RetryPolicy
 from castflow.providers.local import EspeakSpeech, LocalImageEditor
-from castflow.providers.wavespeed import WaveSpeedClient, WaveSpeedLipSync, billed_seconds
+from castflow.providers.wavespeed.client import WaveSpeedClient, billed_seconds
+from castflow.providers.wavespeed.fake import VALID_KEY, FakeWaveSpeed, Outcome
+from castflow.providers.wavespeed.lipsync import WaveSpeedLipSync
 from castflow.runtime import Runtime, get_runtime
 from castflow.settings import reset_settings
 

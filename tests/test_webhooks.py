@@ -32,21 +32,15 @@ from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 
 from castflow.db.tables import WebhookEvent
-from castflow.fakes.fal import VALID_KEY, FakeFal
-from castflow.providers.fal import FalClient
+from castflow.providers.fal.client import FalClient
+from castflow.providers.fal.fake import VALID_KEY, FakeFal
+from castflow.providers.fal.jwks import JwksCache, public_jwk
+from castflow.providers.fal.webhook import sign_fal, verify_fal
+from castflow.providers.wavespeed.webhook import sign_wavespeed, verify_wavespeed
 from castflow.runtime import Runtime
 from castflow.settings import WebhookSettings
 from castflow.webhooks.app import create_app
-from castflow.webhooks.jwks import JwksCache
-from castflow.webhooks.signing import (
-    SignatureMismatch,
-    WebhookRejected,
-    public_jwk,
-    sign_fal,
-    sign_wavespeed,
-    verify_fal,
-    verify_wavespeed,
-)
+from castflow.webhooks.delivery import SignatureMismatch, WebhookRejected
 from castflow.webhooks.store import WebhookCompletion, find_completion
 
 SECRET = "whsec_c2VjcmV0LWZvci10ZXN0cw-and-more"
@@ -101,7 +95,8 @@ def receiver(engine: sa.Engine, fake: FakeFal, **settings: Any) -> Iterator[Hook
         f"{fake.url}/.well-known/jwks.json", cache_s=3600, min_interval_s=60, clock=lambda: clock[0]
     )
     hooks = WebhookSettings(**settings)
-    with serving(create_app(hooks, engine=engine, jwks=jwks, max_body_bytes=64_000)) as url:
+    app = create_app(hooks, engine=engine, vendor_options={"fal": {"jwks": jwks}}, max_body_bytes=64_000)
+    with serving(app) as url:
         yield Hook(url, fake, jwks, clock, engine)
 
 
@@ -304,7 +299,7 @@ def test_valid_fal_delivery_is_recorded_and_found(hook: Hook, rt: Runtime) -> No
     assert find_completion(rt.engine, "wavespeed", "req-ok") is None
     assert find_completion(rt.engine, "fal", "req-other") is None
     (row,) = hook.rows()
-    assert (row.provider.value, row.request_id, len(row.delivery_id)) == ("fal", "req-ok", 64)
+    assert (row.provider, row.request_id, len(row.delivery_id)) == ("fal", "req-ok", 64)
     # Headers and signatures never reach the database.
     assert headers["X-Fal-Webhook-Signature"] not in json.dumps(row.payload)
 
@@ -591,10 +586,10 @@ def test_webhooks_end_the_stage_waits_without_more_polling(
     although the next poll would only come after 30 s."""
     from castflow import pipeline
     from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
-    from castflow.fakes.wavespeed import VALID_KEY as WS_KEY
-    from castflow.fakes.wavespeed import FakeWaveSpeed
     from castflow.models import Voice
     from castflow.providers.http import PollSchedule
+    from castflow.providers.wavespeed.fake import VALID_KEY as WS_KEY
+    from castflow.providers.wavespeed.fake import FakeWaveSpeed
     from castflow.runtime import get_runtime
     from castflow.settings import reset_settings
 

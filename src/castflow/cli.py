@@ -28,7 +28,7 @@ app = typer.Typer(
 actors_app = typer.Typer(help="The actor library.", no_args_is_help=True)
 variant_app = typer.Typer(help="Image variants (an actor's portrait in a scene).", no_args_is_help=True)
 db_app = typer.Typer(help="castflow's database.", no_args_is_help=True)
-webhooks_app = typer.Typer(help="Signed completion callbacks from fal and WaveSpeed.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Signed completion callbacks from the providers.", no_args_is_help=True)
 app.add_typer(actors_app, name="actors")
 app.add_typer(variant_app, name="variant")
 app.add_typer(db_app, name="db")
@@ -503,13 +503,14 @@ def webhooks_serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8787,
 ) -> None:
-    """Receive fal and WaveSpeed completion webhooks, verify their signatures and record them."""
+    """Receive the providers' completion webhooks, verify their signatures and record them."""
 
     def go() -> None:
         import logging
 
         import uvicorn
 
+        from castflow.providers.vendors import vendors
         from castflow.webhooks.app import create_app, webhook_urls
 
         rt = _runtime()
@@ -517,12 +518,14 @@ def webhooks_serve(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         install_log_redaction()  # the new root handler too
         urls = webhook_urls(hooks, local_base=f"http://{host}:{port}")
-        typer.echo(f"fal webhook URL:       {urls['fal']}")
-        typer.echo(f"WaveSpeed webhook URL: {urls['wavespeed']}")
+        width = max(map(len, urls))
+        for name, url in urls.items():
+            typer.echo(f"{name + ' webhook URL:':<{width + 14}}{url}")
         if not hooks.public_url:
             typer.echo("note: CASTFLOW_WEBHOOKS__PUBLIC_URL is not set; providers cannot reach a local URL")
-        if hooks.wavespeed_secret is None:
-            typer.echo("note: CASTFLOW_WEBHOOKS__WAVESPEED_SECRET is not set; WaveSpeed deliveries get 503")
+        for vendor in vendors():
+            for problem in vendor.webhook_problems(rt.settings, online=False):
+                typer.echo(f"note: {problem}")
         sys.stdout.flush()
         uvicorn.run(
             create_app(hooks, engine=rt.engine),

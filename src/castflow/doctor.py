@@ -10,31 +10,15 @@ from __future__ import annotations
 import functools
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import httpx
 import sqlalchemy as sa
 
+from castflow.checks import Check
 from castflow.db import migrate
 from castflow.db.session import get_engine
+from castflow.providers.vendors import VENDORS, vendors
 from castflow.settings import Settings
-
-Level = Literal["ok", "warn", "fail"]
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    level: Level
-    detail: str
-
-
-def _http(
-    method: str, url: str, *, headers: dict[str, str], json: object = None, timeout: float = 10.0
-) -> httpx.Response:
-    with httpx.Client(timeout=timeout) as client:
-        return client.request(method, url, headers=headers, json=json)
 
 
 def _guard(name: str, fn: Callable[[], Check]) -> Check:
@@ -90,48 +74,6 @@ def check_storage(settings: Settings) -> Check:
     return Check("storage", "ok", f"supabase {sb.url}: buckets {buckets} present ({sb.url_mode} URLs)")
 
 
-def check_fal(settings: Settings) -> Check:
-    key = settings.providers.fal_key
-    if key is None:
-        return Check("fal", "ok", "not configured (no key); scene variants and speech stay embedded")
-    resp = _http(
-        "POST",
-        f"{settings.fal.rest_url.rstrip('/')}/storage/auth/token?storage_type=fal-cdn-v3",
-        headers={"Authorization": f"Key {key.get_secret_value()}"},
-        json={},
-    )
-    if resp.status_code in (401, 403):
-        return Check(
-            "fal", "fail", f"key set but refused by {settings.fal.rest_url} (HTTP {resp.status_code})"
-        )
-    if not resp.is_success:
-        return Check("fal", "fail", f"{settings.fal.rest_url} answered HTTP {resp.status_code}")
-    return Check(
-        "fal", "ok", f"key accepted by {settings.fal.rest_url}; image role: {settings.providers.image}"
-    )
-
-
-def check_wavespeed(settings: Settings) -> Check:
-    key = settings.providers.wavespeed_key
-    if key is None:
-        level: Level = "fail" if settings.providers.lipsync == "wavespeed" else "ok"
-        return Check("wavespeed", level, "no key; lip-sync stays embedded")
-    base = settings.wavespeed.base_url.rstrip("/")
-    resp = _http(
-        "GET", f"{base}/api/v3/balance", headers={"Authorization": f"Bearer {key.get_secret_value()}"}
-    )
-    if resp.status_code == 401:
-        return Check(
-            "wavespeed",
-            "fail",
-            "key set but refused (401); a key works only after the account's first top-up",
-        )
-    if not resp.is_success:
-        return Check("wavespeed", "fail", f"{base} answered HTTP {resp.status_code}")
-    balance = (resp.json().get("data") or {}).get("balance")
-    return Check("wavespeed", "ok", f"key accepted by {base}; balance {balance}")
-
-
 def check_webhooks(settings: Settings) -> Check:
     hooks = settings.webhooks
     if not hooks.public_url:
@@ -139,16 +81,12 @@ def check_webhooks(settings: Settings) -> Check:
     problems = []
     if not hooks.public_url.startswith("https://"):
         problems.append("public_url should be https:// (providers deliver to public HTTPS endpoints)")
-    if settings.providers.wavespeed_key is not None and hooks.wavespeed_secret is None:
-        problems.append(
-            "CASTFLOW_WEBHOOKS__WAVESPEED_SECRET is not set (WaveSpeed deliveries would be refused)"
-        )
-    resp = _http("GET", hooks.fal_jwks_url, headers={})
-    if not resp.is_success or not resp.json().get("keys"):
-        problems.append(f"fal JWKS {hooks.fal_jwks_url} answered HTTP {resp.status_code} without keys")
+    for vendor in vendors():
+        problems += vendor.webhook_problems(settings)
     if problems:
         return Check("webhooks", "warn", "; ".join(problems))
-    return Check("webhooks", "ok", f"deliveries to {hooks.public_url}/webhooks/{{fal,wavespeed}}")
+    paths = ",".join(VENDORS)
+    return Check("webhooks", "ok", f"deliveries to {hooks.public_url}/webhooks/{{{paths}}}")
 
 
 def run_checks(settings: Settings) -> list[Check]:
@@ -158,11 +96,10 @@ def run_checks(settings: Settings) -> list[Check]:
 
         settings = serve_fakes(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    checks = [
+    checks: list[tuple[str, Callable[[Settings], Check]]] = [
         ("database", check_database),
         ("storage", check_storage),
-        ("fal", check_fal),
-        ("wavespeed", check_wavespeed),
+        *((v.NAME, v.check) for v in vendors()),
         ("webhooks", check_webhooks),
     ]
     return [_guard(name, functools.partial(fn, settings)) for name, fn in checks]

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import sqlalchemy as sa
 
 from castflow import media
-from castflow.db.tables import Campaign, StageRun, Video, VideoStage
+from castflow.db import queries
+from castflow.db.tables import Campaign
 from castflow.redact import redact
 from castflow.runtime import Runtime
 from castflow.sheets import FORMULA_PREFIXES
@@ -54,14 +54,9 @@ class Report:
 
 def _campaign(rt: Runtime, name_or_id: str) -> Campaign:
     with rt.session() as s:
-        query = sa.select(Campaign)
-        try:
-            query = query.where(Campaign.id == uuid.UUID(name_or_id))
-        except ValueError:
-            query = query.where(Campaign.name == name_or_id).order_by(Campaign.created_at.desc()).limit(1)
-        campaign = s.scalars(query).first()
+        campaign = queries.find_campaign(s, name_or_id=name_or_id)
         if campaign is None:
-            known = ", ".join(sorted({c.name for c in s.scalars(sa.select(Campaign))})) or "none yet"
+            known = ", ".join(queries.campaign_names(s)) or "none yet"
             raise ReportError(f"no campaign {name_or_id!r} (known: {known})")
         s.expunge(campaign)
         return campaign
@@ -85,9 +80,7 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
                 "video_key": v.video_key,
                 "video_url": v.video_url,
             }
-            for v in s.scalars(
-                sa.select(Video).where(Video.campaign_id == campaign_id).order_by(Video.row_id)
-            )
+            for v in queries.campaign_videos(s, campaign_id=campaign_id)
         ]
         stages = [
             {
@@ -100,12 +93,7 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
                 "model": run.model if run else "-",
                 "run_seconds": run.run_seconds if run else None,
             }
-            for link, row_id, actor, run in s.execute(
-                sa.select(VideoStage, Video.row_id, Video.actor_key, StageRun)
-                .join(Video, Video.id == VideoStage.video_id)
-                .outerjoin(StageRun, StageRun.stage_key == VideoStage.stage_key)
-                .where(Video.campaign_id == campaign_id)
-            )
+            for link, row_id, actor, run in queries.campaign_stage_links(s, campaign_id=campaign_id)
         ]
     video_schema = {
         "row_id": pl.String,

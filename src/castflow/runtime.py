@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,10 +30,8 @@ from castflow.providers.base import (
     QueueSpeechSynth,
     SpeechSynth,
 )
-from castflow.providers.fal import FalClient, FalImageEditor, FalSpeech
-from castflow.providers.http import PollSchedule, RetryPolicy
 from castflow.providers.local import EspeakSpeech, LocalImageEditor, PreviewLipSync
-from castflow.providers.wavespeed import WaveSpeedClient, WaveSpeedLipSync
+from castflow.providers.vendors import Roles, vendors
 from castflow.settings import Settings, get_settings
 from castflow.storage import Storage, build_storage
 
@@ -168,36 +165,22 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     ensure_schema(engine, auto=settings.is_embedded_db)
     reconcile_journals(settings, engine)
-    speech: dict[str, SpeechSynth | QueueSpeechSynth] = {"local": EspeakSpeech()}
-    image: ImageEditor | QueueImageEditor = LocalImageEditor()
-    if settings.providers.fal_key is not None:
-        fal = FalClient(
-            settings.providers.fal_key,
-            policy=RetryPolicy.from_settings(settings.http),
-            queue_url=settings.fal.queue_url,
-            rest_url=settings.fal.rest_url,
-            cdn_url=settings.fal.cdn_url,
-            poll=PollSchedule(first=settings.fal.poll_first_s, factor=2.0, cap=settings.fal.poll_cap_s),
-            **webhook_options(settings, engine, "fal"),
-        )
-        speech["fal"] = FalSpeech(
-            fal, prices=settings.prices.tts_per_1k_chars, deadline_s=settings.fal.speech_deadline_s
-        )
-        if settings.providers.image == "fal":
-            image = FalImageEditor(
-                fal,
-                model=settings.fal.image_model,
-                aspect_ratio=settings.fal.aspect_ratio,
-                price_per_image=settings.prices.image_edit(settings.fal.image_model),
-                deadline_s=settings.fal.image_deadline_s,
-            )
+    roles = Roles(
+        image=LocalImageEditor(),
+        speech={"local": EspeakSpeech()},
+        lipsync=PreviewLipSync(
+            fps=settings.pipeline.fps, max_audio_seconds=settings.pipeline.max_audio_seconds
+        ),
+    )
+    for vendor in vendors():  # each puts in the roles its settings choose
+        vendor.build(settings, engine, roles)
     return Runtime(
         settings=settings,
         engine=engine,
         storage=build_storage(settings),
-        image=image,
-        speech=speech,
-        lipsync=build_lipsync(settings, engine),
+        image=roles.image,
+        speech=roles.speech,
+        lipsync=roles.lipsync,
         provider_slots={
             name: threading.BoundedSemaphore(limit)
             for name, limit in settings.campaign.provider_limits.items()
@@ -223,50 +206,6 @@ def reconcile_journals(settings: Settings, engine: sa.Engine) -> int:
         )
 
     return journal_reconcile(settings.data_dir, apply)
-
-
-def webhook_options(settings: Settings, engine: sa.Engine, provider: str) -> dict[str, Any]:
-    """With a public URL configured, submits ask ``provider`` to call ``castflow webhooks serve`` and the
-    waits look for the recorded delivery (polling continues, slower, as the fallback)."""
-    hooks = settings.webhooks
-    if not hooks.public_url:
-        return {}
-    from castflow.webhooks.app import webhook_urls
-    from castflow.webhooks.store import find_completion
-
-    return {
-        "webhook_url": webhook_urls(hooks, local_base=hooks.public_url)[provider],
-        "hint": functools.partial(find_completion, engine, provider),
-    }
-
-
-def build_lipsync(settings: Settings, engine: sa.Engine) -> LipSyncer | QueueLipSyncer:
-    """The lip-sync provider the settings choose (the embedded preview renderer by default)."""
-    key = settings.providers.wavespeed_key
-    if settings.providers.lipsync == "wavespeed" and key is not None:
-        ws = settings.wavespeed
-        hooks = webhook_options(settings, engine, "wavespeed")
-        cap = max(ws.poll_cap_s, settings.webhooks.poll_cap_s) if hooks else ws.poll_cap_s
-        client = WaveSpeedClient(
-            key,
-            policy=RetryPolicy.from_settings(settings.http),
-            base_url=ws.base_url,
-            result_path=ws.result_path,
-            upload_mode=ws.upload_mode,
-            poll=PollSchedule(first=ws.poll_first_s, factor=2.0, cap=cap),
-            **hooks,
-        )
-        return WaveSpeedLipSync(
-            client,
-            model=ws.lipsync_model,
-            prices=settings.prices.lipsync_per_second,
-            min_seconds=settings.prices.lipsync_min_seconds,
-            deadline_base_s=ws.deadline_base_s,
-            deadline_per_audio_s=ws.deadline_per_audio_s,
-            prompt=ws.prompt,
-            expected_per_audio_s=ws.expected_seconds_per_audio_second,
-        )
-    return PreviewLipSync(fps=settings.pipeline.fps, max_audio_seconds=settings.pipeline.max_audio_seconds)
 
 
 _MIGRATE_LOCK = threading.Lock()

@@ -6,19 +6,17 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from castflow.providers.fal.settings import FalSettings
+from castflow.providers.wavespeed.settings import WaveSpeedSettings
+from castflow.section import Section, clean_secret
 
 Resolution = Literal["480p", "720p"]
 
 # Output frame sizes of the lip-sync stage: vertical 9:16, even sides (H.264 needs them even).
 FRAME_SIZES: dict[str, tuple[int, int]] = {"480p": (480, 854), "720p": (720, 1280)}
-
-
-class Section(BaseModel):
-    """A settings group. Validation errors never echo the input (it may be a key or a password)."""
-
-    model_config = ConfigDict(hide_input_in_errors=True)
 
 
 class DatabaseSettings(Section):
@@ -50,19 +48,6 @@ class HttpSettings(Section):
         default=30.0, ge=0, description="Longest wait between tries (Retry-After too)."
     )
     total_s: float = Field(default=120.0, gt=0, description="Give up on a request after this long.")
-
-
-def clean_secret(value: SecretStr | None) -> SecretStr | None:
-    """Keys pasted with surrounding spaces or a newline are trimmed; any other control character is
-    refused (it would end up quoted, with the key, in an HTTP library's error message)."""
-    if value is None:
-        return None
-    text = value.get_secret_value().strip()
-    if not text:
-        return None
-    if any(ord(c) < 32 or ord(c) == 127 or c.isspace() for c in text):
-        raise ValueError("contains spaces or control characters (value not shown)")
-    return SecretStr(text)
 
 
 class SupabaseStorageSettings(Section):
@@ -121,44 +106,6 @@ class ProviderSettings(Section):
     wavespeed_key: SecretStr | None = None
 
     _keys = field_validator("fal_key", "wavespeed_key")(clean_secret)
-
-
-class FalSettings(Section):
-    """fal.ai hosts and models (the hosts are settings so the loopback fake can stand in)."""
-
-    queue_url: str = "https://queue.fal.run"
-    rest_url: str = "https://rest.fal.ai"
-    cdn_url: str = "https://v3.fal.media"
-    image_model: str = "fal-ai/nano-banana/edit"
-    aspect_ratio: str = "9:16"
-    image_deadline_s: float = Field(default=600, gt=0)
-    speech_deadline_s: float = Field(default=600, gt=0)
-    poll_first_s: float = Field(default=1.0, gt=0, description="First status poll delay; doubles each time.")
-    poll_cap_s: float = Field(default=16.0, gt=0, description="Longest delay between status polls.")
-
-
-class WaveSpeedSettings(Section):
-    """WaveSpeed (InfiniteTalk lip-sync). The host is a setting so the loopback fake can stand in."""
-
-    base_url: str = "https://api.wavespeed.ai"
-    lipsync_model: str = "wavespeed-ai/infinitetalk"
-    # The spec (wavespeed.md section 3.2) has a doubt: SDKs use /predictions/{id}/result, newer docs show
-    # /predictions/{id}. "result" is the default; "bare" switches to the other form.
-    result_path: Literal["result", "bare"] = "result"
-    # Media upload (section 5): the documented multipart endpoint, or the SDK's direct-upload ticket + PUT.
-    upload_mode: Literal["binary", "ticket"] = "binary"
-    prompt: str | None = Field(default=None, description="Optional positive prompt sent with each render.")
-    # Deadline for a render: base + per_audio_second x audio seconds (the docs say 10-30 s of wall time
-    # per second of video; 60 s per second leaves room for queueing).
-    deadline_base_s: float = Field(default=600, gt=0)
-    deadline_per_audio_s: float = Field(default=60, ge=0)
-    expected_seconds_per_audio_second: float = Field(
-        default=10,
-        ge=0,
-        description="The docs say 10-30 s of wall time per second of video: the first poll waits the low end.",
-    )
-    poll_first_s: float = Field(default=5, gt=0, description="The docs ask for >= 5 s between checks.")
-    poll_cap_s: float = Field(default=30, gt=0)
 
 
 class WebhookSettings(Section):
@@ -284,6 +231,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     storage: StorageSettings = StorageSettings()
     providers: ProviderSettings = ProviderSettings()
+    # Each vendor's own group (castflow/providers/<vendor>/settings.py).
     fal: FalSettings = FalSettings()
     wavespeed: WaveSpeedSettings = WaveSpeedSettings()
     webhooks: WebhookSettings = WebhookSettings()

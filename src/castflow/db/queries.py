@@ -25,7 +25,6 @@ from castflow.db.tables import (
     VideoStage,
     VideoStatus,
     WebhookEvent,
-    WebhookProvider,
     WebhookStatus,
     utcnow,
 )
@@ -627,7 +626,37 @@ def update_campaign(session: Session, *, campaign_id: uuid.UUID, **values: Any) 
 
 
 def campaign_videos(session: Session, *, campaign_id: uuid.UUID) -> Sequence[Video]:
-    return session.scalars(sa.select(Video).where(Video.campaign_id == campaign_id)).all()
+    """The campaign's videos, by row id."""
+    return session.scalars(
+        sa.select(Video).where(Video.campaign_id == campaign_id).order_by(Video.row_id)
+    ).all()
+
+
+def find_campaign(session: Session, *, name_or_id: str) -> Campaign | None:
+    """The campaign with this id, or the latest one with this name."""
+    query = sa.select(Campaign)
+    try:
+        query = query.where(Campaign.id == uuid.UUID(name_or_id))
+    except ValueError:
+        query = query.where(Campaign.name == name_or_id).order_by(Campaign.created_at.desc()).limit(1)
+    return session.scalars(query).first()
+
+
+def campaign_names(session: Session) -> list[str]:
+    return sorted(set(session.scalars(sa.select(Campaign.name))))
+
+
+def campaign_stage_links(
+    session: Session, *, campaign_id: uuid.UUID
+) -> list[tuple[VideoStage, str | None, str, StageRun | None]]:
+    """Each stage a video of the campaign used: (the link, the row id, the actor, its stage run if any)."""
+    rows = session.execute(
+        sa.select(VideoStage, Video.row_id, Video.actor_key, StageRun)
+        .join(Video, Video.id == VideoStage.video_id)
+        .outerjoin(StageRun, StageRun.stage_key == VideoStage.stage_key)
+        .where(Video.campaign_id == campaign_id)
+    )
+    return [(link, row_id, actor, run) for link, row_id, actor, run in rows]
 
 
 # ---- webhook events ---------------------------------------------------------------------------------
@@ -636,7 +665,7 @@ def campaign_videos(session: Session, *, campaign_id: uuid.UUID) -> Sequence[Vid
 def record_webhook_event(
     session: Session,
     *,
-    provider: WebhookProvider | str,
+    provider: str,
     delivery_id: str,
     request_id: str,
     status: WebhookStatus | str,
@@ -648,7 +677,7 @@ def record_webhook_event(
     stmt = (
         ins.values(
             id=uuid.uuid4(),
-            provider=WebhookProvider(provider).value,
+            provider=provider,
             delivery_id=delivery_id,
             request_id=request_id,
             status=WebhookStatus(status).value,
@@ -663,13 +692,11 @@ def record_webhook_event(
     return None if new_id is None else session.get(WebhookEvent, new_id)
 
 
-def find_webhook_completion(
-    session: Session, *, provider: WebhookProvider | str, request_id: str
-) -> WebhookEvent | None:
+def find_webhook_completion(session: Session, *, provider: str, request_id: str) -> WebhookEvent | None:
     """The first recorded completion of a provider job (one indexed lookup), or None."""
     stmt = (
         sa.select(WebhookEvent)
-        .where(WebhookEvent.request_id == request_id, WebhookEvent.provider == WebhookProvider(provider))
+        .where(WebhookEvent.request_id == request_id, WebhookEvent.provider == provider)
         .order_by(WebhookEvent.received_at, WebhookEvent.id)
         .limit(1)
     )

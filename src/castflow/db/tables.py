@@ -209,11 +209,6 @@ class StageRun(TimestampMixin, Base):
     campaign_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, index=True)
 
 
-class WebhookProvider(enum.StrEnum):
-    fal = "fal"
-    wavespeed = "wavespeed"
-
-
 class WebhookStatus(enum.StrEnum):
     completed = "completed"
     failed = "failed"
@@ -229,8 +224,10 @@ class WebhookEvent(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    provider: Mapped[WebhookProvider] = mapped_column(_enum(WebhookProvider))
-    # fal: SHA-256 of the signed message; WaveSpeed: the webhook-id header.
+    # The vendor's name (castflow.providers.vendors.VENDORS). Migration 0002 made it a VARCHAR(16) (a
+    # non-native enum, no CHECK constraint), so a new vendor needs no migration.
+    provider: Mapped[str] = mapped_column(sa.String(16))
+    # The vendor's delivery id (fal: SHA-256 of the signed message; WaveSpeed: the webhook-id header).
     delivery_id: Mapped[str] = mapped_column(sa.String(200))
     # The provider's job id (fal request_id, WaveSpeed prediction id).
     request_id: Mapped[str] = mapped_column(sa.String(200))

@@ -29,24 +29,19 @@ def _start(name: str, factory: Any) -> Any:
 
 def serve_fakes(settings: Settings) -> Settings:
     """Start the fakes the settings need (once per process); return settings that point at them."""
-    from castflow.fakes import fal, supabase, wavespeed
+    from castflow.fakes import supabase
+    from castflow.providers.vendors import vendors
 
     with _LOCK:
         if not _FAKES:
             atexit.register(_STACK.close)
-        fal_fake = _start("fal", fal.FakeFal)
-        ws_fake = _start("wavespeed", wavespeed.FakeWaveSpeed)
+        started = [(vendor, _start(vendor.NAME, vendor.start_fake)) for vendor in vendors()]
         sb_fake = _start("supabase", supabase.FakeSupabaseStorage)
     update = settings.model_copy(deep=True)
     update.storage.supabase.url = sb_fake.url
     update.storage.supabase.service_role_key = _secret(supabase.SERVICE_KEY)
-    update.providers.fal_key = _secret(fal.VALID_KEY)
-    update.providers.wavespeed_key = _secret(wavespeed.VALID_KEY)
-    update.fal.queue_url = update.fal.rest_url = update.fal.cdn_url = fal_fake.url
-    update.wavespeed.base_url = ws_fake.url
-    update.wavespeed.poll_first_s = min(update.wavespeed.poll_first_s, 0.2)
-    update.wavespeed.poll_cap_s = min(update.wavespeed.poll_cap_s, 1.0)
-    update.wavespeed.expected_seconds_per_audio_second = 0.0  # the fakes render at once
+    for vendor, fake in started:
+        vendor.use_fake(update, fake)
     return update
 
 

@@ -14,8 +14,10 @@ import sys
 import threading
 from pathlib import Path
 
-from castflow.fakes import fal, supabase, wavespeed
+from castflow.fakes import supabase
 from castflow.fakes._base import JobLog, set_knobs
+from castflow.providers.fal import fake as fal
+from castflow.providers.wavespeed import fake as wavespeed
 
 
 def _codes(text: str) -> list[int]:

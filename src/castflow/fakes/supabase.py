@@ -1,5 +1,5 @@
 """A loopback fake of Supabase Storage: the REST subset and minimal TUS of Appendix A of
-../shared/specs/supabase-storage-and-postgres.md, with the real error shape (HTTP 400, true status in
+docs/providers/supabase-storage-and-postgres.md, with the real error shape (HTTP 400, true status in
 the body's ``statusCode``).
 
 Object bytes live on disk and every body is streamed in blocks, so 100 MB uploads do not grow the

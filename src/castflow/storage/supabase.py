@@ -1,6 +1,6 @@
 """Supabase Storage backend: storage3 for the REST calls, our own TUS client (httpx) for large files.
 
-Protocol: ../shared/specs/supabase-storage-and-postgres.md, sections 1 and 2. Buckets are chosen by the
+Protocol: docs/providers/supabase-storage-and-postgres.md, sections 1 and 2. Buckets are chosen by the
 key's media type; the object path inside the bucket is the key. Uploads stream from the file (never the
 whole file in memory) and always overwrite (``x-upsert: true``): castflow's keys are deterministic.
 Downloads stream too; ``local_path`` keeps a local copy of each object in the cache folder.

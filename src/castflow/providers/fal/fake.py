@@ -1,4 +1,4 @@
-"""A loopback fake of fal.ai's queue API and CDN, speaking the protocol of ../shared/specs/fal.md.
+"""A loopback fake of fal.ai's queue API and CDN, speaking the protocol of docs/providers/fal.md.
 
 It returns real media made by the embedded providers, so QC runs on its outputs. Knobs set queue and
 run times and inject faults (429/5xx answers, failed jobs, lost submit answers, latency), scripted or
@@ -35,8 +35,9 @@ from PIL import Image, ImageDraw
 
 from castflow.fakes._base import Codes, FaultKnobs, JsonHandler, LoopbackServer, Rate, Submitted, file_sha256
 from castflow.models import Voice
+from castflow.providers.fal.jwks import public_jwk
+from castflow.providers.fal.webhook import sign_fal
 from castflow.providers.local import EspeakSpeech, LocalImageEditor
-from castflow.webhooks.signing import public_jwk, sign_fal
 
 VALID_KEY = "fake-key-id:fake-key-secret"
 EDIT_MODELS = ("fal-ai/nano-banana/edit",)

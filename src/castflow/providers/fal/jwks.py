@@ -8,16 +8,17 @@ A fetch that fails raises :class:`JwksUnavailable`: the receiver answers 503 so 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
-
-from castflow.webhooks.signing import usable_keys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +100,33 @@ class JwksCache:
         self._fetched_at = now
         log.info("fal JWKS fetched from %s: %d key(s)", self.url, len(keys))
         return keys
+
+
+def _jwk_public_key(jwk: Mapping[str, Any]) -> Ed25519PublicKey | None:
+    """The Ed25519 key of one JWK, or None when it is not a usable Ed25519 key."""
+    x = jwk.get("x")
+    if jwk.get("kty", "OKP") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(x, str):
+        return None
+    try:
+        # fal's own example forgets the padding and then rejects every key (spec §1.10 step 6).
+        raw = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (ValueError, binascii.Error):
+        return None
+
+
+def usable_keys(jwks_keys: Sequence[Mapping[str, Any]]) -> list[Ed25519PublicKey]:
+    """The Ed25519 public keys of a JWKS ``keys`` list; other or broken entries are skipped."""
+    keys = [_jwk_public_key(k) for k in jwks_keys if isinstance(k, Mapping)]
+    return [k for k in keys if k is not None]
+
+
+def public_jwk(key: Ed25519PublicKey, kid: str | None = None) -> dict[str, str]:
+    """A JWK of an Ed25519 public key as fal publishes it (unpadded base64url ``x``)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    x = base64.urlsafe_b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).rstrip(b"=").decode()
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": x, "use": "sig", "alg": "EdDSA"}
+    if kid:
+        jwk["kid"] = kid
+    return jwk

@@ -1,4 +1,4 @@
-"""A loopback fake of WaveSpeed's v3 API, speaking the protocol of ../shared/specs/wavespeed.md section 8.
+"""A loopback fake of WaveSpeed's v3 API, speaking the protocol of docs/providers/wavespeed.md section 8.
 
 Submit (``POST /api/v3/{model}``, optional ``?webhook=``), result (``/predictions/{id}/result`` and the
 bare ``/predictions/{id}``), media upload (multipart ``/media/upload/binary`` and the SDK's ticket +
@@ -278,7 +278,7 @@ class FakeWaveSpeed(LoopbackServer):
 
     def _deliver(self, task: Task) -> None:
         """POST the flat prediction, signed; up to 3 attempts with backoff on non-2xx (as WaveSpeed)."""
-        from castflow.webhooks.signing import sign_wavespeed
+        from castflow.providers.wavespeed.webhook import sign_wavespeed
 
         body = json.dumps({**self.data(task), "input": task.payload}).encode()
         secret = "whsec_wrong" if self.knobs.webhook_tamper else self.webhook_secret

@@ -1,0 +1,104 @@
+"""fal.ai (https://fal.ai): scene variants (``fal-ai/nano-banana/edit``) and speech (TTS models).
+
+The folder holds all castflow knows of fal: ``client`` (the queue API and CDN upload), ``roles`` (the
+image-edit and speech roles), ``settings`` (``CASTFLOW_FAL__…``), ``webhook`` and ``jwks`` (Ed25519
+signatures and fal's key set) and ``fake`` (a loopback fake of the API). This face is its registration
+(castflow.providers.vendors.Vendor); it imports the rest only when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from castflow.checks import Check
+    from castflow.providers.vendors import Roles, WebhookReceiver
+    from castflow.settings import Settings, WebhookSettings
+
+NAME = "fal"
+
+
+def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
+    """Speech for actors whose voice is on fal (with a key), and scene variants when ``providers.image``
+    is ``fal``."""
+    key = settings.providers.fal_key
+    if key is None:
+        return
+    from castflow.providers.fal.client import FalClient
+    from castflow.providers.fal.roles import FalImageEditor, FalSpeech
+    from castflow.providers.http import PollSchedule, RetryPolicy
+    from castflow.providers.vendors import webhook_options
+
+    cfg = settings.fal
+    client = FalClient(
+        key,
+        policy=RetryPolicy.from_settings(settings.http),
+        queue_url=cfg.queue_url,
+        rest_url=cfg.rest_url,
+        cdn_url=cfg.cdn_url,
+        poll=PollSchedule(first=cfg.poll_first_s, factor=2.0, cap=cfg.poll_cap_s),
+        **webhook_options(settings, engine, NAME),
+    )
+    roles.speech[NAME] = FalSpeech(
+        client, prices=settings.prices.tts_per_1k_chars, deadline_s=cfg.speech_deadline_s
+    )
+    if settings.providers.image == NAME:
+        roles.image = FalImageEditor(
+            client,
+            model=cfg.image_model,
+            aspect_ratio=cfg.aspect_ratio,
+            price_per_image=settings.prices.image_edit(cfg.image_model),
+            deadline_s=cfg.image_deadline_s,
+        )
+
+
+def check(settings: Settings) -> Check:
+    """The key against the CDN token endpoint (free)."""
+    from castflow.checks import Check, http
+
+    key = settings.providers.fal_key
+    if key is None:
+        return Check(NAME, "ok", "not configured (no key); scene variants and speech stay embedded")
+    rest = settings.fal.rest_url
+    resp = http(
+        "POST",
+        f"{rest.rstrip('/')}/storage/auth/token?storage_type=fal-cdn-v3",
+        headers={"Authorization": f"Key {key.get_secret_value()}"},
+        json={},
+    )
+    if resp.status_code in (401, 403):
+        return Check(NAME, "fail", f"key set but refused by {rest} (HTTP {resp.status_code})")
+    if not resp.is_success:
+        return Check(NAME, "fail", f"{rest} answered HTTP {resp.status_code}")
+    return Check(NAME, "ok", f"key accepted by {rest}; image role: {settings.providers.image}")
+
+
+def receiver(settings: WebhookSettings, clock: Callable[[], float], **options: Any) -> WebhookReceiver:
+    """``options``: ``jwks``, a key cache to use instead of the settings' JWKS URL."""
+    from castflow.providers.fal.webhook import FalWebhook
+
+    return FalWebhook(settings, clock, jwks=options.get("jwks"))
+
+
+def webhook_problems(settings: Settings, *, online: bool = True) -> list[str]:
+    from castflow.providers.fal.webhook import problems
+
+    return problems(settings, online=online)
+
+
+def start_fake() -> Any:
+    from castflow.providers.fal.fake import FakeFal
+
+    return FakeFal()
+
+
+def use_fake(settings: Settings, fake: Any) -> None:
+    from pydantic import SecretStr
+
+    from castflow.providers.fal.fake import VALID_KEY
+
+    settings.providers.fal_key = SecretStr(VALID_KEY)
+    settings.fal.queue_url = settings.fal.rest_url = settings.fal.cdn_url = fake.url
