@@ -15,9 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, wait
 
 from castflow import pipeline
-from castflow.db.retry import DatabaseUnavailable
 from castflow.models import ActorRef, StageOutcome, VideoResult
 from castflow.pipeline import GRAPH, PreparedVideo, Unit, Watch
+from castflow.pipeline.graph import bookkeeping
 from castflow.runtime import Runtime, get_runtime
 from tasks.policy import is_transient, stage_cache, with_policy
 
@@ -84,44 +84,35 @@ def run_on_tasks(
     done: dict[str, StageOutcome] = {}
     used: list[StageOutcome] = []
     in_flight: dict[str, tuple[Unit, PrefectFuture[StageOutcome]]] = {}  # by the role it makes
-    current = "prepare"
+    current = ["prepare"]
 
     def resolve(roles: tuple[str, ...] | list[str]) -> None:
         """Wait for the units making ``roles`` (all of them, so each is recorded even when one fails),
         then take their outcomes in graph order."""
-        nonlocal current
         waiting = [in_flight.pop(role) for role in dict.fromkeys(roles) if role in in_flight]
         wait([future for _unit, future in waiting])
         for unit, future in sorted(waiting, key=lambda w: graph.index(w[0])):
-            current = unit.name
-            _take(unit, _outcome(future))
+            current[0] = unit.name
+            take(unit, _outcome(future))
 
-    def _take(unit: Unit, outcome: StageOutcome) -> None:
+    def take(unit: Unit, outcome: StageOutcome) -> None:
         done[unit.makes] = outcome
         if unit.ledger:
             used.append(outcome)
             if watch is not None:
                 watch.after(outcome)
 
-    try:
+    with bookkeeping(rt, video, used, current):
         for unit in pipeline.plan(video, graph):
             resolve((*unit.needs, unit.makes))  # its inputs, and an earlier maker of its role
-            current = unit.name
+            current[0] = unit.name
             if watch is not None:
                 watch.before(unit, rt, video, done)
             if unit.task is None:
-                _take(unit, unit.run(rt, video, done))
+                take(unit, unit.run(rt, video, done))
                 continue
             future = with_policy(unit_task(unit), rt.settings).submit(video, dict(done))
             in_flight[unit.makes] = (unit, future)
         resolve(list(in_flight))
-        current = "record"
+        current[0] = "record"
         return with_policy(record, rt.settings)(video, done, used)
-    except pipeline.Skipped as exc:
-        exc.used = used
-        raise
-    except DatabaseUnavailable:
-        raise
-    except Exception as exc:
-        pipeline.record_error(rt, video, exc, stage=current, used=used)
-        raise

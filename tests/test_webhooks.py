@@ -37,11 +37,10 @@ from castflow.providers.fal.fake import VALID_KEY, FakeFal
 from castflow.providers.fal.jwks import JwksCache, public_jwk
 from castflow.providers.fal.webhook import sign_fal, verify_fal
 from castflow.providers.wavespeed.webhook import sign_wavespeed, verify_wavespeed
+from castflow.providers.webhooks import SignatureMismatch, WebhookCompletion, WebhookRejected, find_completion
 from castflow.runtime import Runtime
 from castflow.settings import WebhookSettings
 from castflow.webhooks.app import create_app
-from castflow.webhooks.delivery import SignatureMismatch, WebhookRejected
-from castflow.webhooks.store import WebhookCompletion, find_completion
 
 SECRET = "whsec_c2VjcmV0LWZvci10ZXN0cw-and-more"
 TTS = "fal-ai/elevenlabs/tts/multilingual-v2"

@@ -510,7 +510,7 @@ def webhooks_serve(
 
         import uvicorn
 
-        from castflow.providers.vendors import vendors
+        from castflow.providers.vendors import title, vendors
         from castflow.webhooks.app import create_app, webhook_urls
 
         rt = _runtime()
@@ -518,9 +518,9 @@ def webhooks_serve(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         install_log_redaction()  # the new root handler too
         urls = webhook_urls(hooks, local_base=f"http://{host}:{port}")
-        width = max(map(len, urls))
+        width = max(len(title(name)) for name in urls)
         for name, url in urls.items():
-            typer.echo(f"{name + ' webhook URL:':<{width + 14}}{url}")
+            typer.echo(f"{title(name) + ' webhook URL:':<{width + 14}}{url}")
         if not hooks.public_url:
             typer.echo("note: CASTFLOW_WEBHOOKS__PUBLIC_URL is not set; providers cannot reach a local URL")
         for vendor in vendors():

@@ -94,9 +94,11 @@ class StorageSettings(Section):
 class ProviderSettings(Section):
     """Which implementation plays each role (speech follows each actor's voice provider)."""
 
-    image: Literal["local", "fal"] = "local"
+    # 'local' (embedded) or a vendor of castflow.providers.vendors that plays the role (image: fal;
+    # lip-sync: wavespeed): a new vendor needs no change here.
+    image: str = "local"
     speech: Literal["local"] = "local"
-    lipsync: Literal["local", "wavespeed"] = "local"
+    lipsync: str = "local"
     fakes: bool = Field(
         default=False,
         description="Serve the paid roles (fal, wavespeed, supabase) from in-process loopback fakes that "
@@ -106,6 +108,15 @@ class ProviderSettings(Section):
     wavespeed_key: SecretStr | None = None
 
     _keys = field_validator("fal_key", "wavespeed_key")(clean_secret)
+
+    @field_validator("image", "lipsync")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        from castflow.providers.vendors import VENDORS  # not at import: the vendors import settings
+
+        if value != "local" and value not in VENDORS:
+            raise ValueError(f"unknown provider (known: local, {', '.join(VENDORS)})")
+        return value
 
 
 class WebhookSettings(Section):

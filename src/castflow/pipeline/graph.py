@@ -8,6 +8,8 @@ failure bookkeeping (``records.record_error``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Protocol
 
 from castflow.db.retry import DatabaseUnavailable
@@ -71,16 +73,14 @@ def run_video(
 ) -> VideoResult:
     """Every unit of the video's plan in this thread, then its record; published at ``video.output_key``.
 
-    Failures are recorded (failing stage and reason) and re-raised; a :class:`Skipped` carries the
-    stages used so far for the caller to record; with the database gone nothing can be recorded, and
-    the stage rows already say what was paid (a rerun resumes).
+    Failures go through :func:`bookkeeping`.
     """
     done: dict[str, StageOutcome] = {}
     used: list[StageOutcome] = []
-    current = "prepare"
-    try:
+    current = ["prepare"]
+    with bookkeeping(rt, video, used, current):
         for unit in plan(video, graph):
-            current = unit.name
+            current[0] = unit.name
             if watch is not None:
                 watch.before(unit, rt, video, done)
             outcome = unit.run(rt, video, done)
@@ -89,13 +89,25 @@ def run_video(
                 used.append(outcome)
                 if watch is not None:
                     watch.after(outcome)
-        current = "record"
+        current[0] = "record"
         return records.record_success(rt, video, done, used)
+
+
+@contextlib.contextmanager
+def bookkeeping(
+    rt: Runtime, video: PreparedVideo, used: list[StageOutcome], current: list[str]
+) -> Iterator[None]:
+    """The failure bookkeeping of every runner: a failure is recorded on the video (the unit named in
+    ``current[0]`` when it raised, or the stage a StageFailed names) and re-raised; a :class:`Skipped`
+    carries the stages used so far for the caller to record; with the database gone nothing can be
+    recorded, and the stage rows already say what was paid (a rerun resumes)."""
+    try:
+        yield
     except Skipped as exc:
-        exc.used = used  # the caller records the skip with what was paid so far
+        exc.used = used
         raise
     except DatabaseUnavailable:
         raise
     except Exception as exc:
-        records.record_error(rt, video, exc, stage=current, used=used)
+        records.record_error(rt, video, exc, stage=current[0], used=used)
         raise

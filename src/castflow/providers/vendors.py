@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from castflow.checks import Check
+    from castflow.providers.webhooks import Event
     from castflow.settings import Settings, WebhookSettings
-    from castflow.webhooks.delivery import Event
 
 VENDORS: tuple[str, ...] = (
     "fal",  # scene variants (nano banana edit) and speech (TTS)
@@ -58,7 +58,8 @@ class WebhookReceiver(Protocol):
 class Vendor(Protocol):
     """What a vendor's package provides (module-level names of ``castflow/providers/<vendor>``)."""
 
-    NAME: str
+    NAME: str  # its folder, settings group, webhook path and provider name in the records
+    TITLE: str  # its name as people write it (messages)
 
     def build(self, settings: Settings, engine: sa.Engine, roles: Roles) -> None:
         """Put the vendor's role adapters into ``roles`` where the settings choose them (and a key is set)."""
@@ -101,6 +102,11 @@ def vendors() -> Iterator[Vendor]:
         yield vendor(name)
 
 
+def title(name: str) -> str:
+    """A vendor's name as people write it (the name itself for anything else: 'local', 'upload')."""
+    return vendor(name).TITLE if name in VENDORS else name
+
+
 def webhook_path(name: str) -> str:
     return f"/webhooks/{name}"
 
@@ -111,7 +117,7 @@ def webhook_options(settings: Settings, engine: sa.Engine, name: str) -> dict[st
     hooks = settings.webhooks
     if not hooks.public_url:
         return {}
-    from castflow.webhooks.store import find_completion
+    from castflow.providers.webhooks import find_completion
 
     return {
         "webhook_url": hooks.public_url.rstrip("/") + webhook_path(name),

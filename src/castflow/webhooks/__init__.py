@@ -1,5 +1,2 @@
-"""Signed completion callbacks from fal (Ed25519) and WaveSpeed (HMAC-SHA256): verify, record, look up.
-
-``signing`` and ``store`` are light (no web framework); ``app`` is the Starlette receiver behind
-``castflow webhooks serve``.
-"""
+"""The webhook receiver behind ``castflow webhooks serve``: one route per vendor, each delivery verified by
+its vendor's webhook module (``castflow/providers/<vendor>/webhook.py``) and recorded."""

@@ -30,8 +30,8 @@ from starlette.routing import Route
 
 from castflow.db import queries
 from castflow.providers.vendors import VENDORS, WebhookReceiver, vendors, webhook_path
+from castflow.providers.webhooks import Event, WebhookRejected, reject
 from castflow.settings import WebhookSettings
-from castflow.webhooks.delivery import Event, WebhookRejected, reject
 
 log = logging.getLogger(__name__)
 

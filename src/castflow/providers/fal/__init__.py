@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from castflow.settings import Settings, WebhookSettings
 
 NAME = "fal"
+TITLE = "fal"  # as people write it
 
 
 def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:

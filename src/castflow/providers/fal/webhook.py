@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from castflow.db.tables import WebhookStatus
 from castflow.providers.fal.jwks import JwksCache, JwksUnavailable, usable_keys
-from castflow.settings import WebhookSettings
-from castflow.webhooks.delivery import (
+from castflow.providers.webhooks import (
     ID,
     Event,
     SignatureMismatch,
@@ -31,6 +30,7 @@ from castflow.webhooks.delivery import (
     required,
     text,
 )
+from castflow.settings import WebhookSettings
 
 NAME = "fal"
 

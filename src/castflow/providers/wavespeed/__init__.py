@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from castflow.settings import Settings, WebhookSettings
 
 NAME = "wavespeed"
+TITLE = "WaveSpeed"  # as people write it
 
 
 def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:

@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from castflow.db.tables import WebhookStatus
-from castflow.settings import WebhookSettings
-from castflow.webhooks.delivery import (
+from castflow.providers.webhooks import (
     ID,
     Event,
     WebhookRejected,
@@ -26,6 +25,7 @@ from castflow.webhooks.delivery import (
     required,
     text,
 )
+from castflow.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 

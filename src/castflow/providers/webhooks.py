@@ -1,5 +1,7 @@
-"""What every webhook delivery goes through, whichever vendor sent it: rejections with the HTTP status to
-answer, header and timestamp checks, the JSON body, and the normalised :class:`Event` that is recorded.
+"""Webhooks, whichever vendor sends them: what every delivery goes through (rejections with the HTTP
+status to answer, header and timestamp checks, the JSON body, the normalised :class:`Event` that is
+recorded) and the waiting side's view of what was recorded (:func:`find_completion`, one indexed query
+per provider job).
 
 Each vendor's own signature and payload rules live in its folder (``castflow/providers/<vendor>/webhook.py``).
 Reasons never contain header values, bodies or secrets.
@@ -12,9 +14,13 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
-from castflow.db.tables import WebhookStatus
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from castflow.db import queries
+from castflow.db.tables import WebhookEvent, WebhookStatus
 
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 # Ids end up in the signed message and in the database: printable ASCII, no spaces, bounded.
@@ -99,3 +105,38 @@ def job_id(doc: Mapping[str, Any], field: str) -> str:
 
 def text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+# ---- the waiting side ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookCompletion:
+    """A provider job's completion as a webhook reported it.
+
+    ``payload`` is what the provider's result endpoint would return (fal: the model output, or the
+    error detail when failed; WaveSpeed: the flat prediction object, ``outputs[0]`` being the video).
+    It is None when fal completed but could not send the output (``payload_error``, kept in ``error``):
+    fetch the result from the queue API then.
+    """
+
+    status: Literal["completed", "failed"]
+    error: str | None
+    payload: dict[str, Any] | None
+
+
+def _completion(row: WebhookEvent) -> WebhookCompletion:
+    status: Literal["completed", "failed"] = "completed" if row.status.value == "completed" else "failed"
+    return WebhookCompletion(status=status, error=row.error, payload=row.payload)
+
+
+def find_completion(
+    engine_or_session: sa.Engine | Session, provider: str, request_id: str
+) -> WebhookCompletion | None:
+    """The recorded completion of ``request_id`` at ``provider`` ('fal' | 'wavespeed'), or None yet."""
+    if isinstance(engine_or_session, Session):
+        row = queries.find_webhook_completion(engine_or_session, provider=provider, request_id=request_id)
+        return None if row is None else _completion(row)
+    with Session(engine_or_session) as session, session.begin():
+        row = queries.find_webhook_completion(session, provider=provider, request_id=request_id)
+        return None if row is None else _completion(row)
