@@ -20,6 +20,8 @@ import polars as pl
 from castflow import media
 from castflow.db import queries
 from castflow.db.tables import Campaign
+from castflow.models import VideoRequest
+from castflow.pipeline.records import stored_request_fields
 from castflow.redact import redact
 from castflow.runtime import Runtime
 from castflow.sheets import FORMULA_PREFIXES
@@ -62,18 +64,27 @@ def _campaign(rt: Runtime, name_or_id: str) -> Campaign:
         return campaign
 
 
+def _cell(value: object) -> object:
+    return str(value) if isinstance(value, uuid.UUID) else value
+
+
+def _dtype(field: str) -> pl.DataType:
+    """The polars type of a request field: whole numbers stay numbers, the rest is text."""
+    annotation = VideoRequest.model_fields[field].annotation
+    return pl.Int64() if annotation is int else pl.String()
+
+
 def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The campaign's videos and the stages they used (joined to the stage records) as frames."""
+    fields = stored_request_fields()  # the request's columns, named as the sheet names them
     with rt.session() as s:
         videos = [
             {
                 "row_id": v.row_id,
-                "actor": v.actor_key,
+                **{name: _cell(getattr(v, column)) for name, column in fields.items()},
                 "status": v.status.value,
                 "failed_stage": v.failed_stage,
                 "error": redact(v.error) if v.error else v.error,  # rows recorded before redaction too
-                "resolution": v.resolution,
-                "scene": v.scene,
                 "audio_seconds": v.audio_seconds,
                 "video_seconds": v.video_seconds,
                 "cost_usd": v.cost_usd,
@@ -95,14 +106,12 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
             }
             for link, row_id, actor, run in queries.campaign_stage_links(s, campaign_id=campaign_id)
         ]
-    video_schema = {
+    video_schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "row_id": pl.String,
-        "actor": pl.String,
+        **{name: _dtype(name) for name in fields},
         "status": pl.String,
         "failed_stage": pl.String,
         "error": pl.String,
-        "resolution": pl.String,
-        "scene": pl.String,
         "audio_seconds": pl.Float64,
         "video_seconds": pl.Float64,
         "cost_usd": pl.Float64,

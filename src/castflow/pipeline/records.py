@@ -12,6 +12,7 @@ from castflow.db import queries
 from castflow.db.tables import Video, VideoStatus, utcnow
 from castflow.models import (
     StageOutcome,
+    VideoRequest,
     VideoResult,
 )
 from castflow.pipeline.errors import StageFailed
@@ -52,6 +53,13 @@ def _finish(
 _VIDEO_COLUMN = {"actor": "actor_key", "audio": "audio_source"}
 
 
+def stored_request_fields() -> dict[str, str]:
+    """The request's fields that the video row stores, with their column: what reports read back."""
+    columns = Video.__table__.c
+    fields = {name: _VIDEO_COLUMN.get(name, name) for name in VideoRequest.model_fields}
+    return {name: column for name, column in fields.items() if column in columns}
+
+
 def request_columns(prepared: PreparedVideo) -> dict[str, object]:
     """The request's fields as the video row stores them: the prepared values (the normalised script,
     the resolved audio path, the variant's UUID), the request's own for the rest."""
@@ -62,13 +70,10 @@ def request_columns(prepared: PreparedVideo) -> dict[str, object]:
         "audio": str(prepared.audio_path) if prepared.audio_path else None,
         "image_variant_id": uuid.UUID(req.image_variant_id) if req.image_variant_id else None,
     }
-    columns = Video.__table__.c
-    values: dict[str, object] = {}
-    for name in type(req).model_fields:
-        column = _VIDEO_COLUMN.get(name, name)
-        if column in columns:
-            values[column] = resolved[name] if name in resolved else getattr(req, name)
-    return values
+    return {
+        column: resolved[name] if name in resolved else getattr(req, name)
+        for name, column in stored_request_fields().items()
+    }
 
 
 def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -> str:

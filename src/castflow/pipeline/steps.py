@@ -407,7 +407,8 @@ CAPTIONS = Unit(
     task="captions",
     needs=("checked", "audio"),
     applies=_captioned,
-    key=lambda _rt, v, d: captions_key(d["checked"].output, _script(v)),
+    # No Prefect cache key: the run also writes this video's SRT beside its output key, which a cache hit
+    # (keyed by the stage alone) would skip; the stage itself is reused through its stage_run row.
     run=lambda rt, v, d: add_captions(rt, d["checked"], d["audio"], _script(v), v.output_key),
 )
 
