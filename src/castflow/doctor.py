@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from castflow.checks import Check
 from castflow.db import migrate
 from castflow.db.session import get_engine
-from castflow.providers.vendors import VENDORS, vendors
+from castflow.providers.vendors import vendors
 from castflow.settings import Settings
 
 
@@ -85,7 +85,7 @@ def check_webhooks(settings: Settings) -> Check:
         problems += vendor.webhook_problems(settings)
     if problems:
         return Check("webhooks", "warn", "; ".join(problems))
-    paths = ",".join(VENDORS)
+    paths = ",".join(v.NAME for v in vendors())
     return Check("webhooks", "ok", f"deliveries to {hooks.public_url}/webhooks/{{{paths}}}")
 
 

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from castflow.db import queries
-from castflow.providers.vendors import VENDORS, WebhookReceiver, vendors, webhook_path
+from castflow.providers.vendors import WebhookReceiver, vendors, webhook_path
 from castflow.providers.webhooks import Event, WebhookRejected, reject
 from castflow.settings import WebhookSettings
 
@@ -146,4 +146,4 @@ def create_app(
 def webhook_urls(settings: WebhookSettings, *, local_base: str) -> dict[str, str]:
     """The URLs to give the vendors: under ``public_url`` when set, else the local listener."""
     base = (settings.public_url or local_base).rstrip("/")
-    return {name: base + webhook_path(name) for name in VENDORS}
+    return {v.NAME: base + webhook_path(v.NAME) for v in vendors()}
