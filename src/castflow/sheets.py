@@ -359,18 +359,22 @@ def _validate_row(
 
     if any(p.severity == "error" for p in problems):
         return None, problems
+    checked: dict[str, object] = {  # the fields checked above, against the library and the files
+        "actor": actor_key,
+        "script": script,
+        "audio": str(audio) if audio else None,
+        "scene": scene,
+        "image_variant_id": variant,
+        "resolution": resolution,
+        "seed": seed,
+        "captions": captions,
+    }
+    # Any other field of the request is parsed and validated by the model itself: a new column is a new
+    # field of VideoRequest (with its validator), nothing here.
+    others = {name: cell(name) for name in VideoRequest.model_fields if name not in checked and cell(name)}
     try:
-        request = VideoRequest(
-            actor=actor_key,
-            script=script,
-            audio=str(audio) if audio else None,
-            scene=scene,
-            image_variant_id=variant,
-            resolution=resolution,
-            seed=seed,
-            captions=captions,
-        )
-    except ValidationError as exc:  # a rule of the request that the checks above do not know yet
+        request = VideoRequest.model_validate({**checked, **others})
+    except ValidationError as exc:  # a rule of the request that the checks above do not know
         for err in exc.errors():
             where = str(err["loc"][0]) if err["loc"] else None
             problems.append(SheetProblem(line, where, err["msg"]))
