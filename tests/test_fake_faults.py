@@ -21,7 +21,6 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from castflow.fakes.supabase import FakeSupabaseStorage
 from castflow.providers.base import SubmitOutcomeUnknown, TransientError
 from castflow.providers.fal import fake as fal
 from castflow.providers.fal.client import FalClient
@@ -30,7 +29,8 @@ from castflow.providers.http import PollSchedule, RetryPolicy
 from castflow.providers.wavespeed import fake as wavespeed
 from castflow.providers.wavespeed.client import WaveSpeedClient
 from castflow.providers.wavespeed.fake import FakeWaveSpeed, Outcome
-from castflow.storage.supabase import SupabaseStorage
+from castflow.storage.supabase.backend import SupabaseStorage
+from castflow.storage.supabase.fake import FakeSupabaseStorage
 
 FAST = RetryPolicy(attempts=6, base_delay=0.01, max_delay=0.05, total_seconds=10)
 POLL = PollSchedule(first=0.02, factor=2, cap=0.1)

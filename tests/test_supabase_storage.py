@@ -14,13 +14,13 @@ import pytest
 from storage3 import SyncStorageClient
 from storage3.exceptions import StorageApiError
 
-from castflow.fakes.supabase import SERVICE_KEY, Bucket, FakeSupabaseStorage, default_buckets
 from castflow.providers.base import PermanentError, TransientError
 from castflow.providers.http import RetryPolicy
 from castflow.settings import Settings, StorageSettings
 from castflow.storage import build_storage
 from castflow.storage.local import InvalidKey, LocalStorage
-from castflow.storage.supabase import BucketNotFound, ObjectNotFound, SupabaseStorage
+from castflow.storage.supabase.backend import BucketNotFound, ObjectNotFound, SupabaseStorage
+from castflow.storage.supabase.fake import SERVICE_KEY, Bucket, FakeSupabaseStorage, default_buckets
 
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, total_seconds=10)
 KIB = 1024

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from castflow.providers.fal.settings import FalSettings
 from castflow.providers.wavespeed.settings import WaveSpeedSettings
 from castflow.section import Section, clean_secret
+from castflow.storage.supabase.settings import SupabaseStorageSettings
 
 Resolution = Literal["480p", "720p"]
 
@@ -48,36 +49,6 @@ class HttpSettings(Section):
         default=30.0, ge=0, description="Longest wait between tries (Retry-After too)."
     )
     total_s: float = Field(default=120.0, gt=0, description="Give up on a request after this long.")
-
-
-class SupabaseStorageSettings(Section):
-    """Supabase Storage (the ``supabase`` storage backend). Buckets are chosen by the key's media type."""
-
-    url: str = Field(default="", description="Project URL, e.g. https://<ref>.supabase.co (or a fake's).")
-    service_role_key: SecretStr | None = None
-
-    _key = field_validator("service_role_key")(clean_secret)
-    audio_bucket: str = "ugc-audio"
-    video_bucket: str = "ugc-video"
-    image_bucket: str = "ugc-images"
-    other_bucket: str = Field(default="ugc-files", description="Keys that are not audio, video or image.")
-    url_mode: Literal["public", "signed"] = Field(
-        default="signed", description="public: the bucket is public; signed: time-limited signed URLs."
-    )
-    signed_url_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
-    tus_threshold_bytes: int = Field(
-        default=6 * 1024 * 1024, ge=0, description="Uploads above this size use TUS (resumable)."
-    )
-    tus_chunk_bytes: int = Field(default=6 * 1024 * 1024, ge=256 * 1024)
-    tus_url: str = Field(
-        default="",
-        description="TUS endpoint. Default: <url>/storage/v1/upload/resumable; Supabase advises the direct "
-        "host https://<ref>.storage.supabase.co/storage/v1/upload/resumable for big files.",
-    )
-    timeout_s: float = Field(default=300, gt=0)
-    cache_max_bytes: int = Field(
-        default=2 * 1024**3, ge=0, description="Local copies kept at most (least recently used go first)."
-    )
 
 
 class StorageSettings(Section):

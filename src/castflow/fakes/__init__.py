@@ -29,8 +29,8 @@ def _start(name: str, factory: Any) -> Any:
 
 def serve_fakes(settings: Settings) -> Settings:
     """Start the fakes the settings need (once per process); return settings that point at them."""
-    from castflow.fakes import supabase
     from castflow.providers.vendors import vendors
+    from castflow.storage.supabase import fake as supabase
 
     with _LOCK:
         if not _FAKES:

@@ -51,7 +51,7 @@ def build_storage(settings: Settings) -> Storage:
     """The backend chosen by ``settings.storage.backend``."""
     if settings.storage.backend == "supabase":
         from castflow.providers.http import RetryPolicy
-        from castflow.storage.supabase import SupabaseStorage
+        from castflow.storage.supabase.backend import SupabaseStorage
 
         return SupabaseStorage(
             settings.storage.supabase, settings.cache_dir, policy=RetryPolicy.from_settings(settings.http)

@@ -34,8 +34,8 @@ from storage3.types import FileOptions
 
 from castflow.providers.base import PermanentError, TransientError
 from castflow.providers.http import RetryCallState, Retrying, RetryPolicy, retry_after_seconds
-from castflow.settings import SupabaseStorageSettings
 from castflow.storage.local import InvalidKey
+from castflow.storage.supabase.settings import SupabaseStorageSettings
 
 T = TypeVar("T")
 

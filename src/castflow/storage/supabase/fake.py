@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 from pydantic import SecretStr
 
 from castflow.fakes._base import Codes, Draws, Rate, set_knobs
-from castflow.settings import SupabaseStorageSettings
+from castflow.storage.supabase.settings import SupabaseStorageSettings
 
 SERVICE_KEY = "fake-service-role-key-0123456789"
 PREFIX = "/storage/v1"
