@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from castflow import pipeline
+from castflow import pipeline, providers
 from castflow.actors import ensure_sample_actors
 from castflow.checks import Check
 from castflow.doctor import run_checks
@@ -90,7 +90,7 @@ def echo_module() -> types.ModuleType:
 @pytest.fixture
 def echo_registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setitem(sys.modules, "castflow.providers.echo", echo_module())
-    monkeypatch.setattr(vendors, "VENDORS", (*vendors.VENDORS, "echo"))  # the one registration line
+    monkeypatch.setattr(providers, "VENDORS", (*providers.VENDORS, "echo"))  # the one registration line
     vendors.vendor.cache_clear()
     yield
     vendors.vendor.cache_clear()

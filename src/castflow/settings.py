@@ -83,7 +83,7 @@ class ProviderSettings(Section):
     @field_validator("image", "lipsync")
     @classmethod
     def _known_provider(cls, value: str) -> str:
-        from castflow.providers.vendors import VENDORS  # not at import: the vendors import settings
+        from castflow.providers import VENDORS
 
         if value != "local" and value not in VENDORS:
             raise ValueError(f"unknown provider (known: local, {', '.join(VENDORS)})")

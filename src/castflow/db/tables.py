@@ -224,7 +224,7 @@ class WebhookEvent(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    # The vendor's name (castflow.providers.vendors.VENDORS). Migration 0002 made it a VARCHAR(16) (a
+    # The vendor's name (castflow.providers.VENDORS). Migration 0002 made it a VARCHAR(16) (a
     # non-native enum, no CHECK constraint), so a new vendor needs no migration.
     provider: Mapped[str] = mapped_column(sa.String(16))
     # The vendor's delivery id (fal: SHA-256 of the signed message; WaveSpeed: the webhook-id header).

@@ -1,4 +1,4 @@
-"""The vendors castflow can use: one line each in :data:`VENDORS`, naming its folder under
+"""The vendors castflow can use: one line each in ``castflow.providers.VENDORS``, naming its folder under
 ``castflow/providers/``.
 
 A vendor's folder holds everything castflow knows of it (after dlt's destinations): its client, its role
@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from castflow import providers as _package
 from castflow.providers.base import (
     ImageEditor,
     LipSyncer,
@@ -31,10 +32,10 @@ if TYPE_CHECKING:
     from castflow.providers.webhooks import Event
     from castflow.settings import Settings, WebhookSettings
 
-VENDORS: tuple[str, ...] = (
-    "fal",  # scene variants (nano banana edit) and speech (TTS)
-    "wavespeed",  # lip-sync (InfiniteTalk)
-)
+
+def names() -> tuple[str, ...]:
+    """The registered vendors (``castflow.providers.VENDORS``, read at each call)."""
+    return _package.VENDORS
 
 
 @dataclass
@@ -92,19 +93,19 @@ class Vendor(Protocol):
 @functools.cache
 def vendor(name: str) -> Vendor:
     """The vendor package ``castflow.providers.<name>``."""
-    if name not in VENDORS:
-        raise KeyError(f"unknown vendor {name!r} (known: {', '.join(VENDORS)})")
+    if name not in names():
+        raise KeyError(f"unknown vendor {name!r} (known: {', '.join(names())})")
     return cast("Vendor", importlib.import_module(f"castflow.providers.{name}"))
 
 
 def vendors() -> Iterator[Vendor]:
-    for name in VENDORS:
+    for name in names():
         yield vendor(name)
 
 
 def title(name: str) -> str:
     """A vendor's name as people write it (the name itself for anything else: 'local', 'upload')."""
-    return vendor(name).TITLE if name in VENDORS else name
+    return vendor(name).TITLE if name in names() else name
 
 
 def webhook_path(name: str) -> str:
