@@ -114,3 +114,25 @@ def test_a_stage_finished_in_this_process_is_reused_without_a_database_round_tri
     finally:
         sa.event.remove(rt.engine, "before_cursor_execute", count)
         rt.finished_stages.ttl_s = 300.0
+
+
+def test_a_videos_request_key_derives_from_every_field_of_the_request(rt: Runtime) -> None:
+    from pydantic import Field
+
+    from castflow import pipeline
+    from castflow.actors import ensure_sample_actors
+    from castflow.models import VideoRequest
+
+    ensure_sample_actors(rt)
+    request = VideoRequest(actor="maya", script="Hi  there.", scene="a beach")
+    key = pipeline.prepare_video(rt, request).request_key
+    # The key of c0b2db8 for this request: videos made before the refactor are found again.
+    assert key == "video:3b379752bf5ccb6030d7fdcafa041e2a4ac8ad0d42dad9e72ecca21ca6fc3257"
+
+    class WithHook(VideoRequest):  # a column added to the request, as a team would add one
+        hook: str | None = Field(default=None)
+
+    same = WithHook(actor="maya", script="Hi there.", scene="a beach")
+    assert pipeline.prepare_video(rt, same).request_key == key  # at its default: the same video
+    hooked = WithHook(actor="maya", script="Hi there.", scene="a beach", hook="Wait for it")
+    assert pipeline.prepare_video(rt, hooked).request_key != key  # given: another video

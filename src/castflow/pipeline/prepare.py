@@ -115,22 +115,40 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
             raise UserError(f"image variant {req.image_variant_id} belongs to another actor")
         variant = MediaRef(key=row.image_key, sha256=row.image_hash, content_type=_image_type(row.image_key))
     request_key = "video:" + stage_key(
-        "video",
-        provider="-",
-        model="-",
-        actor=actor.key,
-        script=script,
-        audio=audio_sha,
-        scene=normalise_text(req.scene) if req.scene else None,
-        variant=req.image_variant_id,
-        resolution=req.resolution,
-        seed=req.seed,
-        **({"captions": True} if req.captions else {}),  # absent: keys of plain videos stay as they were
+        "video", provider="-", model="-", **_identity(req, actor, script, audio_sha)
     )
     output_key = video_key(actor.key, request_key, req.resolution)
     return PreparedVideo(
         req, request_key, actor, script, audio_path, audio_sha, audio_seconds, variant, output_key
     )
+
+
+# The request's fields whose form in the key is not their own (the script normalised, the audio by its
+# content); every other field of VideoRequest counts as given.
+_NORMALISED = ("actor", "script", "audio", "scene", "image_variant_id")
+
+
+def _identity(
+    req: VideoRequest, actor: ActorRef, script: str | None, audio_sha: str | None
+) -> dict[str, Any]:
+    """What makes two requests the same video. Fields beyond the first ones count only when they differ
+    from their default, so the keys of videos made before a field existed stay as they were (captions)."""
+    identity: dict[str, Any] = {
+        "actor": actor.key,
+        "script": script,
+        "audio": audio_sha,
+        "scene": normalise_text(req.scene) if req.scene else None,
+        "variant": req.image_variant_id,
+        "resolution": req.resolution,
+        "seed": req.seed,
+    }
+    for name, field in type(req).model_fields.items():
+        if name in _NORMALISED or name in identity:
+            continue
+        value = getattr(req, name)
+        if value != field.default:
+            identity[name] = value
+    return identity
 
 
 def video_key(actor: str, request_key: str, resolution: str) -> str:
