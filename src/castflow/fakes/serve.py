@@ -14,8 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
-from castflow.fakes._base import JobLog, set_knobs
 from castflow.providers.fal import fake as fal
+from castflow.providers.loopback import JobLog, set_knobs
 from castflow.providers.wavespeed import fake as wavespeed
 from castflow.storage.supabase import fake as supabase
 

@@ -2,7 +2,7 @@
 
 It returns real media made by the embedded providers, so QC runs on its outputs. Knobs set queue and
 run times and inject faults (429/5xx answers, failed jobs, lost submit answers, latency), scripted or
-drawn at random (see :class:`castflow.fakes._base.FaultKnobs`), for the tests and benchmarks.
+drawn at random (see :class:`castflow.providers.loopback.FaultKnobs`), for the tests and benchmarks.
 
 Webhooks (spec §1.10): each fake has its own Ed25519 key, published at ``/.well-known/jwks.json``. A
 submit with ``?fal_webhook=<url>`` gets the signed ``{request_id, gateway_request_id, status, payload,
@@ -33,11 +33,19 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image, ImageDraw
 
-from castflow.fakes._base import Codes, FaultKnobs, JsonHandler, LoopbackServer, Rate, Submitted, file_sha256
 from castflow.models import Voice
 from castflow.providers.fal.jwks import public_jwk
 from castflow.providers.fal.webhook import sign_fal
 from castflow.providers.local import EspeakSpeech, LocalImageEditor
+from castflow.providers.loopback import (
+    Codes,
+    FaultKnobs,
+    JsonHandler,
+    LoopbackServer,
+    Rate,
+    Submitted,
+    file_sha256,
+)
 
 VALID_KEY = "fake-key-id:fake-key-secret"
 EDIT_MODELS = ("fal-ai/nano-banana/edit",)

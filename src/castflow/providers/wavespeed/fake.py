@@ -8,7 +8,7 @@ preview renderer at InfiniteTalk's portrait bucket sizes, so QC runs on them.
 Knobs: time in queue, processing time per second of audio, an account concurrency cap (tasks beyond it
 wait in ``created``, as on WaveSpeed), failed/cancelled/timed-out jobs, injected HTTP errors on submit
 and result, lost submit answers, latency and webhook tampering; faults scripted or drawn at random (see
-:class:`castflow.fakes._base.FaultKnobs`). WaveSpeed has no status call: polling is the result call.
+:class:`castflow.providers.loopback.FaultKnobs`). WaveSpeed has no status call: polling is the result call.
 """
 
 from __future__ import annotations
@@ -34,8 +34,15 @@ import numpy as np
 from PIL import Image
 
 from castflow import media
-from castflow.fakes._base import Codes, FaultKnobs, JsonHandler, LoopbackServer, Submitted, multipart_file
 from castflow.providers.local import PreviewLipSync
+from castflow.providers.loopback import (
+    Codes,
+    FaultKnobs,
+    JsonHandler,
+    LoopbackServer,
+    Submitted,
+    multipart_file,
+)
 
 VALID_KEY = "fake-wavespeed-key"
 MODELS = ("wavespeed-ai/infinitetalk", "wavespeed-ai/infinitetalk-fast")

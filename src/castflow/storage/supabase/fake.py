@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from pydantic import SecretStr
 
-from castflow.fakes._base import Codes, Draws, Rate, set_knobs
+from castflow.providers.loopback import Codes, Draws, Rate, set_knobs
 from castflow.storage.supabase.settings import SupabaseStorageSettings
 
 SERVICE_KEY = "fake-service-role-key-0123456789"
