@@ -166,3 +166,26 @@ def test_a_rows_fields_are_declared_once_by_the_request_model() -> None:
     cells = request_cells(req)
     assert list(cells) == list(VideoRequest.model_fields)  # every field, in the sheet's order
     assert (cells["scene"], cells["audio"], cells["seed"], cells["captions"]) == ("a pier", "", 3, "yes")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
+def test_blank_lines_are_not_rows_wherever_they_are(tmp_path: Path, newline: str) -> None:
+    lines = ["", "actor,script,scene", "maya,First.,a pier", "", " , ,", "nia,Second.,", "", "", ""]
+    s = sheet(tmp_path, newline.join(lines))
+    assert s.errors == []
+    assert [(r.row, r.request.actor) for r in s.rows] == [(3, "maya"), (6, "nia")]  # rows as shown
+    assert s.total_rows == 2
+    (note,) = s.warnings
+    assert str(note) == "sheet: 4 blank line(s) skipped (row 4-5, 7-8) (warning)"
+
+
+def test_a_header_followed_by_blank_lines_has_no_rows(tmp_path: Path) -> None:
+    s = sheet(tmp_path, "actor,script\r\n\r\n\r\n")
+    assert [str(p) for p in s.errors] == ["sheet: the sheet has a header but no rows"]
+
+
+def test_a_record_of_the_wrong_width_is_named_by_its_row(tmp_path: Path) -> None:
+    s = sheet(tmp_path, 'actor,script\nmaya,"Hello,\nthere"\nnia,One,two\nleo\n')
+    assert {(p.row, p.column) for p in s.errors} == {(3, None), (4, None)}
+    assert "has 3 fields; the header has 2" in str(s.errors[0])
+    assert "has 1 fields; the header has 2" in str(s.errors[1])

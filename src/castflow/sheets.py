@@ -1,4 +1,4 @@
-"""Campaign sheets: read a CSV with polars, validate every row before any money is spent.
+"""Campaign sheets: read a CSV, validate every row before any money is spent.
 
 A sheet has one row per video. Columns (header names are case-insensitive, surrounding spaces ignored):
 
@@ -7,7 +7,11 @@ prompt), ``image_variant_id``, ``resolution``, ``seed``, ``captions`` (optional)
 and carried through to the manifest.
 
 Errors name the row as a spreadsheet shows it (the header is row 1; a quoted cell with line breaks is
-still one row), the column and the reason, and all errors of a sheet are reported at once.
+still one row), the column and the reason, and all errors of a sheet are reported at once. Blank lines
+(empty, or only separators and spaces) are not rows: skipped wherever they are, and noted once.
+
+Records are split by Python's csv module rather than polars: it names the record of a wrong width
+instead of failing the whole file, and reads CR-only files; the rows are validated one by one anyway.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import polars as pl
 from pydantic import ValidationError
 
 from castflow import media
@@ -30,6 +34,12 @@ from castflow.settings import Settings
 # A sheet's columns are the request's fields (castflow.models.VideoRequest) and the row id: a new field
 # of the request is a new column, validated in _validate_row.
 KNOWN_COLUMNS = ("row_id", *VideoRequest.model_fields)
+_FIELDS = tuple(VideoRequest.model_fields)
+# The fields _validate_row checks against the actor library and the files; the others the model checks.
+_CHECKED = frozenset(
+    {"actor", "script", "audio", "scene", "image_variant_id", "resolution", "seed", "captions"}
+)
+_OTHERS = tuple(f for f in _FIELDS if f not in _CHECKED)
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TRUE = {"1", "true", "yes", "y", "on", "x"}
@@ -55,16 +65,27 @@ class SheetProblem:
         return f"{prefix}: {self.reason}" + (" (warning)" if self.severity == "warning" else "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SheetRow:
     """A valid row, resolved: its video request (an audio path made absolute) and the passthrough
-    columns."""
+    columns. The request is kept as its validated field values (a model instance per row would cost
+    about 1 KB; sheets have 100,000 rows) and rebuilt on demand."""
 
     row: int  # spreadsheet row number (header is row 1)
     row_id: str
-    request: VideoRequest
+    values: tuple[Any, ...]  # VideoRequest's fields, in their order, as validated
     audio_seconds: float | None = None  # the audio file's length, measured by validation
     extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, row: int, row_id: str, request: VideoRequest, **more: Any) -> SheetRow:
+        given = request.__dict__
+        return cls(row, row_id, tuple(given[f] for f in _FIELDS), **more)
+
+    @property
+    def request(self) -> VideoRequest:
+        """The row's video request (validated when the sheet was read)."""
+        return VideoRequest.model_construct(**dict(zip(_FIELDS, self.values, strict=True)))
 
 
 def request_cells(request: VideoRequest) -> dict[str, str | int]:
@@ -155,30 +176,61 @@ def _decode(data: bytes) -> tuple[str | None, SheetProblem | None]:
 
 def _separator(text: str) -> str:
     """Comma or semicolon, by which one splits the header line into more fields."""
-    header = next(csv.reader(io.StringIO(text.split("\n", 1)[0])), [])
-    header_semi = next(csv.reader(io.StringIO(text.split("\n", 1)[0]), delimiter=";"), [])
+    first = text.split("\n", 1)[0]
+    header = next(csv.reader(io.StringIO(first)), [])
+    header_semi = next(csv.reader(io.StringIO(first), delimiter=";"), [])
     return ";" if len(header_semi) > len(header) else ","
 
 
-def read_frame(data: bytes, name: str) -> tuple[pl.DataFrame | None, list[SheetProblem]]:
-    """The sheet as an all-string polars frame with normalised column names, or the problems."""
+def _ranges(rows: list[int]) -> str:
+    """``[5, 6, 7, 9]`` as ``5-7, 9``."""
+    spans: list[list[int]] = []
+    for row in rows:
+        if spans and row == spans[-1][1] + 1:
+            spans[-1][1] = row
+        else:
+            spans.append([row, row])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+@dataclass(frozen=True)
+class Records:
+    """A sheet's normalised column names and its rows: (spreadsheet row number, cells)."""
+
+    columns: list[str]
+    rows: list[tuple[int, list[str]]]
+
+    @property
+    def height(self) -> int:
+        return len(self.rows)
+
+
+def read_records(data: bytes, name: str) -> tuple[Records | None, list[SheetProblem]]:
+    """The sheet's records with normalised column names and each record's spreadsheet row number, or
+    the problems.
+
+    Records are split by the csv module (quoted line breaks stay in their cell; LF, CRLF and CR-only
+    files alike), so a record of the wrong width is named by its row. Records that are empty or hold
+    only separators and spaces are not rows: they are skipped, and reported once as a warning.
+    """
     text, problem = _decode(data)
     if problem is not None or text is None:
         return None, [problem] if problem else []
+    if "\r" in text and "\n" not in text:
+        text = text.replace("\r", "\n")  # classic Mac line endings (CR only)
     if not text.strip():
         return None, [SheetProblem(None, None, "the sheet is empty")]
-    sep = _separator(text)
+    sep = _separator(text.lstrip("\r\n"))
+    records: list[list[str]] = []
     try:
-        frame = pl.read_csv(
-            io.BytesIO(text.encode()),
-            separator=sep,
-            infer_schema=False,
-            quote_char='"',
-            truncate_ragged_lines=False,
-        )
-    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
-        return None, [SheetProblem(None, None, f"cannot read the CSV: {str(exc).splitlines()[0]}")]
-    header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
+        for record in csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True):
+            records.append(record)
+    except csv.Error as exc:
+        return None, [SheetProblem(len(records) + 1, None, f"cannot read the CSV here: {exc}")]
+    start = next((i for i, rec in enumerate(records) if any(c.strip() for c in rec)), None)
+    if start is None:  # only separators and spaces
+        return None, [SheetProblem(None, None, "the sheet is empty")]
+    header = records[start]
     names = [c.strip().lower() for c in header]
     problems = []
     seen: dict[str, int] = {}
@@ -188,15 +240,38 @@ def read_frame(data: bytes, name: str) -> tuple[pl.DataFrame | None, list[SheetP
         col = names[i]
         if col in seen:
             problems.append(
-                SheetProblem(1, col, f"column {col!r} appears twice (columns {seen[col] + 1} and {i + 1})")
+                SheetProblem(
+                    start + 1, col, f"column {col!r} appears twice (columns {seen[col] + 1} and {i + 1})"
+                )
             )
         seen[col] = i
     if problems:
         return None, problems
-    if len(names) != frame.width:
-        return None, [SheetProblem(1, None, "cannot read the header line")]
-    frame.columns = names
-    return frame.with_columns(pl.all().fill_null("")), []
+    width = len(names)
+    rows: list[tuple[int, list[str]]] = []
+    blank: list[int] = []
+    for offset, record in enumerate(records[start + 1 :]):
+        row = start + offset + 2  # the header is row 1 as the spreadsheet shows it
+        if not any(cell.strip() for cell in record):
+            blank.append(row)
+        elif len(record) != width:
+            problems.append(
+                SheetProblem(
+                    row,
+                    None,
+                    f"has {len(record)} fields; the header has {width} (a missing or extra {sep!r}?)",
+                )
+            )
+        else:
+            rows.append((row, record))
+    if blank:
+        problems.append(
+            SheetProblem(None, None, f"{len(blank)} blank line(s) skipped (row {_ranges(blank)})", "warning")
+        )
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    del records  # the rows hold what is needed
+    return Records(names, rows), problems
 
 
 def content_hash(data: bytes) -> str:
@@ -216,10 +291,10 @@ def read_sheet(
     """
     data = path.read_bytes()
     digest = content_hash(data)
-    frame, problems = read_frame(data, path.name)
+    frame, problems = read_records(data, path.name)
     if frame is None:
         return Sheet(path.name, digest, [], [], problems, 0)
-    columns = list(frame.columns)
+    columns = frame.columns
     limits = settings.campaign
     if "actor" not in columns:
         problems.append(SheetProblem(1, "actor", "the sheet has no actor column"))
@@ -231,14 +306,14 @@ def read_sheet(
         problems.append(
             SheetProblem(None, None, f"the sheet has {frame.height} rows; the limit is {limits.max_rows}")
         )
-    if problems:
+    if any(p.severity == "error" for p in problems):
         return Sheet(path.name, digest, columns, [], problems, frame.height)
 
     rows: list[SheetRow] = []
     ids: dict[str, int] = {}
     extras = [c for c in columns if c not in KNOWN_COLUMNS]
-    for index, record in enumerate(frame.iter_rows(named=True)):
-        line = index + 2
+    for line, cells in frame.rows:
+        record = dict(zip(columns, cells, strict=True))
         row, row_problems = _validate_row(line, record, extras, path.parent, settings, actors, variant_owner)
         row_id = (record.get("row_id") or "").strip() or f"row-{line}"
         first = ids.setdefault(row_id, line)
@@ -371,7 +446,7 @@ def _validate_row(
     }
     # Any other field of the request is parsed and validated by the model itself: a new column is a new
     # field of VideoRequest (with its validator), nothing here.
-    others = {name: cell(name) for name in VideoRequest.model_fields if name not in checked and cell(name)}
+    others = {name: cell(name) for name in _OTHERS if cell(name)}
     try:
         request = VideoRequest.model_validate({**checked, **others})
     except ValidationError as exc:  # a rule of the request that the checks above do not know
@@ -380,6 +455,4 @@ def _validate_row(
             problems.append(SheetProblem(line, where, err["msg"]))
         return None, problems
     extra = {name: record.get(name) or "" for name in extras}
-    return SheetRow(
-        row=line, row_id=row_id, request=request, audio_seconds=audio_seconds, extra=extra
-    ), problems
+    return SheetRow.of(line, row_id, request, audio_seconds=audio_seconds, extra=extra), problems
