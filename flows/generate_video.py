@@ -69,6 +69,8 @@ def _call_back(rt: Any, url: str, payload: dict[str, Any]) -> None:
 
 def _generate(rt: Any, request: VideoRequest, budget_usd: float | None) -> VideoResult:
     video = pipeline.prepare_video(rt, request)  # bad input fails here, before any spend
+    for option, why in request.ignored():
+        get_run_logger().warning("%s: %s", option, why)
     pipeline.record_start(rt, video)
     spend = Spend(Budget(budget_usd))
     try:

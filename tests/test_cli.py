@@ -55,6 +55,8 @@ def garbage_audio(tmp_path: Path) -> Path:
         (["video", "maya", "--audio", "missing.wav"], "audio file missing.wav does not exist"),
         (["video", "maya", "--script", "hi", "--resolution", "4k"], "resolution"),
         (["video", "maya", "--script", "hi", "--variant", "not-a-variant"], "unknown image variant"),
+        (["video", "maya", "--script", "\u200b\u200b"], "script has nothing to say"),
+        (["video", "maya", "--script", "Hi\x00there"], "script contains control characters (U+0000)"),
     ],
 )
 def test_bad_video_input_is_one_line_and_writes_nothing(

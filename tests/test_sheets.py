@@ -189,3 +189,65 @@ def test_a_record_of_the_wrong_width_is_named_by_its_row(tmp_path: Path) -> None
     assert {(p.row, p.column) for p in s.errors} == {(3, None), (4, None)}
     assert "has 3 fields; the header has 2" in str(s.errors[0])
     assert "has 1 fields; the header has 2" in str(s.errors[1])
+
+
+def test_control_characters_are_refused_with_row_and_column(tmp_path: Path) -> None:
+    s = sheet(
+        tmp_path,
+        'actor,script,scene,note\nmaya,"Line one\nline two\tend",a pier,ok\nmaya,Hi\x00there,,\nmaya,Hi.,a\x1b[31m pier,\nmaya,Ok.,,bell\x07\n',
+    )
+    assert [r.row for r in s.rows] == [2]  # a line break and a tab inside a quoted script are text
+    assert s.rows[0].request.script == "Line one line two end"
+    found = {(p.row, p.column): str(p) for p in s.errors}
+    assert set(found) == {(3, "script"), (4, "scene"), (5, "note")}
+    assert "U+0000" in found[(3, "script")]
+    assert "U+001B" in found[(4, "scene")]
+    assert "U+0007" in found[(5, "note")]
+
+
+def test_a_script_with_nothing_to_say_is_refused(tmp_path: Path) -> None:
+    s = sheet(tmp_path, "actor,script\nmaya,\u200b\u200b\u200b\nmaya,...!\nmaya,Hola 你好\n")
+    assert [(p.row, p.column) for p in s.errors] == [(2, "script"), (3, "script")]
+    assert all("nothing to say" in str(p) for p in s.errors)
+    assert [r.row for r in s.rows] == [4]
+
+
+@pytest.mark.parametrize("seed", ["\u0663", "1_000", "+5", " 7x", "1e3"])
+def test_seed_takes_ascii_digits_only(tmp_path: Path, seed: str) -> None:
+    s = sheet(tmp_path, f"actor,script,seed\nmaya,Hi.,{seed}\n")
+    ((problem),) = s.errors
+    assert (problem.row, problem.column) == (2, "seed")
+    assert "digits 0-9 only" in str(problem)
+
+
+@pytest.mark.parametrize("column", ["status", "error", "row", "video_url", "Cost_USD"])
+def test_a_column_the_manifest_writes_is_refused(tmp_path: Path, column: str) -> None:
+    s = sheet(tmp_path, f"actor,script,{column}\nmaya,Hi.,mine\n")
+    ((problem),) = s.errors
+    assert (problem.row, problem.column) == (1, column.lower())
+    assert "rename it" in str(problem)
+    assert s.rows == []
+
+
+def test_flags_that_do_nothing_are_said_the_same_way(tmp_path: Path) -> None:
+    from castflow.models import VideoRequest
+
+    wav(tmp_path / "vo.wav", 1.0)
+    s = sheet(tmp_path, "actor,audio,captions\nmaya,vo.wav,yes\n")
+    ((warning),) = [p for p in s.warnings if p.column == "captions"]
+    assert (
+        str(warning) == "row 2, column captions: captions need a script; this audio row gets none (warning)"
+    )
+    request = VideoRequest(actor="maya", audio=str(tmp_path / "vo.wav"), captions=True)
+    assert request.ignored() == [("captions", "captions need a script; this audio video gets none")]
+    assert VideoRequest(actor="maya", script="Hi.", captions=True).ignored() == []
+
+
+def test_formula_like_cells_and_header_cells_are_escaped_in_the_manifest() -> None:
+    from castflow.manifest import manifest_csv
+    from castflow.sheets import is_formula_like
+
+    assert all(is_formula_like(v) for v in ["=1+1", " =1+1", "\x01=cmd", "\t1", "@SUM(A1)", "-2", " +3"])
+    assert not any(is_formula_like(v) for v in ["", "Hi =1", "a-b", "1.5"])
+    text = manifest_csv(["row", "=hdr", "@evil"], [{"row": 2, "=hdr": " =1+1", "@evil": "fine"}])
+    assert text == "row,'=hdr,'@evil\n2,' =1+1,fine\n"

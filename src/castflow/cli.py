@@ -152,6 +152,8 @@ def video(
             )
         except ValidationError as exc:
             raise CliError(_validation_message(exc)) from exc
+        for option, why in request.ignored():  # the words a sheet uses for the same row
+            typer.echo(f"warning: --{option}: {why}", err=True)
         result = _generate(request)
         _print_result(result)
         if result.status != "succeeded":

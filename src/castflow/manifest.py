@@ -12,19 +12,10 @@ from castflow.campaigns import slug
 from castflow.db import queries
 from castflow.db.tables import Video
 from castflow.runtime import Runtime
-from castflow.sheets import KNOWN_COLUMNS, Sheet, escape_cell, request_cells
+from castflow.sheets import KNOWN_COLUMNS, OUTPUT_COLUMNS, Sheet, escape_cell, request_cells
 
 BASE_COLUMNS = ["row", *KNOWN_COLUMNS]
-RESULT_COLUMNS = [
-    "status",
-    "failed_stage",
-    "error",
-    "video_key",
-    "video_url",
-    "audio_seconds",
-    "video_seconds",
-    "cost_usd",
-]
+RESULT_COLUMNS = [c for c in OUTPUT_COLUMNS if c != "row"]  # a sheet may not use these names
 
 
 def manifest_rows(
@@ -70,12 +61,15 @@ def _outcome(video: Video | None) -> dict[str, Any]:
 
 
 def manifest_csv(columns: list[str], records: list[dict[str, Any]]) -> str:
-    """The manifest as CSV text; formula-like cells are escaped so a spreadsheet shows them as text."""
+    """The manifest as CSV text; formula-like cells, header cells included (a sheet's own column names
+    are written back), are escaped so a spreadsheet shows them as text."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([escape_cell(c) for c in columns])
     for record in records:
-        writer.writerow({k: escape_cell(v) if isinstance(v, str) else v for k, v in record.items()})
+        writer.writerow(
+            [escape_cell(v) if isinstance(v, str) else v for v in (record.get(c, "") for c in columns)]
+        )
     return out.getvalue()
 
 

@@ -81,6 +81,13 @@ class VideoRequest(Frozen):
     def audio_path(self) -> Path | None:
         return Path(self.audio).expanduser() if self.audio else None
 
+    def ignored(self) -> list[tuple[str, str]]:
+        """(field, why) of each option this request asks for that will do nothing: said the same way
+        by the CLI, sheets and the generate-video flow."""
+        if self.captions and not (self.script and self.script.strip()):
+            return [("captions", "captions need a script; this audio video gets none")]
+        return []
+
 
 StageName = str  # a unit of castflow.pipeline.graph.GRAPH (scene_variant, speech, lipsync, ...)
 

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from castflow import media
 from castflow.models import VideoRequest
 from castflow.settings import Settings
+from castflow.stages import control_characters, speakable
 
 # A sheet's columns are the request's fields (castflow.models.VideoRequest) and the row id: a new field
 # of the request is a new column, validated in _validate_row.
@@ -41,6 +42,20 @@ _CHECKED = frozenset(
 )
 _OTHERS = tuple(f for f in _FIELDS if f not in _CHECKED)
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+# The columns castflow writes into a campaign's manifest beside the sheet's own: a sheet column of one of
+# these names would be overwritten there, so it is refused.
+OUTPUT_COLUMNS = (
+    "row",
+    "status",
+    "failed_stage",
+    "error",
+    "video_key",
+    "video_url",
+    "audio_seconds",
+    "video_seconds",
+    "cost_usd",
+)
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TRUE = {"1", "true", "yes", "y", "on", "x"}
 FALSE = {"", "0", "false", "no", "n", "off"}
@@ -150,8 +165,13 @@ class ActorInfo:
 
 
 def is_formula_like(value: str) -> bool:
-    """Cells that a spreadsheet would run as a formula when written back (CSV/XLSX injection)."""
-    return bool(value) and value.startswith(FORMULA_PREFIXES)
+    """Cells that a spreadsheet would run as a formula when written back (CSV/XLSX injection, OWASP):
+    starting with = + - @, a tab or a CR, also after leading spaces or control characters."""
+    if not value:
+        return False
+    if value.startswith(("\t", "\r")):
+        return True
+    return value.lstrip("".join(chr(c) for c in range(33))).startswith(FORMULA_PREFIXES)
 
 
 def escape_cell(value: str) -> str:
@@ -312,6 +332,15 @@ def read_sheet(
     rows: list[SheetRow] = []
     ids: dict[str, int] = {}
     extras = [c for c in columns if c not in KNOWN_COLUMNS]
+    clashing = [c for c in extras if c in OUTPUT_COLUMNS]
+    if clashing:  # their values would be overwritten by the outcome in the manifest
+        problems += [
+            SheetProblem(
+                1, c, f"column {c!r} is one castflow writes in the manifest (the row's outcome); rename it"
+            )
+            for c in clashing
+        ]
+        return Sheet(path.name, digest, columns, [], problems, frame.height)
     for line, cells in frame.rows:
         record = dict(zip(columns, cells, strict=True))
         row, row_problems = _validate_row(line, record, extras, path.parent, settings, actors, variant_owner)
@@ -345,7 +374,7 @@ def _validate_row(
         problems.append(SheetProblem(line, column, reason))
 
     for column, value in record.items():
-        if value and is_formula_like(value.lstrip(" ")) and column != "seed":
+        if value and is_formula_like(value) and column != "seed":
             problems.append(
                 SheetProblem(
                     line,
@@ -354,6 +383,13 @@ def _validate_row(
                     "warning",
                 )
             )
+
+    for column, value in record.items():
+        # Line breaks and tabs are text inside a quoted script or scene (they become spaces); any other
+        # control character (NUL, escape sequences) is refused before it reaches the database or a file.
+        bad = control_characters(value or "", allow="\n\r\t" if column in ("script", "scene") else "")
+        if bad:
+            error(column, f"contains control characters ({', '.join(bad[:5])}); remove them")
 
     row_id = cell("row_id") or f"row-{line}"
     if not ROW_ID.match(row_id):
@@ -375,6 +411,11 @@ def _validate_row(
         error("script", "give a script or an audio file, not both")
     elif not script and not audio_text:
         error("script", "give a script or an audio file (both are empty)")
+    elif script and not speakable(script):
+        error(
+            "script",
+            "has nothing to say (no letter or digit: only spaces, punctuation or invisible characters)",
+        )
     elif script:
         limit = settings.script_limit(actor.voice_model if actor else None)
         if len(script) > limit:
@@ -415,11 +456,10 @@ def _validate_row(
     seed = 0
     seed_text = cell("seed")
     if seed_text:
-        try:
-            seed = int(seed_text)
-        except ValueError:
-            error("seed", f"{seed_text!r} is not a whole number")
+        if not _DIGITS.fullmatch(seed_text):  # int() would take "٣" and "1_000" too
+            error("seed", f"{seed_text!r} is not a whole number (digits 0-9 only, 0 to 2147483647)")
         else:
+            seed = int(seed_text)
             if not 0 <= seed <= 2**31 - 1:
                 error("seed", f"{seed} is out of range (0 to 2147483647)")
 
@@ -427,10 +467,6 @@ def _validate_row(
     captions = captions_text in TRUE
     if captions_text not in TRUE | FALSE:
         error("captions", f"{cell('captions')!r} is not yes/no")
-    elif captions and audio_text and not script:
-        problems.append(
-            SheetProblem(line, "captions", "captions need a script; this audio row gets none", "warning")
-        )
 
     if any(p.severity == "error" for p in problems):
         return None, problems
@@ -449,6 +485,8 @@ def _validate_row(
     others = {name: cell(name) for name in _OTHERS if cell(name)}
     try:
         request = VideoRequest.model_validate({**checked, **others})
+        for field_name, why in request.ignored():  # the same words as the CLI's
+            problems.append(SheetProblem(line, field_name, why.replace("video", "row"), "warning"))
     except ValidationError as exc:  # a rule of the request that the checks above do not know
         for err in exc.errors():
             where = str(err["loc"][0]) if err["loc"] else None

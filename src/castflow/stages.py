@@ -14,6 +14,24 @@ CACHE_VERSION = "1"
 _WS = re.compile(r"\s+")
 
 
+def speakable(text: str) -> bool:
+    """Whether a script has anything to say: a letter or a digit in any writing system (a script of
+    zero-width spaces or punctuation renders a silent, sub-second video)."""
+    return any(ch.isalnum() for ch in text)
+
+
+def control_characters(text: str, *, allow: str = "") -> list[str]:
+    """The control characters in ``text`` (Unicode category Cc: NUL, C0, DEL, C1) other than those in
+    ``allow``, as ``U+XXXX`` names, each once, in order."""
+    found: list[str] = []
+    for ch in text:
+        if ch not in allow and unicodedata.category(ch) == "Cc":
+            name = f"U+{ord(ch):04X}"
+            if name not in found:
+                found.append(name)
+    return found
+
+
 def normalise_text(text: str) -> str:
     """The form of a script or prompt that decides the output: NFC, trimmed, single spaces."""
     return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()

@@ -20,7 +20,7 @@ from castflow.models import (
 )
 from castflow.pipeline.errors import UserError
 from castflow.runtime import Runtime
-from castflow.stages import normalise_text, sha256_file, stage_key
+from castflow.stages import control_characters, normalise_text, sha256_file, speakable, stage_key
 
 
 def actor_ref(rt: Runtime, key: str) -> ActorRef:
@@ -77,7 +77,14 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
     audio_sha = None
     audio_seconds = None
     if req.script is not None and req.script.strip():
+        bad = control_characters(req.script, allow="\n\r\t")
+        if bad:
+            raise UserError(f"script contains control characters ({', '.join(bad[:5])}); remove them")
         script = normalise_text(req.script)
+        if not speakable(script):
+            raise UserError(
+                "script has nothing to say (no letter or digit: only spaces, punctuation or invisible characters)"
+            )
         limit = rt.settings.script_limit(actor.voice.model)
         if len(script) > limit:
             raise UserError(
