@@ -251,3 +251,43 @@ def test_formula_like_cells_and_header_cells_are_escaped_in_the_manifest() -> No
     assert not any(is_formula_like(v) for v in ["", "Hi =1", "a-b", "1.5"])
     text = manifest_csv(["row", "=hdr", "@evil"], [{"row": 2, "=hdr": " =1+1", "@evil": "fine"}])
     assert text == "row,'=hdr,'@evil\n2,' =1+1,fine\n"
+
+
+def test_audio_files_stay_inside_the_sheets_folder_and_the_input_roots(tmp_path: Path) -> None:
+    import os
+
+    here = tmp_path / "campaign"
+    here.mkdir()
+    outside = wav(tmp_path / "outside.wav", 1.0)
+    wav(here / "vo.wav", 1.0)
+    (here / "link.wav").symlink_to(outside)
+    (here / "inner.wav").symlink_to(here / "vo.wav")
+    os.mkfifo(here / "pipe.wav")
+    (here / "folder.wav").mkdir()
+    rows = [
+        "../outside.wav",
+        str(outside),
+        "link.wav",
+        "pipe.wav",
+        "/dev/zero",
+        "folder.wav",
+        "inner.wav",
+        "vo.wav",
+    ]
+    text = "actor,audio\n" + "".join(f"maya,{r}\n" for r in rows)
+    path = here / "sheet.csv"
+    path.write_text(text, encoding="utf-8")
+    s = read_sheet(path, settings=Settings(data_dir=tmp_path / "data"), actors=ACTORS)
+    found = {p.row: str(p) for p in s.errors}
+    for row in (2, 3, 4, 6):  # '..', an absolute path, a symlink out of the folder, /dev/zero
+        assert "is outside the folders inputs may come from" in found[row]
+    assert f"file {rows[0]!r}" in found[2]  # named as the user wrote it
+    assert "is a pipe, not a regular file" in found[5]  # refused without being opened (it would hang)
+    assert "is a folder, not a file" in found[7]
+    assert [r.row for r in s.rows] == [8, 9]  # a symlink inside the folder is fine
+    allowed = read_sheet(
+        path,
+        settings=Settings(data_dir=tmp_path / "data", campaign={"input_roots": [str(tmp_path)]}),  # type: ignore[arg-type]
+        actors=ACTORS,
+    )
+    assert sorted({p.row for p in allowed.errors}) == [5, 6, 7]  # the root lets outside.wav in, not the rest

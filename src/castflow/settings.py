@@ -185,6 +185,11 @@ class CampaignSettings(Section):
     """Campaign runs over sheets."""
 
     max_rows: int = Field(default=10_000, ge=1, description="Most rows a sheet may have.")
+    input_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders, beside each sheet's own, that a sheet's files (audio) may come from; a "
+        "file elsewhere (through '..', an absolute path or a symlink) is refused.",
+    )
     row_concurrency: int = Field(default=16, ge=1, description="Rows in flight at once.")
     # Jobs in flight per provider. The defaults suit a new account (fal: 2 concurrent requests until
     # invoices raise it; WaveSpeed Bronze: 2); raise them with your account level.

@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from castflow import media
+from castflow.inputs import confined_file_problem
 from castflow.models import VideoRequest
 from castflow.settings import Settings
 from castflow.stages import control_characters, speakable
@@ -422,10 +423,13 @@ def _validate_row(
             model = actor.voice_model if actor else "the voice"
             error("script", f"is {len(script)} characters long; {model} takes at most {limit}")
     elif audio_text:
-        audio = (base / audio_text).expanduser() if not Path(audio_text).is_absolute() else Path(audio_text)
-        if not audio.is_file():
-            error("audio", f"file {audio_text!r} does not exist (paths are relative to the sheet)")
+        given = Path(audio_text).expanduser()
+        audio = given if given.is_absolute() else base / given
+        why = confined_file_problem(audio, [base, *settings.campaign.input_roots])
+        if why is not None:
+            error("audio", f"file {audio_text!r} {why} (paths are relative to the sheet)")
         else:
+            audio = audio.resolve()
             try:
                 audio_seconds = media.decode_audio(
                     audio, max_seconds=settings.pipeline.max_audio_seconds

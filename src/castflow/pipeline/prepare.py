@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from castflow import media
 from castflow.db import queries
+from castflow.inputs import file_problem
 from castflow.models import (
     ActorRef,
     MediaRef,
@@ -98,8 +99,9 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
     else:
         audio_path = req.audio_path
         assert audio_path is not None  # the model guarantees one source
-        if not audio_path.is_file():
-            raise UserError(f"audio file {audio_path} does not exist")
+        why = file_problem(audio_path)
+        if why is not None:
+            raise UserError(f"audio file {audio_path} {why}")
         try:
             info = media.decode_audio(audio_path, max_seconds=cfg.max_audio_seconds)
         except media.MediaError as exc:
