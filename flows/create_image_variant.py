@@ -14,8 +14,6 @@ from castflow.stages import normalise_text
 from tasks import video as t
 from tasks.policy import with_policy
 
-MAX_PROMPT_CHARS = 2_000
-
 
 class VariantResult(BaseModel):
     """A stored image variant."""
@@ -40,8 +38,11 @@ def create_image_variant(
     text = normalise_text(prompt)
     if not text:
         raise pipeline.UserError("prompt is empty")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise pipeline.UserError(f"prompt is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    limit = rt.settings.prompt_limit(rt.image.model)
+    if len(text) > limit:
+        raise pipeline.UserError(
+            f"prompt is {len(text)} characters long; {rt.image.model} takes at most {limit}"
+        )
     ref = pipeline.actor_ref(rt, actor)
     future = with_policy(t.scene_variant, rt.settings).submit(ref, text, seed)
     outcome = future.result()

@@ -291,3 +291,30 @@ def test_audio_files_stay_inside_the_sheets_folder_and_the_input_roots(tmp_path:
         actors=ACTORS,
     )
     assert sorted({p.row for p in allowed.errors}) == [5, 6, 7]  # the root lets outside.wav in, not the rest
+
+
+def test_sheets_are_bounded_before_and_while_they_are_read(tmp_path: Path) -> None:
+    import os
+
+    big = tmp_path / "big.csv"
+    with big.open("wb") as fh:  # sparse: 40 MB that cost nothing to make
+        fh.write(b"actor,script\n")
+        fh.truncate(40 * 1024 * 1024)
+    s = read_sheet(big, settings=Settings(data_dir=tmp_path / "data"), actors=ACTORS)
+    assert [str(p) for p in s.errors] == [
+        "sheet: the sheet is 41.9 MB; the limit is 33.6 MB (CASTFLOW_CAMPAIGN__MAX_SHEET_BYTES)"
+    ]
+    os.mkfifo(tmp_path / "pipe.csv")
+    s = read_sheet(tmp_path / "pipe.csv", settings=Settings(data_dir=tmp_path / "data"), actors=ACTORS)
+    assert [str(p) for p in s.errors] == ["sheet: the sheet is a pipe, not a regular file"]
+    many = "actor,script\n" + "maya,Hi.\n" * 30 + "\n" * 50
+    s = sheet(tmp_path, many, campaign={"max_rows": 20})
+    assert [str(p) for p in s.errors] == ["sheet: the sheet has 30 rows; the limit is 20"]
+    assert sheet(tmp_path, many, campaign={"max_rows": 30}).errors == []  # blank lines are not rows
+    s = sheet(tmp_path, "actor,script\nmaya," + "x" * 60_000 + "\n")
+    assert [(p.row, str(p)) for p in s.errors] == [
+        (2, "row 2: has a cell of 60000 characters; the limit is 50000")
+    ]
+    s = sheet(tmp_path, "actor,scene,script\nmaya," + "sunny " * 400 + ",Hi.\n")
+    assert [(p.row, p.column) for p in s.errors] == [(2, "scene")]
+    assert "the image edit takes at most 2000" in str(s.errors[0])

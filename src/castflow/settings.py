@@ -157,6 +157,15 @@ class PipelineSettings(Section):
     fps: int = Field(default=25, ge=1, le=60)
     default_resolution: Resolution = "480p"
     max_script_chars: int = Field(default=2_000, ge=1, description="Script limit of models not listed below.")
+    max_prompt_chars: int = Field(default=2_000, ge=1, description="Scene prompt limit of models not listed.")
+    # Per image-edit model (characters). fal publishes none for nano banana (fal.md section 2, point 6:
+    # "unverified", third parties say 5,000), so these are settings.
+    prompt_limits: dict[str, int] = {
+        "pillow-scene-v1": 2_000,
+        "fal-ai/nano-banana/edit": 5_000,
+        "fal-ai/nano-banana-2/edit": 5_000,
+        "fal-ai/nano-banana-pro/edit": 5_000,
+    }
     # Per TTS model (characters). From the model makers' docs (ElevenLabs, MiniMax); fal does not publish
     # limits of its own (fal.md section 7), so these are settings.
     script_limits: dict[str, int] = {
@@ -185,6 +194,15 @@ class CampaignSettings(Section):
     """Campaign runs over sheets."""
 
     max_rows: int = Field(default=10_000, ge=1, description="Most rows a sheet may have.")
+    max_sheet_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest sheet file read (checked before reading it; 100,000 rows fit).",
+    )
+    max_columns: int = Field(default=200, ge=1, description="Most columns a sheet may have.")
+    max_cell_chars: int = Field(
+        default=50_000, ge=100, description="Longest cell (the longest scripts, 40,000 characters, fit)."
+    )
     input_roots: list[Path] = Field(
         default_factory=list,
         description="Folders, beside each sheet's own, that a sheet's files (audio) may come from; a "
@@ -262,6 +280,10 @@ class Settings(BaseSettings):
                     "CASTFLOW_STORAGE__SUPABASE__SERVICE_ROLE_KEY is not set"
                 )
         return self
+
+    def prompt_limit(self, image_model: str | None) -> int:
+        """Longest scene prompt the image-edit model takes (the pipeline default for models not listed)."""
+        return self.pipeline.prompt_limits.get(image_model or "", self.pipeline.max_prompt_chars)
 
     def script_limit(self, voice_model: str | None) -> int:
         """Longest script the TTS model takes (the pipeline default for models not listed)."""

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from castflow import media
-from castflow.inputs import confined_file_problem
+from castflow.inputs import confined_file_problem, file_problem
 from castflow.models import VideoRequest
 from castflow.settings import Settings
 from castflow.stages import control_characters, speakable
@@ -226,7 +226,9 @@ class Records:
         return len(self.rows)
 
 
-def read_records(data: bytes, name: str) -> tuple[Records | None, list[SheetProblem]]:
+def read_records(
+    data: bytes, name: str, *, max_rows: int = 10**9, max_columns: int = 10**6, max_cell: int = 10**9
+) -> tuple[Records | None, list[SheetProblem]]:
     """The sheet's records with normalised column names and each record's spreadsheet row number, or
     the problems.
 
@@ -243,11 +245,30 @@ def read_records(data: bytes, name: str) -> tuple[Records | None, list[SheetProb
         return None, [SheetProblem(None, None, "the sheet is empty")]
     sep = _separator(text.lstrip("\r\n"))
     records: list[list[str]] = []
+    filled = 0  # records that are not blank lines: the header and the rows
     try:
         for record in csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True):
+            filled += any(cell.strip() for cell in record)
+            if filled > max_rows + 1:  # past the limit only counted, not kept: memory stays bounded
+                continue
+            if len(record) > max_columns:
+                return None, [
+                    SheetProblem(
+                        len(records) + 1, None, f"has {len(record)} columns; the limit is {max_columns}"
+                    )
+                ]
+            if any(len(cell) > max_cell for cell in record):
+                longest = max(len(cell) for cell in record)
+                return None, [
+                    SheetProblem(
+                        len(records) + 1, None, f"has a cell of {longest} characters; the limit is {max_cell}"
+                    )
+                ]
             records.append(record)
-    except csv.Error as exc:
+    except csv.Error as exc:  # "field larger than field limit" and malformed quoting
         return None, [SheetProblem(len(records) + 1, None, f"cannot read the CSV here: {exc}")]
+    if filled - 1 > max_rows:
+        return None, [SheetProblem(None, None, f"the sheet has {filled - 1} rows; the limit is {max_rows}")]
     start = next((i for i, rec in enumerate(records) if any(c.strip() for c in rec)), None)
     if start is None:  # only separators and spaces
         return None, [SheetProblem(None, None, "the sheet is empty")]
@@ -295,6 +316,11 @@ def read_records(data: bytes, name: str) -> tuple[Records | None, list[SheetProb
     return Records(names, rows), problems
 
 
+def image_model(settings: Settings) -> str:
+    """The image-edit model the settings choose (whose prompt limit a scene must keep)."""
+    return settings.fal.image_model if settings.providers.image == "fal" else "pillow-scene-v1"
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -310,13 +336,27 @@ def read_sheet(
 
     ``variant_owner(id)`` returns the actor key an image variant belongs to (None: unknown variant).
     """
+    limits = settings.campaign
+    why = file_problem(path)
+    if why is None and path.stat().st_size > limits.max_sheet_bytes:
+        why = (
+            f"is {path.stat().st_size / 1e6:.1f} MB; the limit is {limits.max_sheet_bytes / 1e6:.1f} MB "
+            "(CASTFLOW_CAMPAIGN__MAX_SHEET_BYTES)"
+        )
+    if why is not None:  # refused before a byte is read
+        return Sheet(path.name, "", [], [], [SheetProblem(None, None, f"the sheet {why}")], 0)
     data = path.read_bytes()
     digest = content_hash(data)
-    frame, problems = read_records(data, path.name)
+    frame, problems = read_records(
+        data,
+        path.name,
+        max_rows=limits.max_rows,
+        max_columns=limits.max_columns,
+        max_cell=limits.max_cell_chars,
+    )
     if frame is None:
         return Sheet(path.name, digest, [], [], problems, 0)
     columns = frame.columns
-    limits = settings.campaign
     if "actor" not in columns:
         problems.append(SheetProblem(1, "actor", "the sheet has no actor column"))
     if "script" not in columns and "audio" not in columns:
@@ -441,6 +481,8 @@ def _validate_row(
                     error("audio", f"file {audio_text!r} is too short ({audio_seconds:.2f} s)")
 
     scene = cell("scene") or None
+    if scene is not None and len(scene) > (prompt_limit := settings.prompt_limit(image_model(settings))):
+        error("scene", f"is {len(scene)} characters long; the image edit takes at most {prompt_limit}")
     variant = cell("image_variant_id") or None
     if scene and variant:
         error("scene", "give a scene or an image_variant_id, not both")

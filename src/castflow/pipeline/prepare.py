@@ -110,6 +110,10 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
             raise UserError(f"audio file {audio_path.name} is too short ({info.seconds:.2f} s)")
         audio_sha = sha256_file(audio_path)
         audio_seconds = info.seconds
+    if req.scene and len(normalise_text(req.scene)) > (limit := rt.settings.prompt_limit(rt.image.model)):
+        raise UserError(
+            f"scene is {len(normalise_text(req.scene))} characters long; {rt.image.model} takes at most {limit}"
+        )
     variant = None
     if req.image_variant_id:
         variant_id = req.image_variant_id
