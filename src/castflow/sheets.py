@@ -42,6 +42,7 @@ _CHECKED = frozenset(
     {"actor", "script", "audio", "scene", "image_variant_id", "resolution", "seed", "captions"}
 )
 _OTHERS = tuple(f for f in _FIELDS if f not in _CHECKED)
+_LEADING = "".join(chr(c) for c in range(33))  # spaces and control characters a spreadsheet skips
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 # The columns castflow writes into a campaign's manifest beside the sheet's own: a sheet column of one of
@@ -172,7 +173,7 @@ def is_formula_like(value: str) -> bool:
         return False
     if value.startswith(("\t", "\r")):
         return True
-    return value.lstrip("".join(chr(c) for c in range(33))).startswith(FORMULA_PREFIXES)
+    return value.lstrip(_LEADING).startswith(FORMULA_PREFIXES)
 
 
 def escape_cell(value: str) -> str:
@@ -425,12 +426,13 @@ def _validate_row(
                 )
             )
 
-    for column, value in record.items():
-        # Line breaks and tabs are text inside a quoted script or scene (they become spaces); any other
-        # control character (NUL, escape sequences) is refused before it reaches the database or a file.
-        bad = control_characters(value or "", allow="\n\r\t" if column in ("script", "scene") else "")
-        if bad:
-            error(column, f"contains control characters ({', '.join(bad[:5])}); remove them")
+    # Line breaks and tabs are text inside a quoted script or scene (they become spaces); any other
+    # control character (NUL, escape sequences) is refused before it reaches the database or a file.
+    if control_characters("".join(v or "" for v in record.values())):  # one look per row, then per cell
+        for column, value in record.items():
+            bad = control_characters(value or "", allow="\n\r\t" if column in ("script", "scene") else "")
+            if bad:
+                error(column, f"contains control characters ({', '.join(bad[:5])}); remove them")
 
     row_id = cell("row_id") or f"row-{line}"
     if not ROW_ID.match(row_id):

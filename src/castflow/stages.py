@@ -20,15 +20,19 @@ def speakable(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
 
+# Unicode category Cc is exactly these: C0 (U+0000-U+001F), DEL and C1 (U+007F-U+009F).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def control_characters(text: str, *, allow: str = "") -> list[str]:
     """The control characters in ``text`` (Unicode category Cc: NUL, C0, DEL, C1) other than those in
     ``allow``, as ``U+XXXX`` names, each once, in order."""
     found: list[str] = []
-    for ch in text:
-        if ch not in allow and unicodedata.category(ch) == "Cc":
-            name = f"U+{ord(ch):04X}"
-            if name not in found:
-                found.append(name)
+    for match in _CONTROL.finditer(text):  # a regex: sheets have millions of characters
+        ch = match.group()
+        name = f"U+{ord(ch):04X}"
+        if ch not in allow and name not in found:
+            found.append(name)
     return found
 
 
