@@ -23,7 +23,7 @@ from castflow import pipeline
 from castflow.budget import Budget, Spend
 from castflow.db import queries
 from castflow.db.tables import CampaignStatus, VideoStatus, utcnow
-from castflow.estimates import RowEstimate, estimate_video
+from castflow.estimates import RowEstimate, estimate_video, estimate_videos
 from castflow.models import ActorRef, StageOutcome
 from castflow.runtime import Runtime
 from castflow.sheets import ActorInfo, Sheet, SheetRow, read_sheet
@@ -257,13 +257,23 @@ def spent_so_far(rt: Runtime, campaign_id: uuid.UUID) -> float:
     return rt.db(functools.partial(queries.campaign_spend, campaign_id=campaign_id), what="reading spend")
 
 
-def estimate_sheet(rt: Runtime, rows: Iterable[SheetRow]) -> list[RowEstimate]:
-    """Every row's estimate, counting each stage shared between rows once."""
+def estimate_sheet(rt: Runtime, rows: Iterable[SheetRow], *, chunk: int = 1_000) -> list[RowEstimate]:
+    """Every row's estimate, counting each stage shared between rows once. Each actor is looked up once,
+    and rows are estimated a chunk at a time (each unit's finished stages in one query per chunk; what a
+    chunk's videos hold is dropped before the next)."""
+    actors: dict[str, ActorRef] = {}
     seen: set[str] = set()
-    return [
-        estimate_video(rt, pipeline.prepare_video(rt, r.request), row=r.row, row_id=r.row_id, seen=seen)
-        for r in rows
-    ]
+    estimates: list[RowEstimate] = []
+    batch: list[tuple[pipeline.PreparedVideo, int, str]] = []
+    for r in rows:
+        key = r.request.actor
+        if key not in actors:
+            actors[key] = pipeline.actor_ref(rt, key)
+        batch.append((pipeline.prepare_video(rt, r.request, actor=actors[key]), r.row, r.row_id))
+        if len(batch) >= chunk:
+            estimates += estimate_videos(rt, batch, seen=seen)
+            batch = []
+    return estimates + (estimate_videos(rt, batch, seen=seen) if batch else [])
 
 
 ProgressListener = Callable[[int, int, RowResult], None]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
 from castflow.db import queries
 from castflow.models import MediaRef, StageOutcome
-from castflow.pipeline import PreparedVideo, finished_output, plan
+from castflow.pipeline import GRAPH, PreparedVideo, Unit, finished_output, plan
 from castflow.runtime import Runtime
 
 # The estimate's columns, by the role a unit fills (a unit that refines a role adds to its column).
@@ -45,50 +46,86 @@ def finished(rt: Runtime, key: str) -> MediaRef | None:
     return rt.db(lambda c: finished_output(queries.stage_run_state(c, stage_key=key)))
 
 
+def finished_many(rt: Runtime, keys: Iterable[str]) -> dict[str, MediaRef]:
+    """The outputs of the finished stages among ``keys`` (one query per few hundred keys)."""
+    states = rt.db(lambda c: queries.stage_run_states(c, stage_keys=keys), what="reading finished stages")
+    outputs = {key: finished_output(state) for key, state in states.items()}
+    return {key: out for key, out in outputs.items() if out is not None}
+
+
+@dataclass
+class _Row:
+    """One video's estimate as the units are priced."""
+
+    video: PreparedVideo
+    row: int
+    row_id: str
+    units: list[Unit]
+    done: dict[str, StageOutcome] = field(default_factory=dict)
+    by_stage: dict[str, float] = field(default_factory=dict)
+    columns: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ROLE_COLUMNS.values(), 0.0))
+    reused: int = 0
+
+    def estimate(self) -> RowEstimate:
+        audio = self.done.get("audio")
+        seconds = audio.output.seconds if audio is not None and audio.output.seconds else 0.0
+        return RowEstimate(
+            row=self.row,
+            row_id=self.row_id,
+            actor=self.video.actor.key,
+            speech_seconds=round(seconds, 2),
+            reused_stages=self.reused,
+            by_stage=self.by_stage,
+            **self.columns,
+        )
+
+
+def estimate_videos(
+    rt: Runtime, videos: Iterable[tuple[PreparedVideo, int, str]], *, seen: set[str] | None = None
+) -> list[RowEstimate]:
+    """Cost estimates of many videos ((video, row, row id) each), counting a stage shared between them
+    once: a stage an earlier video will pay for costs nothing in a later one (``seen`` carries the keys
+    across calls).
+
+    The graph is priced unit by unit across all the videos, so each unit's finished stages are looked
+    up in a few queries rather than one per video (a sheet of 100,000 rows)."""
+    seen = set() if seen is None else seen
+    rows = [_Row(video, row, row_id, plan(video)) for video, row, row_id in videos]
+    for unit in GRAPH:
+        ready: list[tuple[_Row, str, bool]] = []
+        for r in rows:
+            if unit not in r.units or any(role not in r.done for role in unit.needs):
+                continue  # not in its plan, or fed by a unit the estimate does not run (QC)
+            if unit.key is None:
+                if not unit.needs and unit.price is None:  # free and pure: the given portrait
+                    r.done[unit.makes] = unit.run(rt, r.video, r.done)
+                continue
+            # A placeholder input (a unit not run yet) means this unit cannot have run either.
+            runnable = unit.ledger and all(r.done[role].output.content_type for role in unit.needs)
+            ready.append((r, unit.key(rt, r.video, r.done), runnable))
+        found = finished_many(rt, (key for _r, key, runnable in ready if runnable)) if ready else {}
+        for r, key, runnable in ready:  # in row order: the first row that needs a stage pays for it
+            output = found.get(key) if runnable else None
+            shared = key in seen
+            cost = 0.0 if output is not None or shared else unit.cost_now(rt, r.video, r.done)
+            if unit.ledger and (output is not None or shared):
+                r.reused += 1
+            seen.add(key)
+            placeholder = MediaRef(key="", sha256=key, content_type="", seconds=unit.guess_seconds(r.video))
+            r.done[unit.makes] = StageOutcome(stage=unit.name, stage_key=key, output=output or placeholder)
+            if unit.price is not None:
+                r.by_stage[unit.name] = cost
+                column = ROLE_COLUMNS.get(unit.makes)
+                if column is not None:
+                    r.columns[column] += cost
+    return [r.estimate() for r in rows]
+
+
 def estimate_video(
     rt: Runtime, video: PreparedVideo, *, row: int = 0, row_id: str = "", seen: set[str] | None = None
 ) -> RowEstimate:
-    """Cost estimate of one video. With ``seen`` (shared by the rows of a sheet) a stage an earlier row
-    will pay for costs nothing here."""
-    seen = set() if seen is None else seen
-    done: dict[str, StageOutcome] = {}
-    columns = dict.fromkeys(ROLE_COLUMNS.values(), 0.0)
-    by_stage: dict[str, float] = {}
-    reused = 0
-    for unit in plan(video):
-        if any(role not in done for role in unit.needs):
-            continue  # fed by a unit the estimate does not run (QC): free, nothing to price
-        if unit.key is None:
-            if not unit.needs and unit.price is None:
-                done[unit.makes] = unit.run(rt, video, done)  # free and pure: the given portrait
-            continue
-        key = unit.key(rt, video, done)
-        # A placeholder input (a unit not run yet) means this unit cannot have run either.
-        runnable = all(done[role].output.content_type for role in unit.needs)
-        found = finished(rt, key) if unit.ledger and runnable else None
-        shared = key in seen
-        cost = 0.0 if found is not None or shared else unit.cost_now(rt, video, done)
-        if unit.ledger and (found is not None or shared):
-            reused += 1
-        seen.add(key)
-        output = found or MediaRef(key="", sha256=key, content_type="", seconds=unit.guess_seconds(video))
-        done[unit.makes] = StageOutcome(stage=unit.name, stage_key=key, output=output)
-        if unit.price is not None:
-            by_stage[unit.name] = cost
-            column = ROLE_COLUMNS.get(unit.makes)
-            if column is not None:
-                columns[column] += cost
-    audio = done.get("audio")
-    seconds = audio.output.seconds if audio is not None and audio.output.seconds else 0.0
-    return RowEstimate(
-        row=row,
-        row_id=row_id,
-        actor=video.actor.key,
-        speech_seconds=round(seconds, 2),
-        reused_stages=reused,
-        by_stage=by_stage,
-        **columns,
-    )
+    """Cost estimate of one video (see :func:`estimate_videos`)."""
+    return estimate_videos(rt, [(video, row, row_id)], seen=seen)[0]
 
 
 def budget_total(estimates: Iterable[RowEstimate]) -> float:
