@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from castflow.db import queries
 from castflow.models import MediaRef, StageOutcome
-from castflow.pipeline import GRAPH, PreparedVideo, Unit, finished_output, plan
+from castflow.pipeline import GRAPH, PreparedVideo, finished_output, plan
 from castflow.runtime import Runtime
 
 # The estimate's columns, by the role a unit fills (a unit that refines a role adds to its column).
@@ -60,7 +60,7 @@ class _Row:
     video: PreparedVideo
     row: int
     row_id: str
-    units: list[Unit]
+    units: set[str]  # the names of the units of its plan
     done: dict[str, StageOutcome] = field(default_factory=dict)
     by_stage: dict[str, float] = field(default_factory=dict)
     columns: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ROLE_COLUMNS.values(), 0.0))
@@ -90,11 +90,11 @@ def estimate_videos(
     The graph is priced unit by unit across all the videos, so each unit's finished stages are looked
     up in a few queries rather than one per video (a sheet of 100,000 rows)."""
     seen = set() if seen is None else seen
-    rows = [_Row(video, row, row_id, plan(video)) for video, row, row_id in videos]
+    rows = [_Row(video, row, row_id, {u.name for u in plan(video)}) for video, row, row_id in videos]
     for unit in GRAPH:
         ready: list[tuple[_Row, str, bool]] = []
         for r in rows:
-            if unit not in r.units or any(role not in r.done for role in unit.needs):
+            if unit.name not in r.units or any(role not in r.done for role in unit.needs):
                 continue  # not in its plan, or fed by a unit the estimate does not run (QC)
             if unit.key is None:
                 if not unit.needs and unit.price is None:  # free and pure: the given portrait

@@ -14,10 +14,13 @@ CACHE_VERSION = "1"
 _WS = re.compile(r"\s+")
 
 
+_ALNUM = re.compile(r"[^\W_]")  # a letter or a digit, in any writing system
+
+
 def speakable(text: str) -> bool:
     """Whether a script has anything to say: a letter or a digit in any writing system (a script of
     zero-width spaces or punctuation renders a silent, sub-second video)."""
-    return any(ch.isalnum() for ch in text)
+    return _ALNUM.search(text) is not None
 
 
 # Unicode category Cc is exactly these: C0 (U+0000-U+001F), DEL and C1 (U+007F-U+009F).
