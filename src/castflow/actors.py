@@ -16,6 +16,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from castflow.db import queries
+from castflow.inputs import UrlRefused, fetch_public
 from castflow.models import Mouth, Voice
 from castflow.portraits import SAMPLE_LOOKS, SAMPLE_MOUTH, draw_portrait
 from castflow.runtime import Runtime
@@ -147,7 +148,11 @@ def import_actors(rt: Runtime, specs: Sequence[ActorSpec], *, base_dir: Path) ->
         errors: list[str] = []
         for spec in specs:
             try:
-                portraits.append(_load_portrait(spec, base_dir, Path(tmp)))
+                portraits.append(
+                    _load_portrait(
+                        spec, base_dir, Path(tmp), allow_private=rt.settings.campaign.allow_private_urls
+                    )
+                )
             except ActorFileError as exc:
                 errors.append(str(exc))
         if errors:
@@ -172,7 +177,9 @@ def import_actors(rt: Runtime, specs: Sequence[ActorSpec], *, base_dir: Path) ->
     return [p.spec.key for p in portraits]
 
 
-def _load_portrait(spec: ActorSpec, base_dir: Path, tmp: Path) -> _Portrait:
+def _load_portrait(
+    spec: ActorSpec, base_dir: Path, tmp: Path, *, allow_private: bool = False, transport: Any = None
+) -> _Portrait:
     dest = tmp / f"{spec.key}.src"
     where = f"actor {spec.key!r}, portrait"
     if spec.portrait.startswith(DRAWN):
@@ -183,18 +190,22 @@ def _load_portrait(spec: ActorSpec, base_dir: Path, tmp: Path) -> _Portrait:
             )
         draw_portrait(look).save(dest, format="PNG")
     elif spec.portrait.startswith(("http://", "https://")):
-        try:
-            with httpx.stream("GET", spec.portrait, timeout=30, follow_redirects=True) as resp:
-                resp.raise_for_status()
-                size = 0
-                with open(dest, "wb") as fh:
-                    for chunk in resp.iter_bytes():
-                        size += len(chunk)
-                        if size > MAX_PORTRAIT_BYTES:
-                            raise ActorFileError(f"{where}: larger than {MAX_PORTRAIT_BYTES // 2**20} MB")
-                        fh.write(chunk)
+        try:  # public addresses only, after DNS and every redirect; size, time and type bounded
+            fetch_public(
+                spec.portrait,
+                dest,
+                max_bytes=MAX_PORTRAIT_BYTES,
+                content_types=("image/",),
+                allow_private=allow_private,
+                transport=transport,
+            )
+        except UrlRefused as exc:
+            raise ActorFileError(
+                f"{where}: {spec.portrait.split('?', 1)[0]} refused: {exc} "
+                "(CASTFLOW_CAMPAIGN__ALLOW_PRIVATE_URLS=true allows private addresses)"
+            ) from None
         except httpx.HTTPError as exc:
-            raise ActorFileError(f"{where}: cannot download {spec.portrait}: {exc}") from exc
+            raise ActorFileError(f"{where}: cannot download {spec.portrait.split('?', 1)[0]}: {exc}") from exc
     else:
         src = Path(spec.portrait).expanduser()
         src = src if src.is_absolute() else base_dir / src

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from castflow.inputs import UrlRefused, check_public_url
 from castflow.providers.http import RetryPolicy, tls_context
 from castflow.redact import redact
 from castflow.settings import CallbackSettings
@@ -52,22 +53,12 @@ def check_url(url: str, settings: CallbackSettings, resolve: Callable[[str], lis
     parts = urlparse(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise CallbackRefused(f"callback URL must be http(s) with a host, not {redact(url)[:100]!r}")
-    if settings.allow_private:
-        return url
-    for address in resolve(parts.hostname):
-        if (
-            address.is_loopback
-            or address.is_private
-            or address.is_link_local
-            or address.is_multicast
-            or address.is_reserved
-            or address.is_unspecified
-        ):
-            raise CallbackRefused(
-                f"callback host {parts.hostname!r} resolves to {address}, a non-public address "
-                "(set CASTFLOW_CALLBACKS__ALLOW_PRIVATE=true to allow it)"
-            )
-    return url
+    try:
+        return check_public_url(url, allow_private=settings.allow_private, resolve=resolve)
+    except UrlRefused as exc:
+        raise CallbackRefused(
+            f"callback {exc} (set CASTFLOW_CALLBACKS__ALLOW_PRIVATE=true to allow it)"
+        ) from None
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:

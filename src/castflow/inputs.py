@@ -4,14 +4,23 @@ folders it may come from (symlinks followed first) and is a regular file.
 A sheet's ``audio`` cells may name files inside the sheet's folder or inside the configured input roots
 (``CASTFLOW_CAMPAIGN__INPUT_ROOTS``); anything else is refused before it is opened, with the path as the
 user wrote it. Pipes, devices and folders are refused for what they are (reading a FIFO would hang).
+
+Every URL fetched on a user's behalf goes through :func:`fetch_public`: http(s) only, public addresses
+only (checked after DNS and after every redirect), with size, time and content-type limits. The callbacks
+use the same check (:func:`check_public_url`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
 
 
 def outside(path: Path, roots: Iterable[Path]) -> bool:
@@ -54,3 +63,93 @@ def confined_file_problem(path: Path, roots: Iterable[Path]) -> str | None:
         where = ", ".join(str(r) for r in roots)
         return f"is outside the folders inputs may come from ({where}; see CASTFLOW_CAMPAIGN__INPUT_ROOTS)"
     return file_problem(path)
+
+
+# ---- URLs ---------------------------------------------------------------------------------------------
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class UrlRefused(Exception):
+    """A URL castflow will not fetch (or call), with the reason; never the URL's query (it may hold a
+    token)."""
+
+
+def resolve_host(host: str) -> list[Address]:
+    """The addresses ``host`` resolves to (every one is checked: a name may have several)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise UrlRefused(f"host {host!r} does not resolve") from exc
+    return [ipaddress.ip_address(info[4][0]) for info in infos]
+
+
+def non_public(address: Address) -> bool:
+    """Loopback, private, link-local (cloud metadata: 169.254.169.254), multicast, reserved, unspecified."""
+    return bool(
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+def check_public_url(
+    url: str, *, allow_private: bool = False, resolve: Callable[[str], list[Address]] = resolve_host
+) -> str:
+    """``url`` if it is http(s) with a host that resolves to public addresses only (or ``allow_private``);
+    UrlRefused naming the host and the address otherwise. Shared by every fetch and by the callbacks."""
+    parts = urlparse(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise UrlRefused(f"only http(s) URLs with a host are fetched, not {url.split('?', 1)[0][:100]!r}")
+    if allow_private:
+        return url
+    for address in resolve(parts.hostname):
+        if non_public(address):
+            raise UrlRefused(f"host {parts.hostname!r} resolves to {address}, a non-public address")
+    return url
+
+
+def fetch_public(
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    content_types: tuple[str, ...],
+    timeout_s: float = 30.0,
+    max_redirects: int = 5,
+    allow_private: bool = False,
+    resolve: Callable[[str], list[Address]] = resolve_host,
+    transport: httpx.BaseTransport | None = None,
+) -> str:
+    """Download ``url`` to ``dest`` through the guard: every hop (redirects followed one by one) is
+    checked by :func:`check_public_url` before it is requested; the answer's content type must start
+    with one of ``content_types`` and its body stay within ``max_bytes``. Returns the content type.
+
+    The address is checked when the name is resolved here; httpx resolves it again to connect, so a DNS
+    answer that changes in between (rebinding) is not caught. Pinning the address needs a transport of
+    our own; the time limit and the size cap bound what such a fetch can do."""
+    with httpx.Client(transport=transport, timeout=timeout_s, follow_redirects=False) as client:
+        for _hop in range(max_redirects + 1):
+            check_public_url(url, allow_private=allow_private, resolve=resolve)
+            with client.stream("GET", url) as resp:
+                if resp.is_redirect:
+                    url = str(resp.url.join(resp.headers.get("location", "")))
+                    continue
+                resp.raise_for_status()
+                ctype = str(resp.headers.get("content-type", "")).split(";")[0].strip().lower()
+                if not ctype.startswith(content_types):
+                    raise UrlRefused(
+                        f"answered {ctype or 'no content type'}, not {' or '.join(content_types)}"
+                    )
+                size = 0
+                with open(dest, "wb") as fh:
+                    for chunk in resp.iter_bytes():
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise UrlRefused(f"is larger than {max_bytes // 2**20} MB")
+                        fh.write(chunk)
+                return ctype
+    raise UrlRefused(f"more than {max_redirects} redirects")

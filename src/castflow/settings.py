@@ -203,6 +203,11 @@ class CampaignSettings(Section):
     max_cell_chars: int = Field(
         default=50_000, ge=100, description="Longest cell (the longest scripts, 40,000 characters, fit)."
     )
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Fetch inputs given as URLs (actor portraits) from loopback, private and link-local "
+        "addresses too (a laptop's own server); off, only public addresses are fetched.",
+    )
     input_roots: list[Path] = Field(
         default_factory=list,
         description="Folders, beside each sheet's own, that a sheet's files (audio) may come from; a "
