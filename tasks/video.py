@@ -17,7 +17,7 @@ from prefect.futures import PrefectFuture, wait
 from castflow import pipeline
 from castflow.models import ActorRef, StageOutcome, VideoResult
 from castflow.pipeline import GRAPH, PreparedVideo, Unit, Watch
-from castflow.pipeline.graph import bookkeeping
+from castflow.pipeline.graph import bookkeeping, take
 from castflow.runtime import Runtime, get_runtime
 from tasks.policy import is_transient, stage_cache, with_policy
 
@@ -93,14 +93,7 @@ def run_on_tasks(
         wait([future for _unit, future in waiting])
         for unit, future in sorted(waiting, key=lambda w: graph.index(w[0])):
             current[0] = unit.name
-            take(unit, _outcome(future))
-
-    def take(unit: Unit, outcome: StageOutcome) -> None:
-        done[unit.makes] = outcome
-        if unit.ledger:
-            used.append(outcome)
-            if watch is not None:
-                watch.after(outcome)
+            take(unit, _outcome(future), done, used, watch)
 
     with bookkeeping(rt, video, used, current):
         for unit in pipeline.plan(video, graph):
@@ -109,7 +102,7 @@ def run_on_tasks(
             if watch is not None:
                 watch.before(unit, rt, video, done)
             if unit.task is None:
-                take(unit, unit.run(rt, video, done))
+                take(unit, unit.run(rt, video, done), done, used, watch)
                 continue
             future = with_policy(unit_task(unit), rt.settings).submit(video, dict(done))
             in_flight[unit.makes] = (unit, future)

@@ -200,10 +200,12 @@ def _load_portrait(
                 transport=transport,
             )
         except UrlRefused as exc:
-            raise ActorFileError(
-                f"{where}: {spec.portrait.split('?', 1)[0]} refused: {exc} "
-                "(CASTFLOW_CAMPAIGN__ALLOW_PRIVATE_URLS=true allows private addresses)"
-            ) from None
+            hint = (
+                " (CASTFLOW_CAMPAIGN__ALLOW_PRIVATE_URLS=true allows private addresses)"
+                if exc.non_public
+                else ""
+            )
+            raise ActorFileError(f"{where}: {spec.portrait.split('?', 1)[0]} refused: {exc}{hint}") from None
         except httpx.HTTPError as exc:
             raise ActorFileError(f"{where}: cannot download {spec.portrait.split('?', 1)[0]}: {exc}") from exc
     else:

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 
-from castflow.inputs import UrlRefused, check_public_url
+from castflow.inputs import UrlRefused, check_public_url, resolve_host
 from castflow.providers.http import RetryPolicy, tls_context
 from castflow.redact import redact
 from castflow.settings import CallbackSettings
@@ -38,27 +35,18 @@ class CallbackRefused(ValueError):
     """A callback URL castflow will not call (bad scheme, private address, no secret configured)."""
 
 
-def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise CallbackRefused(f"callback host {host!r} does not resolve") from exc
-    return [ipaddress.ip_address(info[4][0]) for info in infos]
-
-
-def check_url(url: str, settings: CallbackSettings, resolve: Callable[[str], list[Any]] = _addresses) -> str:
-    """The URL if castflow may call it; CallbackRefused (with the reason) otherwise."""
+def check_url(
+    url: str, settings: CallbackSettings, resolve: Callable[[str], list[Any]] = resolve_host
+) -> str:
+    """The URL if castflow may call it; CallbackRefused (with the reason) otherwise. The scheme and
+    address rules are castflow.inputs', shared with every URL castflow fetches."""
     if settings.secret is None:
         raise CallbackRefused("callbacks need CASTFLOW_CALLBACKS__SECRET to sign them; none is set")
-    parts = urlparse(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise CallbackRefused(f"callback URL must be http(s) with a host, not {redact(url)[:100]!r}")
     try:
         return check_public_url(url, allow_private=settings.allow_private, resolve=resolve)
     except UrlRefused as exc:
-        raise CallbackRefused(
-            f"callback {exc} (set CASTFLOW_CALLBACKS__ALLOW_PRIVATE=true to allow it)"
-        ) from None
+        hint = " (set CASTFLOW_CALLBACKS__ALLOW_PRIVATE=true to allow it)" if exc.non_public else ""
+        raise CallbackRefused(f"callback {exc}{hint}") from None
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -92,7 +80,7 @@ def deliver(
     settings: CallbackSettings,
     *,
     transport: httpx.BaseTransport | None = None,
-    resolve: Callable[[str], list[Any]] = _addresses,
+    resolve: Callable[[str], list[Any]] = resolve_host,
 ) -> int:
     """Check, sign and POST ``payload`` to ``url`` with retries; returns the final HTTP status."""
     check_url(url, settings, resolve)

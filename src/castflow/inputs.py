@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from castflow.redact import redact
+
 
 def outside(path: Path, roots: Iterable[Path]) -> bool:
     """Whether ``path`` (resolved, symlinks included) lies outside every root."""
@@ -72,7 +74,11 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class UrlRefused(Exception):
     """A URL castflow will not fetch (or call), with the reason; never the URL's query (it may hold a
-    token)."""
+    token). ``non_public``: refused for where it points (a setting may allow that)."""
+
+    def __init__(self, reason: str, *, non_public: bool = False) -> None:
+        super().__init__(reason)
+        self.non_public = non_public
 
 
 def resolve_host(host: str) -> list[Address]:
@@ -103,12 +109,16 @@ def check_public_url(
     UrlRefused naming the host and the address otherwise. Shared by every fetch and by the callbacks."""
     parts = urlparse(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise UrlRefused(f"only http(s) URLs with a host are fetched, not {url.split('?', 1)[0][:100]!r}")
+        raise UrlRefused(
+            f"only http(s) URLs with a host are fetched, not {redact(url.split('?', 1)[0])[:100]!r}"
+        )
     if allow_private:
         return url
     for address in resolve(parts.hostname):
         if non_public(address):
-            raise UrlRefused(f"host {parts.hostname!r} resolves to {address}, a non-public address")
+            raise UrlRefused(
+                f"host {parts.hostname!r} resolves to {address}, a non-public address", non_public=True
+            )
     return url
 
 

@@ -36,12 +36,7 @@ from castflow.stages import control_characters, speakable
 # A sheet's columns are the request's fields (castflow.models.VideoRequest) and the row id: a new field
 # of the request is a new column, validated in _validate_row.
 KNOWN_COLUMNS = ("row_id", *VideoRequest.model_fields)
-_FIELDS = tuple(VideoRequest.model_fields)
-# The fields _validate_row checks against the actor library and the files; the others the model checks.
-_CHECKED = frozenset(
-    {"actor", "script", "audio", "scene", "image_variant_id", "resolution", "seed", "captions"}
-)
-_OTHERS = tuple(f for f in _FIELDS if f not in _CHECKED)
+_FIELDS = tuple(VideoRequest.model_fields)  # read once: the class attribute is a slow descriptor
 _LEADING = "".join(chr(c) for c in range(33))  # spaces and control characters a spreadsheet skips
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
@@ -364,10 +359,6 @@ def read_sheet(
         problems.append(SheetProblem(1, "script", "the sheet has neither a script nor an audio column"))
     if frame.height == 0:
         problems.append(SheetProblem(None, None, "the sheet has a header but no rows"))
-    if frame.height > limits.max_rows:
-        problems.append(
-            SheetProblem(None, None, f"the sheet has {frame.height} rows; the limit is {limits.max_rows}")
-        )
     if any(p.severity == "error" for p in problems):
         return Sheet(path.name, digest, columns, [], problems, frame.height)
 
@@ -530,7 +521,7 @@ def _validate_row(
     }
     # Any other field of the request is parsed and validated by the model itself: a new column is a new
     # field of VideoRequest (with its validator), nothing here.
-    others = {name: cell(name) for name in _OTHERS if cell(name)}
+    others = {name: cell(name) for name in _FIELDS if name not in checked and cell(name)}
     try:
         request = VideoRequest.model_validate({**checked, **others})
         for field_name, why in request.ignored():  # the same words as the CLI's

@@ -83,14 +83,25 @@ def run_video(
             current[0] = unit.name
             if watch is not None:
                 watch.before(unit, rt, video, done)
-            outcome = unit.run(rt, video, done)
-            done[unit.makes] = outcome
-            if unit.ledger:
-                used.append(outcome)
-                if watch is not None:
-                    watch.after(outcome)
+            take(unit, unit.run(rt, video, done), done, used, watch)
         current[0] = "record"
         return records.record_success(rt, video, done, used)
+
+
+def take(
+    unit: Unit,
+    outcome: StageOutcome,
+    done: dict[str, StageOutcome],
+    used: list[StageOutcome],
+    watch: Watch | None,
+) -> None:
+    """A unit's outcome, taken by a runner: it fills the unit's role; a ledger stage is also one the
+    video used, and the watch hears what it cost."""
+    done[unit.makes] = outcome
+    if unit.ledger:
+        used.append(outcome)
+        if watch is not None:
+            watch.after(outcome)
 
 
 @contextlib.contextmanager

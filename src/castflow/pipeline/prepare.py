@@ -110,10 +110,9 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
             raise UserError(f"audio file {audio_path.name} is too short ({info.seconds:.2f} s)")
         audio_sha = sha256_file(audio_path)
         audio_seconds = info.seconds
-    if req.scene and len(normalise_text(req.scene)) > (limit := rt.settings.prompt_limit(rt.image.model)):
-        raise UserError(
-            f"scene is {len(normalise_text(req.scene))} characters long; {rt.image.model} takes at most {limit}"
-        )
+    scene_chars = len(normalise_text(req.scene)) if req.scene else 0
+    if scene_chars > (limit := rt.settings.prompt_limit(rt.image.model)):
+        raise UserError(f"scene is {scene_chars} characters long; {rt.image.model} takes at most {limit}")
     variant = None
     if req.image_variant_id:
         variant_id = req.image_variant_id

@@ -53,6 +53,7 @@ def _finish(
 _VIDEO_COLUMN = {"actor": "actor_key", "audio": "audio_source"}
 
 
+@functools.cache  # the model and the table are fixed: computed once, not per row
 def stored_request_fields() -> dict[str, str]:
     """The request's fields that the video row stores, with their column: what reports read back."""
     columns = Video.__table__.c
