@@ -245,7 +245,10 @@ class World:
 
     def settle_unknown(self) -> None:
         """What the README tells an operator to do: find each job in the dashboard (here: the fakes' job
-        list, by model and time of sending), then `castflow stages resolve`."""
+        list, by model and time of sending), then `castflow stages resolve`. `castflow stages unknown`
+        comes first, as the README has it: its start-up writes the ids this host's journal kept, so a
+        stage settled that way is not guessed at (nor resolved twice)."""
+        self.cli("stages", "unknown")
         stages = self.ledger.stages()
         recorded = {s["request_id"] for s in stages if s["request_id"]}
         loose = [j for j in self.fakes.jobs() if j["id"] not in recorded and j["status"] != "failed"]

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from castflow import callbacks, pipeline, redact
 from castflow.budget import Budget, Spend
+from castflow.inputs import PathRefused, flow_path
 from castflow.models import VideoRequest, VideoResult
 from castflow.runtime import get_runtime
 from tasks import video as t
@@ -68,6 +69,12 @@ def _call_back(rt: Any, url: str, payload: dict[str, Any]) -> None:
 
 
 def _generate(rt: Any, request: VideoRequest, budget_usd: float | None) -> VideoResult:
+    if request.audio:  # from a deployment, only a file inside the parameter roots
+        try:
+            audio = flow_path(rt.settings, "generate-video", request.audio, what="audio")
+        except PathRefused as exc:
+            raise pipeline.UserError(str(exc)) from None
+        request = request.model_copy(update={"audio": str(audio)})
     video = pipeline.prepare_video(rt, request)  # bad input fails here, before any spend
     for option, why in request.ignored():
         get_run_logger().warning("%s: %s", option, why)

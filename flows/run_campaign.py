@@ -12,7 +12,6 @@ import queue
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow
@@ -26,6 +25,7 @@ from castflow.budget import Budget
 from castflow.campaigns import RowResult
 from castflow.db.retry import DatabaseUnavailable
 from castflow.estimates import RowEstimate, budget_total
+from castflow.inputs import PathRefused, flow_path
 from castflow.runtime import get_runtime
 from castflow.sheets import SheetInvalid, SheetRow
 from tasks.campaign import campaign_row, close_run, open_run
@@ -35,7 +35,10 @@ from tasks.policy import with_policy
 class CampaignParams(BaseModel):
     """What to run: the form the Prefect UI shows for the run-campaign deployment."""
 
-    sheet: str = Field(description="Path of the CSV sheet, as the worker sees it.")
+    sheet: str = Field(
+        description="The CSV sheet on the worker: a name in <data dir>/sheets, or a path inside the "
+        "worker's parameter roots (CASTFLOW_CAMPAIGN__PARAMETER_ROOTS)."
+    )
     name: str | None = Field(default=None, description="Campaign name. Default: the sheet's file name.")
     dry_run: bool = Field(default=False, description="Only estimate the cost; call no paid API.")
     budget_usd: float | None = Field(
@@ -78,9 +81,10 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
     """Run a campaign sheet: validate every row first, then make the videos (or only estimate them)."""
     rt = get_runtime()
     redact.install(rt.settings)
-    path = Path(params.sheet).expanduser()
-    if not path.is_file():
-        raise pipeline.UserError(f"sheet {path} does not exist")
+    try:  # from a deployment, only a sheet inside the parameter roots (an API caller's choice otherwise)
+        path = flow_path(rt.settings, "run-campaign", params.sheet, what="sheet")
+    except PathRefused as exc:
+        raise pipeline.UserError(str(exc)) from None
     sheet = campaigns.load_sheet(rt, path)
     name = params.name or path.stem
     if sheet.sheet_errors or (sheet.errors and not params.skip_invalid):

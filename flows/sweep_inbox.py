@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field
 
 from castflow import campaigns, redact
 from castflow.db import queries
+from castflow.inputs import PathRefused, flow_path
+from castflow.pipeline import UserError
 from castflow.runtime import get_runtime
 from castflow.sheets import content_hash
 from castflow.storage import Storage
@@ -121,7 +123,10 @@ def sweep_inbox(params: InboxParams | None = None) -> list[SheetOutcome]:
     if spec.startswith("storage:"):
         inbox = _Prefix(rt.storage, spec.removeprefix("storage:"), rt.settings.data_dir / "inbox-work")
     else:
-        inbox = _Folder(Path(spec).expanduser())
+        try:  # from a deployment, only a folder inside the parameter roots
+            inbox = _Folder(flow_path(rt.settings, "sweep-inbox", spec, what="inbox", folder=True))
+        except PathRefused as exc:
+            raise UserError(str(exc)) from None
     outcomes: list[SheetOutcome] = []
     for name in inbox.new():
         claimed = inbox.claim(name)

@@ -184,14 +184,24 @@ def test_generate_video_and_a_campaign_through_the_rest_api(team: dict[str, Any]
         "generate-video",
         {"request": {"actor": "maya", "script": "Hello from the API."}},
     )
-    sheet = work / "e2e.csv"
-    sheet.write_text("row_id,actor,script\na,leo,First row.\nb,ava,Second row.\n", encoding="utf-8")
+    body = "row_id,actor,script\na,leo,First row.\nb,ava,Second row.\n"
+    (work / "data" / "sheets").mkdir(parents=True, exist_ok=True)
+    (work / "data" / "sheets" / "e2e.csv").write_text(body, encoding="utf-8")
+    (work / "outside.csv").write_text(body, encoding="utf-8")
+    # A relative sheet starts at the first parameter root (<data dir>/sheets), not at serve's directory.
     campaign_id = create_run(
-        api, "run-campaign", "run-campaign", {"params": {"sheet": str(sheet), "name": "e2e"}}
+        api, "run-campaign", "run-campaign", {"params": {"sheet": "e2e.csv", "name": "e2e"}}
+    )
+    # An API caller cannot make the worker read a file it chooses (here: beside serve's directory).
+    refused_id = create_run(
+        api, "run-campaign", "run-campaign", {"params": {"sheet": str(work / "outside.csv"), "name": "x"}}
     )
     for rid in (run_id, campaign_id):
         run = finished(api, rid)
         assert run["state"]["type"] == "COMPLETED", run["state"]
+    refused = finished(api, refused_id)
+    assert refused["state"]["type"] == "FAILED", refused["state"]
+    assert "outside the folders a deployment's parameters may name" in refused["state"]["message"]
 
     engine = sa.create_engine(f"sqlite:///{work / 'data' / 'castflow.db'}")
     with engine.connect() as conn:

@@ -230,3 +230,38 @@ def test_video_end_to_end_on_postgres(pg_rt: Runtime) -> None:
         runs = s.scalars(sa.select(StageRun)).all()
         assert sorted(r.stage for r in runs) == ["lipsync", "scene_variant", "speech"]
         assert all(r.attempts == 1 for r in runs)
+
+
+def test_paths_in_parameters_are_confined_when_the_cli_is_not_trusted(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a deployment's run does (here forced by CASTFLOW_CAMPAIGN__CLI_ANY_PATH=false): a sheet, an
+    audio file or an inbox outside the parameter roots is refused before anything is read or recorded."""
+    from castflow.pipeline import UserError
+    from castflow.settings import reset_settings
+    from flows.run_campaign import CampaignParams, run_campaign
+    from flows.sweep_inbox import InboxParams, sweep_inbox
+
+    ensure_sample_actors(rt)
+    monkeypatch.setenv("CASTFLOW_CAMPAIGN__CLI_ANY_PATH", "false")
+    reset_settings()
+    sheets = rt.settings.data_dir / "sheets"
+    sheets.mkdir(parents=True)
+    body = "row_id,actor,script\na,leo,Inside the roots.\n"
+    (sheets / "in.csv").write_text(body, encoding="utf-8")
+    (tmp_path / "out.csv").write_text(body, encoding="utf-8")
+    (tmp_path / "out.wav").write_bytes(b"RIFF")
+
+    estimated = run_campaign(CampaignParams(sheet="in.csv", dry_run=True))  # relative: <data dir>/sheets
+    assert estimated.rows == 1
+    for call in (
+        lambda: run_campaign(CampaignParams(sheet=str(tmp_path / "out.csv"))),
+        lambda: run_campaign(CampaignParams(sheet="../../out.csv")),
+        lambda: generate_video(VideoRequest(actor="ava", audio=str(tmp_path / "out.wav"))),
+        lambda: sweep_inbox(InboxParams(inbox=str(tmp_path))),
+    ):
+        with pytest.raises(UserError, match="outside the folders a deployment's parameters may name"):
+            call()
+    with rt.session() as s:
+        assert s.scalars(sa.select(Video)).all() == []
+    assert not (tmp_path / "processing").exists()  # the outside inbox was not touched

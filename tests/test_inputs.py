@@ -116,3 +116,68 @@ def test_a_portrait_url_on_a_private_address_is_refused_unless_allowed(
         _load_portrait(spec, tmp_path, tmp_path)
     loaded = _load_portrait(spec, tmp_path, tmp_path, allow_private=True)  # a laptop's own server
     assert loaded.spec.key == "lee"
+
+
+# ---- paths in a deployment's parameters ----------------------------------------------------------------
+
+
+def test_a_deployment_parameter_path_stays_inside_its_roots(tmp_path: Path) -> None:
+    import os
+
+    from castflow.inputs import PathRefused, parameter_path
+
+    roots = [tmp_path / "sheets", tmp_path / "inbox"]
+    for root in roots:
+        root.mkdir()
+    (roots[0] / "spring.csv").write_text("row_id,actor,script\n", encoding="utf-8")
+    (tmp_path / "secret.csv").write_text("x\n", encoding="utf-8")
+    (roots[0] / "link.csv").symlink_to(tmp_path / "secret.csv")
+    os.mkfifo(roots[0] / "pipe.csv")
+
+    # A relative name starts at the first root, not at the worker's working directory.
+    assert parameter_path("spring.csv", what="sheet", roots=roots, confine=True) == roots[0] / "spring.csv"
+    for typed in ("../secret.csv", str(tmp_path / "secret.csv"), "link.csv", "/etc/hostname"):
+        with pytest.raises(PathRefused, match="outside the folders a deployment's parameters may name") as e:
+            parameter_path(typed, what="sheet", roots=roots, confine=True)
+        assert repr(typed) in str(e.value)  # the path as the caller gave it
+    with pytest.raises(PathRefused, match="is a pipe"):
+        parameter_path("pipe.csv", what="sheet", roots=roots, confine=True)
+    with pytest.raises(PathRefused, match="does not exist"):
+        parameter_path("missing.csv", what="sheet", roots=roots, confine=True)
+    # A folder parameter (the inbox) may be a root itself, or not exist yet; a file is not a folder.
+    assert parameter_path(str(roots[1]), what="inbox", roots=roots, confine=True, folder=True) == roots[1]
+    with pytest.raises(PathRefused, match="not a folder"):
+        parameter_path("spring.csv", what="inbox", roots=roots, confine=True, folder=True)
+    # Not confined (the CLI's own user): any local file, still only a regular one.
+    assert parameter_path(str(tmp_path / "secret.csv"), what="sheet", roots=roots, confine=False).is_file()
+    with pytest.raises(PathRefused, match="is a pipe"):
+        parameter_path(str(roots[0] / "pipe.csv"), what="sheet", roots=roots, confine=False)
+
+
+def test_a_process_started_to_execute_a_flow_run_counts_as_a_deployment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from castflow.inputs import from_deployment
+
+    monkeypatch.delenv("PREFECT__FLOW_RUN_ID", raising=False)
+    assert not from_deployment()  # this test's own process: nobody else chose its parameters
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "8c4a5a6e-2d2e-4b8e-9d3c-1f4f9f1b2c3d")  # a runner's child
+    assert from_deployment()
+
+
+def test_deployment_roots_default_to_the_data_dirs_sheets_and_inbox_and_may_differ_per_flow(
+    tmp_path: Path,
+) -> None:
+    from castflow.settings import CampaignSettings, Settings
+
+    s = Settings(data_dir=tmp_path)
+    assert s.parameter_roots("run-campaign") == [tmp_path / "sheets", tmp_path / "inbox"]
+    s = Settings(
+        data_dir=tmp_path,
+        campaign=CampaignSettings(
+            parameter_roots=[tmp_path / "shared"],
+            parameter_roots_by_flow={"generate-video": [tmp_path / "vo"]},
+        ),
+    )
+    assert s.parameter_roots("run-campaign") == [tmp_path / "shared"]
+    assert s.parameter_roots("generate-video") == [tmp_path / "vo"]

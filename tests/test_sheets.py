@@ -189,6 +189,9 @@ def test_a_record_of_the_wrong_width_is_named_by_its_row(tmp_path: Path) -> None
     assert {(p.row, p.column) for p in s.errors} == {(3, None), (4, None)}
     assert "has 3 fields; the header has 2" in str(s.errors[0])
     assert "has 1 fields; the header has 2" in str(s.errors[1])
+    # Errors of those rows alone: the row between them is validated (and runs with --skip-invalid).
+    assert [r.row for r in s.rows] == [2]
+    assert s.total_rows == 3
 
 
 def test_control_characters_are_refused_with_row_and_column(tmp_path: Path) -> None:

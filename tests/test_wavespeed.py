@@ -656,9 +656,13 @@ def test_a_lost_submit_answer_holds_the_stage_until_resolved_then_the_found_job_
     outcome = pipeline.lipsync(ws_rt, actor.image, speech.output, resolution="480p", seed=0, mouth=None)
     assert ws_rt.storage.exists(outcome.output.key)
     assert len(fake.job_records()) == 1  # the lost job itself, paid once
+    same = runner.invoke(app, ["stages", "resolve", key, "--request-id", jobs[0]["id"]])
+    assert same.exit_code == 0, same.output  # said twice (or settled by the journal): nothing to do
+    assert "already attached" in same.output
     again = runner.invoke(app, ["stages", "resolve", key, "--resubmit"])
     assert again.exit_code == 2  # nothing left to resolve
     assert "not waiting" in again.output
+    assert "it is succeeded" in again.output
 
 
 def test_a_request_id_the_database_could_not_take_is_kept_by_the_journal(

@@ -391,7 +391,15 @@ def stages_resolve(
                 lambda s, key=key: queries.resolve_stage_run(s, stage_key=key, request_id=request_id)  # type: ignore[misc]
             )
             if not done:
-                raise CliError(f"stage {key} is not waiting for a resolution (see `castflow stages unknown`)")
+                now = rt.db_session(lambda s, key=key: queries.get_stage_run(s, stage_key=key))  # type: ignore[misc]
+                if now is not None and request_id is not None and now.request_id == request_id:
+                    typer.echo(f"{key}: already attached to job {request_id}; nothing to do")
+                    continue
+                state = "" if now is None else f" (it is {now.status.value}, job {now.request_id or 'none'})"
+                raise CliError(
+                    f"stage {key} is not waiting for a resolution{state}: a resolve or this host's submit "
+                    "journal may have settled it (see `castflow stages unknown`)"
+                )
             what = f"will fetch job {request_id}" if request_id else "will be submitted again (may pay twice)"
             typer.echo(f"{key}: {what} on the next run")
 
@@ -562,7 +570,9 @@ def _print_problems(sheet: Any, *, skip_invalid: bool) -> None:
         typer.echo(redact(f"warning: {problem}"), err=True)
     if sheet.sheet_errors or (sheet.errors and not skip_invalid):
         raise CliError(
-            f"{sheet.name}: {len(sheet.errors)} error(s) in {sheet.total_rows} row(s); nothing was run"
+            f"{sheet.name}: {len(sheet.errors)} error(s)"
+            + (f" in {len(sheet.invalid_rows)} of {sheet.total_rows} row(s)" if sheet.invalid_rows else "")
+            + "; nothing was run"
             + ("" if sheet.sheet_errors else " (--skip-invalid runs the valid rows)")
         )
 
@@ -756,9 +766,12 @@ def serve() -> None:
     def go() -> None:
         from prefect import serve as prefect_serve
 
-        _runtime()  # configuration and database checked before anything is registered
+        rt = _runtime()  # configuration and database checked before anything is registered
         deployments = deployments_from_yaml()
         typer.echo(f"serving {len(deployments)} deployments: " + ", ".join(d.name for d in deployments))
+        roots = rt.settings.parameter_roots("run-campaign")
+        roots[0].mkdir(parents=True, exist_ok=True)
+        typer.echo(f"sheets for run-campaign go in {roots[0]} (files a deployment may read: parameter roots)")
         sys.stdout.flush()
         prefect_serve(*deployments, print_starting_message=False)
 

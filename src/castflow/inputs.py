@@ -18,11 +18,15 @@ import socket
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import httpx
 
 from castflow.redact import redact
+
+if TYPE_CHECKING:
+    from castflow.settings import Settings
 
 
 def outside(path: Path, roots: Iterable[Path]) -> bool:
@@ -65,6 +69,62 @@ def confined_file_problem(path: Path, roots: Iterable[Path]) -> str | None:
         where = ", ".join(str(r) for r in roots)
         return f"is outside the folders inputs may come from ({where}; see CASTFLOW_CAMPAIGN__INPUT_ROOTS)"
     return file_problem(path)
+
+
+# ---- paths in a flow's parameters -------------------------------------------------------------------
+
+
+class PathRefused(ValueError):
+    """A path in a flow's parameters that this run may not read."""
+
+
+def from_deployment() -> bool:
+    """Whether this flow run's parameters came from outside this process: the run was created from a
+    deployment (the UI, a schedule, the API), or this process was started by a Prefect runner or worker
+    to execute one. A subflow's parameters are our own code's (its parent's were checked)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx is not None else None
+    if run is not None and run.parent_task_run_id is not None:
+        return False
+    if run is not None and run.deployment_id is not None:
+        return True
+    return bool(os.environ.get("PREFECT__FLOW_RUN_ID"))
+
+
+def parameter_path(value: str, *, what: str, roots: list[Path], confine: bool, folder: bool = False) -> Path:
+    """The path a flow parameter names. Confined (from a deployment, or when the CLI is not trusted),
+    it must lie inside ``roots`` (symlinks followed) and a relative path starts at the first root;
+    otherwise it is taken as typed, relative to the working directory. The file's kind is checked
+    either way (a folder for ``folder``, else a regular file). PathRefused says why, with the path as
+    given."""
+    path = Path(value).expanduser()
+    if confine:
+        if not path.is_absolute():
+            path = roots[0] / path
+        if outside(path, roots):
+            where = ", ".join(str(r) for r in roots)
+            raise PathRefused(
+                f"{what} {value!r} is outside the folders a deployment's parameters may name ({where}): "
+                "put it there, or set CASTFLOW_CAMPAIGN__PARAMETER_ROOTS on the worker"
+            )
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise PathRefused(f"{what} {value!r} is not a folder")
+        return path
+    problem = file_problem(path)
+    if problem:
+        raise PathRefused(f"{what} {value!r} {problem}")
+    return path
+
+
+def flow_path(settings: Settings, flow: str, value: str, *, what: str, folder: bool = False) -> Path:
+    """``value`` from ``flow``'s parameters, confined to the flow's parameter roots when it came from a
+    deployment (or the CLI is not trusted: ``CASTFLOW_CAMPAIGN__CLI_ANY_PATH=false``)."""
+    confine = from_deployment() or not settings.campaign.cli_any_path
+    roots = settings.parameter_roots(flow)
+    return parameter_path(value, what=what, roots=roots, confine=confine, folder=folder)
 
 
 # ---- URLs ---------------------------------------------------------------------------------------------

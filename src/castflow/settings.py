@@ -213,6 +213,23 @@ class CampaignSettings(Section):
         description="Folders, beside each sheet's own, that a sheet's files (audio) may come from; a "
         "file elsewhere (through '..', an absolute path or a symlink) is refused.",
     )
+    parameter_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders that file paths in a deployment's parameters (run-campaign's sheet, "
+        "generate-video's audio, sweep-inbox's inbox) must lie in, so an API caller cannot make a "
+        "worker read files it chooses; relative paths start at the first. Default: <data dir>/sheets "
+        "and <data dir>/inbox.",
+    )
+    parameter_roots_by_flow: dict[str, list[Path]] = Field(
+        default_factory=dict,
+        description="The same per deployment (its flow's name, e.g. generate-video), in place of "
+        "parameter_roots for that one.",
+    )
+    cli_any_path: bool = Field(
+        default=True,
+        description="Paths typed at the CLI (flows run in its own process) may name any local file; off, "
+        "they are confined like a deployment's. Runs from a deployment never get this.",
+    )
     row_concurrency: int = Field(default=16, ge=1, description="Rows in flight at once.")
     # Jobs in flight per provider. The defaults suit a new account (fal: 2 concurrent requests until
     # invoices raise it; WaveSpeed Bronze: 2); raise them with your account level.
@@ -289,6 +306,12 @@ class Settings(BaseSettings):
     def prompt_limit(self, image_model: str | None) -> int:
         """Longest scene prompt the image-edit model takes (the pipeline default for models not listed)."""
         return self.pipeline.prompt_limits.get(image_model or "", self.pipeline.max_prompt_chars)
+
+    def parameter_roots(self, flow: str) -> list[Path]:
+        """The folders the file paths in ``flow``'s parameters must lie in, from a deployment."""
+        c = self.campaign
+        roots = c.parameter_roots_by_flow.get(flow) or c.parameter_roots
+        return roots or [self.data_dir / "sheets", self.data_dir / "inbox"]
 
     def script_limit(self, voice_model: str | None) -> int:
         """Longest script the TTS model takes (the pipeline default for models not listed)."""

@@ -216,10 +216,11 @@ class Records:
 
     columns: list[str]
     rows: list[tuple[int, list[str]]]
+    misshapen: int = 0  # rows of the wrong width: errors of their own, not in ``rows``
 
     @property
     def height(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + self.misshapen
 
 
 def read_records(
@@ -306,10 +307,11 @@ def read_records(
         problems.append(
             SheetProblem(None, None, f"{len(blank)} blank line(s) skipped (row {_ranges(blank)})", "warning")
         )
-    if any(p.severity == "error" for p in problems):
-        return None, problems
+    # A row of the wrong width is an error of that row (the others are still validated, and run with
+    # --skip-invalid), not of the sheet.
+    misshapen = sum(p.severity == "error" for p in problems)
     del records  # the rows hold what is needed
-    return Records(names, rows), problems
+    return Records(names, rows, misshapen), problems
 
 
 def image_model(settings: Settings) -> str:
@@ -359,7 +361,7 @@ def read_sheet(
         problems.append(SheetProblem(1, "script", "the sheet has neither a script nor an audio column"))
     if frame.height == 0:
         problems.append(SheetProblem(None, None, "the sheet has a header but no rows"))
-    if any(p.severity == "error" for p in problems):
+    if any(p.severity == "error" and (p.row is None or p.row == 1) for p in problems):
         return Sheet(path.name, digest, columns, [], problems, frame.height)
 
     rows: list[SheetRow] = []
