@@ -305,7 +305,7 @@ def test_sheets_are_bounded_before_and_while_they_are_read(tmp_path: Path) -> No
         fh.truncate(40 * 1024 * 1024)
     s = read_sheet(big, settings=Settings(data_dir=tmp_path / "data"), actors=ACTORS)
     assert [str(p) for p in s.errors] == [
-        "sheet: the sheet is 41.9 MB; the limit is 33.6 MB (CASTFLOW_CAMPAIGN__MAX_SHEET_BYTES)"
+        "sheet: the sheet is 40.0 MiB; the limit is 32.0 MiB (CASTFLOW_CAMPAIGN__MAX_SHEET_BYTES)"
     ]
     os.mkfifo(tmp_path / "pipe.csv")
     s = read_sheet(tmp_path / "pipe.csv", settings=Settings(data_dir=tmp_path / "data"), actors=ACTORS)

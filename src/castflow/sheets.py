@@ -176,9 +176,22 @@ def escape_cell(value: str) -> str:
     return "'" + value if is_formula_like(value) else value
 
 
+# Files often sent in place of a CSV, by their first bytes.
+_WORKBOOKS = (
+    (b"PK\x03\x04", "an Excel workbook (.xlsx) or another zip archive"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Excel workbook (.xls)"),
+    (b"%PDF", "a PDF"),
+)
+
+
 def _decode(data: bytes) -> tuple[str | None, SheetProblem | None]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    for magic, what in _WORKBOOKS:
+        if data.startswith(magic):
+            return None, SheetProblem(
+                None, None, f"the file is {what}, not CSV: export the sheet as CSV UTF-8 (File > Save as)"
+            )
     try:
         return data.decode("utf-8"), None
     except UnicodeDecodeError as exc:
@@ -338,7 +351,7 @@ def read_sheet(
     why = file_problem(path)
     if why is None and path.stat().st_size > limits.max_sheet_bytes:
         why = (
-            f"is {path.stat().st_size / 1e6:.1f} MB; the limit is {limits.max_sheet_bytes / 1e6:.1f} MB "
+            f"is {path.stat().st_size / 2**20:.1f} MiB; the limit is {limits.max_sheet_bytes / 2**20:.1f} MiB "
             "(CASTFLOW_CAMPAIGN__MAX_SHEET_BYTES)"
         )
     if why is not None:  # refused before a byte is read
