@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -258,22 +258,29 @@ def spent_so_far(rt: Runtime, campaign_id: uuid.UUID) -> float:
 
 
 def estimate_sheet(rt: Runtime, rows: Iterable[SheetRow], *, chunk: int = 1_000) -> list[RowEstimate]:
-    """Every row's estimate, counting each stage shared between rows once. Each actor is looked up once,
-    and rows are estimated a chunk at a time (each unit's finished stages in one query per chunk; what a
-    chunk's videos hold is dropped before the next)."""
+    """Every row's estimate, counting each stage shared between rows once (see :func:`iter_estimates`)."""
+    return [e for part in iter_estimates(rt, rows, chunk=chunk) for e in part]
+
+
+def iter_estimates(
+    rt: Runtime, rows: Iterable[SheetRow], *, chunk: int = 1_000
+) -> Iterator[list[RowEstimate]]:
+    """The rows' estimates a chunk at a time, counting each stage shared between rows once. Each actor
+    is looked up once, and each unit's finished stages in one query per chunk; what a chunk's videos
+    hold is dropped before the next (a caller that prints or sums them keeps nothing)."""
     actors: dict[str, ActorRef] = {}
     seen: set[str] = set()
-    estimates: list[RowEstimate] = []
     batch: list[tuple[pipeline.PreparedVideo, int, str]] = []
     for r in rows:
-        key = r.request.actor
-        if key not in actors:
-            actors[key] = pipeline.actor_ref(rt, key)
-        batch.append((pipeline.prepare_video(rt, r.request, actor=actors[key]), r.row, r.row_id))
+        request = r.request  # rebuilt from the row's values on each access
+        if request.actor not in actors:
+            actors[request.actor] = pipeline.actor_ref(rt, request.actor)
+        batch.append((pipeline.prepare_video(rt, request, actor=actors[request.actor]), r.row, r.row_id))
         if len(batch) >= chunk:
-            estimates += estimate_videos(rt, batch, seen=seen)
+            yield estimate_videos(rt, batch, seen=seen)
             batch = []
-    return estimates + (estimate_videos(rt, batch, seen=seen) if batch else [])
+    if batch:
+        yield estimate_videos(rt, batch, seen=seen)
 
 
 ProgressListener = Callable[[int, int, RowResult], None]

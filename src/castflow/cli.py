@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -614,14 +615,20 @@ def campaign_run(
         loaded = _load_sheet(sheet)
         _print_problems(loaded, skip_invalid=skip_invalid)
         if dry_run:
-            estimates = campaigns.estimate_sheet(rt, loaded.rows)
-            for e in estimates:
+            rows, totals = 0, []
+            for part in campaigns.iter_estimates(rt, loaded.rows):  # printed as they come: none kept
                 typer.echo(
-                    f"row {e.row:<5} {e.row_id:<16} {e.actor:<10} ~{e.speech_seconds:5.1f} s  "
-                    f"image ${e.image_usd:.3f}  speech ${e.speech_usd:.4f}  lip-sync ${e.lipsync_usd:.3f}  "
-                    f"= ${e.total_usd:.4f}" + (f"  ({e.reused_stages} reused)" if e.reused_stages else "")
+                    "\n".join(
+                        f"row {e.row:<5} {e.row_id:<16} {e.actor:<10} ~{e.speech_seconds:5.1f} s  "
+                        f"image ${e.image_usd:.3f}  speech ${e.speech_usd:.4f}  "
+                        f"lip-sync ${e.lipsync_usd:.3f}  = ${e.total_usd:.4f}"
+                        + (f"  ({e.reused_stages} reused)" if e.reused_stages else "")
+                        for e in part
+                    )
                 )
-            typer.echo(f"estimate: ${budget_total(estimates):.2f} for {len(estimates)} row(s)")
+                rows += len(part)
+                totals.append(budget_total(part))
+            typer.echo(f"estimate: ${math.fsum(totals):.2f} for {rows} row(s)")
             return
         _run_campaign_flow(sheet, name, budget, skip_invalid, concurrency, total=loaded.total_rows)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from pydantic import BaseModel
 
@@ -53,6 +54,26 @@ def finished_many(rt: Runtime, keys: Iterable[str]) -> dict[str, MediaRef]:
     return {key: out for key, out in outputs.items() if out is not None}
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """Stands in for the output of a unit not run yet (a MediaRef's fields; no model per row and unit:
+    a sheet has 100,000 rows)."""
+
+    key: str
+    sha256: str
+    content_type: str
+    seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Estimated:
+    """A unit's outcome as far as the units after it read it (a StageOutcome's fields)."""
+
+    stage: str
+    stage_key: str
+    output: MediaRef | _Pending
+
+
 @dataclass
 class _Row:
     """One video's estimate as the units are priced."""
@@ -93,8 +114,9 @@ def estimate_videos(
     rows = [_Row(video, row, row_id, {u.name for u in plan(video)}) for video, row, row_id in videos]
     for unit in GRAPH:
         ready: list[tuple[_Row, str, bool]] = []
+        needs = frozenset(unit.needs)
         for r in rows:
-            if unit.name not in r.units or any(role not in r.done for role in unit.needs):
+            if unit.name not in r.units or not r.done.keys() >= needs:
                 continue  # not in its plan, or fed by a unit the estimate does not run (QC)
             if unit.key is None:
                 if not unit.needs and unit.price is None:  # free and pure: the given portrait
@@ -111,8 +133,11 @@ def estimate_videos(
             if unit.ledger and (output is not None or shared):
                 r.reused += 1
             seen.add(key)
-            placeholder = MediaRef(key="", sha256=key, content_type="", seconds=unit.guess_seconds(r.video))
-            r.done[unit.makes] = StageOutcome(stage=unit.name, stage_key=key, output=output or placeholder)
+            made = output or _Pending(
+                key="", sha256=key, content_type="", seconds=unit.guess_seconds(r.video)
+            )
+            # Read by the later units' key and price functions as a StageOutcome (the same fields).
+            r.done[unit.makes] = cast("StageOutcome", _Estimated(unit.name, key, made))
             if unit.price is not None:
                 r.by_stage[unit.name] = cost
                 column = ROLE_COLUMNS.get(unit.makes)

@@ -11,8 +11,6 @@ from typing import Any
 # Bump to regenerate every stage deliberately (a change in what a stage produces for the same inputs).
 CACHE_VERSION = "1"
 
-_WS = re.compile(r"\s+")
-
 
 _ALNUM = re.compile(r"[^\W_]")  # a letter or a digit, in any writing system
 
@@ -41,7 +39,9 @@ def control_characters(text: str, *, allow: str = "") -> list[str]:
 
 def normalise_text(text: str) -> str:
     """The form of a script or prompt that decides the output: NFC, trimmed, single spaces."""
-    return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    # str.split() splits on exactly the characters that \s matches (str.isspace), so this is the
+    # _WS.sub(" ", ...).strip() of earlier versions (the keys stay the same), five times faster.
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 def stage_key(stage: str, *, provider: str, model: str, **inputs: Any) -> str:
@@ -51,8 +51,11 @@ def stage_key(stage: str, *, provider: str, model: str, **inputs: Any) -> str:
     voice, seed and resolution. Keys are stable across processes and machines.
     """
     payload = {"v": CACHE_VERSION, "stage": stage, "provider": provider, "model": model, "inputs": inputs}
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(payload).encode("utf-8")).hexdigest()
+
+
+# json.dumps with these options, built once (dumps makes an encoder per call; a sheet needs 300,000 keys).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def sha256_file(path: str | bytes | Any, chunk: int = 1 << 20) -> str:

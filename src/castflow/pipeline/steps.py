@@ -36,13 +36,13 @@ from castflow.stages import normalise_text, sha256_file, stage_key
 
 
 def scene_variant_key(rt: Runtime, image: MediaRef, prompt: str, seed: int) -> str:
+    return _scene_variant_key(rt.image.name, rt.image.model, image.sha256, prompt, seed)
+
+
+@functools.lru_cache(maxsize=4096)  # a sheet's rows share a few actors and scenes
+def _scene_variant_key(provider: str, model: str, image: str, prompt: str, seed: int) -> str:
     return stage_key(
-        "scene_variant",
-        provider=rt.image.name,
-        model=rt.image.model,
-        image=image.sha256,
-        prompt=normalise_text(prompt),
-        seed=seed,
+        "scene_variant", provider=provider, model=model, image=image, prompt=normalise_text(prompt), seed=seed
     )
 
 
