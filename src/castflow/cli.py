@@ -572,7 +572,11 @@ def _print_problems(sheet: Any, *, skip_invalid: bool) -> None:
     if sheet.sheet_errors or (sheet.errors and not skip_invalid):
         raise CliError(
             f"{sheet.name}: {len(sheet.errors)} error(s)"
-            + (f" in {len(sheet.invalid_rows)} of {sheet.total_rows} row(s)" if sheet.invalid_rows else "")
+            + (
+                f" in {len(sheet.invalid_rows)} of {sheet.total_rows} row(s)"
+                if sheet.invalid_rows and not sheet.unreadable
+                else ""
+            )
             + "; nothing was run"
             + ("" if sheet.sheet_errors else " (--skip-invalid runs the valid rows)")
         )

@@ -126,6 +126,7 @@ class Sheet:
     rows: list[SheetRow]
     problems: list[SheetProblem]
     total_rows: int
+    unreadable: bool = False  # reading stopped (a limit, broken quoting): every error is the sheet's
 
     @property
     def errors(self) -> list[SheetProblem]:
@@ -142,7 +143,7 @@ class Sheet:
     @property
     def sheet_errors(self) -> list[SheetProblem]:
         """Errors that concern the whole sheet (nothing can run)."""
-        return [p for p in self.errors if p.row is None]
+        return [p for p in self.errors if p.row is None or self.unreadable]
 
 
 class SheetInvalid(Exception):
@@ -385,7 +386,7 @@ def read_sheet(
             max_cell=limits.max_cell_chars,
         )
     if frame is None:
-        return Sheet(path.name, digest, [], [], problems, 0)
+        return Sheet(path.name, digest, [], [], problems, 0, unreadable=True)
     columns = frame.columns
     if "actor" not in columns:
         problems.append(SheetProblem(1, "actor", "the sheet has no actor column"))
