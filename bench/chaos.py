@@ -15,10 +15,14 @@ JSON object with, per scenario and in total:
 - ``rerun_stall_s``: after a SIGKILL, the longest a rerun waited before it took over the first stage its dead
   predecessor held, CLI start-up included (target < 10); ``last_takeover_s`` also counts the queueing of
   the held stages for provider slots behind the rerun's other rows
+- ``interrupt_exit_s``: after Ctrl-C (SIGINT to the CLI's process group, as a terminal sends it), the
+  longest the CLI took to exit (target <= 10), with ``interrupt_tracebacks`` (target 0) and
+  ``interrupt_bad_exits`` (an exit status other than 130 or 0; target 0)
 - ``secrets_found``: provider keys, service-role keys and signed-URL tokens found in CLI output, the
   database, manifests and Prefect's database (target 0)
 
-Scenarios: ``sigkill`` (random SIGKILLs of the CLI, each followed by a rerun), ``provider_faults``
+Scenarios: ``sigkill`` (random SIGKILLs of the CLI, each followed by a rerun), ``sigint`` (Ctrl-C at
+random moments, each followed by a rerun), ``provider_faults``
 (429/5xx answers, failed jobs, lost submit answers, status/result errors, latency spikes),
 ``workers_sqlite`` / ``workers_pg`` (several processes on one sheet and database, provider limits 1),
 ``pg_outage`` (the suite's own PostgreSQL stopped and restarted mid-run: a blink within the retry
@@ -59,6 +63,7 @@ SCENES = ["a sunny kitchen", "a city rooftop at dusk", "a cosy living room"]
 TTS_MODEL = "fal-ai/elevenlabs/tts/multilingual-v2"
 SCENARIOS = [
     "sigkill",
+    "sigint",
     "provider_faults",
     "workers_sqlite",
     "workers_pg",
@@ -74,6 +79,7 @@ TARGETS = {
     "secrets_found": 0,
 }
 STALL_TARGET_S = 10.0
+INTERRUPT_TARGET_S = 10.0
 
 
 # ---- the parts: fakes, a PostgreSQL of our own, the ledger ---------------------------------------------
@@ -206,6 +212,7 @@ class World:
     takeovers: list[float] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     resolved: dict[str, int] = field(default_factory=lambda: {"by_request_id": 0, "resubmitted": 0})
+    interrupts: list[dict[str, Any]] = field(default_factory=list)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -217,7 +224,9 @@ class World:
             raise RuntimeError(f"castflow {' '.join(args)} exited {done.returncode}: {done.stderr[-2000:]}")
         return done
 
-    def start_run(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    def start_run(
+        self, extra_env: dict[str, str] | None = None, *, own_group: bool = False
+    ) -> subprocess.Popen[str]:
         log = open(self.log, "a")  # noqa: SIM115 - closed by finish()
         log.write("$ castflow campaign run (background)\n")
         log.flush()
@@ -227,6 +236,7 @@ class World:
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=own_group,  # a process group of its own, as a terminal's foreground job
         )
         proc._chaos_log = log  # type: ignore[attr-defined]
         proc._chaos_started = time.monotonic()  # type: ignore[attr-defined]
@@ -415,6 +425,7 @@ def measure(world: World, prefect_db: Path | None) -> dict[str, Any]:
         "secrets_found": secrets,
         "redacted_errors": world.ledger.texts().count("[redacted]"),  # errors that quoted one, cleaned
         "unknown_resolved": dict(world.resolved),
+        "interrupts": world.interrupts,
         "runs": world.runs,
     }
 
@@ -484,6 +495,41 @@ def sigkill(world: World, rng: random.Random, kills: int) -> None:
     world.finish(proc)
     world.until_done()
     world.runs.append({"kills": done})
+
+
+def sigint(world: World, rng: random.Random, interrupts: int) -> None:
+    """Ctrl-C at random moments while the CLI works, ``interrupts`` times, each followed by a rerun: the
+    signal goes to the CLI's whole process group (a terminal sends it so), every other time twice; the
+    CLI must exit within 10 s, with status 130 and no traceback, and the reruns must pay for nothing
+    twice."""
+    n = 0
+    for _attempt in range(interrupts * 4):
+        if n == interrupts:
+            break
+        start = world.log.stat().st_size if world.log.exists() else 0
+        proc = world.start_run(own_group=True)
+        wait_for_work(world, proc, stages=1)
+        time.sleep(rng.uniform(0.5, 2.5))
+        if proc.poll() is not None:  # finished first: more rows, so there is work to interrupt
+            world.finish(proc)
+            world.rows += max(4, world.rows // 4)
+            (world.work / "sheet.csv").write_text(sheet(world.rows), encoding="utf-8")
+            continue
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        twice = n % 2 == 1  # every other time, a second Ctrl-C: exit at once, still losing nothing
+        if twice:
+            time.sleep(0.3)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+        code = world.finish(proc, timeout=120)
+        said = world.log.read_bytes()[start:].decode(errors="replace")
+        world.interrupts.append(
+            {"exit": code, "exit_s": round(time.monotonic() - sent, 2), "traceback": "Traceback" in said,
+             "twice": twice, "said": said.strip().splitlines()[-2:]}
+        )  # fmt: skip
+        n += 1
+    world.until_done()
 
 
 def provider_faults(world: World) -> None:
@@ -592,6 +638,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if name == "sigkill":
                     world = make_world(name, root, seed, rows)
                     sigkill(world, rng, kills)
+                elif name == "sigint":
+                    world = make_world(name, root, seed, rows)
+                    sigint(world, rng, kills)
                 elif name == "provider_faults":
                     flags = ("--submit-error-rate", "0.1", "--lost-answer-rate", "0.05", "--fail-job-rate", "0.05",
                              "--status-error-rate", "0.1", "--result-error-rate", "0.1",
@@ -695,10 +744,18 @@ def totals(scenarios: dict[str, Any]) -> dict[str, Any]:
         "secrets_found": sum(s["secrets_found"] for s in ran),
         "skipped_scenarios": [n for n, s in scenarios.items() if "skipped" in s],
     }
+    stops = [i for s in ran for i in s.get("interrupts", [])]
+    out["interrupts"] = len(stops)
+    out["interrupt_exit_s"] = max((i["exit_s"] for i in stops), default=None)
+    out["interrupt_tracebacks"] = sum(i["traceback"] for i in stops)
+    out["interrupt_bad_exits"] = sum(i["exit"] not in (0, 130) for i in stops)
     out["targets_met"] = (
         all(out[k] == v for k, v in TARGETS.items())
         and out["failed"] == 0
         and (out["rerun_stall_s"] is None or out["rerun_stall_s"] < STALL_TARGET_S)
+        and (out["interrupt_exit_s"] is None or out["interrupt_exit_s"] <= INTERRUPT_TARGET_S)
+        and out["interrupt_tracebacks"] == 0
+        and out["interrupt_bad_exits"] == 0
     )
     return out
 

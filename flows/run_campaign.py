@@ -17,12 +17,14 @@ from typing import Any, cast
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
+from prefect.states import Cancelled
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from castflow import campaigns, manifest, pipeline, redact
+from castflow import campaigns, interrupt, manifest, pipeline, redact
 from castflow.budget import Budget
 from castflow.campaigns import RowResult
+from castflow.db import queries
 from castflow.db.retry import DatabaseUnavailable
 from castflow.estimates import RowEstimate, budget_total
 from castflow.inputs import PathRefused, flow_path
@@ -127,13 +129,15 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
         finished_q: queue.SimpleQueue[tuple[PrefectFuture[RowResult], SheetRow]] = queue.SimpleQueue()
         in_flight = 0
         outage: DatabaseUnavailable | None = None
-        while pending or in_flight:
-            while pending and in_flight < limit:
+        while (pending and not interrupt.stopping()) or in_flight:
+            while pending and in_flight < limit and not interrupt.stopping():  # Ctrl-C: no new row
                 row = pending.pop()
                 future = row_task.submit(key, name, row)
                 future.add_done_callback(functools.partial(_on_done, finished_q, row))
                 in_flight += 1
-            future, row = finished_q.get()
+            if not in_flight:
+                break
+            future, row = _next_done(finished_q)
             in_flight -= 1
             outcome = run.results.pop(row.row_id, None) or _row_result(future, row)
             results.append(outcome)
@@ -147,6 +151,9 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
         progress.close()
     if outage is not None:
         raise DatabaseUnavailable(f"{outage}; run the campaign again to resume") from None
+    if interrupt.stopping():  # Ctrl-C: the run ends Cancelled with one line (a rerun resumes it)
+        message = _interrupted(rt, campaign_id, name, results, len(pending))
+        return cast("CampaignResult", Cancelled(message=message))
     totals = campaigns.finish_campaign(rt, campaign_id, results)
     manifest_path, manifest_url = manifest.write_manifest(
         rt, campaign_id, name, sheet, rt.settings.data_dir / "manifests"
@@ -170,6 +177,30 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
     )
     _summary_artifact(result)
     return result
+
+
+def _next_done(
+    finished_q: queue.SimpleQueue[tuple[PrefectFuture[RowResult], SheetRow]],
+) -> tuple[PrefectFuture[RowResult], SheetRow]:
+    """The next finished row, waiting in short steps (a signal handler runs between them)."""
+    while True:
+        try:
+            return finished_q.get(timeout=0.5)
+        except queue.Empty:
+            continue
+
+
+def _interrupted(
+    rt: Any, campaign_id: uuid.UUID, name: str, results: list[RowResult], not_started: int
+) -> str:
+    """One line for a run stopped by Ctrl-C: what finished, what waits at the providers, what is left."""
+    done = sum(r.status == "succeeded" for r in results)
+    cut = sum(r.status == "skipped" and (r.error or "").startswith("interrupted") for r in results)
+    jobs = rt.db(lambda c: queries.jobs_in_flight(c, campaign_id=campaign_id), what="counting jobs")
+    at_providers = (
+        f"{jobs} job(s) still at the providers (recorded: the rerun fetches them, paying nothing twice)"
+    )
+    return f"{name}: interrupted: {done} row(s) finished, {cut + not_started} left to run, {at_providers}"
 
 
 def _on_done(

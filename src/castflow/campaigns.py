@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from castflow import pipeline
+from castflow import interrupt, pipeline
 from castflow.budget import Budget, Spend
 from castflow.db import queries
 from castflow.db.tables import CampaignStatus, VideoStatus, utcnow
@@ -145,7 +145,7 @@ def run_row(
     payer = pipeline.PAYER.set(campaign_id)  # the jobs this row submits are this campaign's spend
     try:
         result = pipeline.run_video(rt, prepared, watch=spend)
-    except pipeline.Skipped as exc:
+    except (pipeline.Skipped, interrupt.Interrupted) as exc:  # the budget, or Ctrl-C: a rerun resumes it
         spend.settle()
         return skip_row(rt, prepared, row, str(exc), exc.used)
     except Exception:

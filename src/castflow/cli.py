@@ -93,6 +93,9 @@ def prefect_environment(settings: Settings) -> None:
     apply(settings.data_dir, settings.pipeline.max_workers)
 
 
+_OWN_PROCESS = False  # run as the console script (the process ends with the command), not in a test
+
+
 @contextmanager
 def _flows() -> Iterator[None]:
     """Around in-process flow runs: castflow's Prefect defaults and, when no Prefect API is configured,
@@ -649,10 +652,22 @@ def _run_campaign_flow(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from castflow import campaigns
+    from castflow import campaigns, interrupt
 
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
+    resume = f"castflow campaign run {sheet}" + (f" --name {name}" if name else "")
+
+    def first() -> None:
+        sys.stderr.write(
+            "\nstopping: no new row or paid stage starts, waits on provider jobs end (their ids are "
+            "recorded); Ctrl-C again exits at once\n"
+        )
+
+    def second() -> None:
+        sys.stderr.write(f"exiting now; nothing submitted is lost: `{resume}` resumes\n")
+
     with (
+        interrupt.handling_signals(first, second, restore=not _OWN_PROCESS),
         _flows(),
         Progress(
             TextColumn("[bold]{task.description}"),
@@ -687,6 +702,9 @@ def _run_campaign_flow(
         finally:
             remove()
     if not state.is_completed():
+        if state.is_cancelled():  # Ctrl-C (or a cancel from the Prefect UI): one line and how to resume
+            typer.echo(f"{state.message}\nresume with: {resume}", err=True)
+            raise typer.Exit(130)
         raise CliError(f"campaign failed: {state.message}")
     result = state.result()
     for row in result.results:
@@ -814,6 +832,8 @@ def doctor() -> None:
 
 def main() -> None:
     """The console script; a crash prints its traceback redacted (pretty exceptions are off)."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     try:
         status = app()
     except Exception as exc:

@@ -127,6 +127,9 @@ class _TemporaryServer:
                 "on",
             ],
             env=self.env,
+            # Its own session: the terminal's Ctrl-C goes to castflow only, and the server outlives the
+            # flow's last events and logs (it stops at exit, and with this process: castflow._server_launcher).
+            start_new_session=True,
         )
         return f"http://127.0.0.1:{port}/api"
 

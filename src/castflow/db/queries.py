@@ -477,6 +477,18 @@ def resolve_stage_run(session: Session, *, stage_key: str, request_id: str | Non
     return bool(getattr(result, "rowcount", 0))
 
 
+def jobs_in_flight(session: Db, *, campaign_id: uuid.UUID) -> int:
+    """The campaign's provider jobs submitted and not yet fetched (their request ids are recorded)."""
+    count = session.execute(
+        sa.select(sa.func.count()).where(
+            _STAGE_RUNS.c.campaign_id == campaign_id,
+            _STAGE_RUNS.c.status == StageStatus.running.value,
+            _STAGE_RUNS.c.request_id.is_not(None),
+        )
+    ).scalar_one()
+    return int(count)
+
+
 def campaign_spend(session: Db, *, campaign_id: uuid.UUID) -> float:
     """What a campaign paid, over all its runs: each stage job it submitted, counted once."""
     total = session.execute(

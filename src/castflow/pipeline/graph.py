@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Protocol
 
+from castflow import interrupt
 from castflow.db.retry import DatabaseUnavailable
 from castflow.models import StageOutcome, VideoResult
 from castflow.pipeline import records, steps
@@ -81,6 +82,7 @@ def run_video(
     with bookkeeping(rt, video, used, current):
         for unit in plan(video, graph):
             current[0] = unit.name
+            interrupt.check(f"before {unit.name.replace('_', ' ')}")  # Ctrl-C: no new stage starts
             if watch is not None:
                 watch.before(unit, rt, video, done)
             take(unit, unit.run(rt, video, done), done, used, watch)
@@ -114,7 +116,7 @@ def bookkeeping(
     recorded, and the stage rows already say what was paid (a rerun resumes)."""
     try:
         yield
-    except Skipped as exc:
+    except (Skipped, interrupt.Interrupted) as exc:  # not a failure: a rerun resumes the video
         exc.used = used
         raise
     except DatabaseUnavailable:

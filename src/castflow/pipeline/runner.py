@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from castflow import claims
+from castflow import claims, interrupt
 from castflow.db import queries
 from castflow.db.retry import DatabaseUnavailable
 from castflow.db.tables import StageStatus, utcnow
@@ -186,8 +186,10 @@ def _run_stage_locked(
                     "a submit was sent and its answer never recorded (its process died or lost the database)"
                 )
                 if not rt.db(functools.partial(queries.mark_stage_unknown, stage_key=key, error=error)):
+                    interrupt.check("waiting on another row's stage")
                     time.sleep(_CLAIM_POLL_S)  # the owner recorded the id meanwhile: read it again
                 continue  # raised as unknown above, unless the owner recorded the id meanwhile
+            interrupt.check("waiting on another row's stage")
             time.sleep(_CLAIM_POLL_S)  # a live owner is sending it right now: wait for its request id
             continue
         if _held_by_other(done, me):
@@ -197,6 +199,7 @@ def _run_stage_locked(
                     log.info(
                         "%s %s is run by another process (%s): waiting for it", stage, key[:12], done.owner
                     )
+                interrupt.check("waiting on another row's stage")
                 time.sleep(_CLAIM_POLL_S)
                 continue
             stale = done.owner  # a dead process of this host: take over now, not when its lease ends

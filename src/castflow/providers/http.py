@@ -35,6 +35,7 @@ from tenacity import (
     stop_after_delay,
 )
 
+from castflow import interrupt
 from castflow.expiring import ExpiringCache
 from castflow.providers.base import PermanentError, ProviderError, SubmitOutcomeUnknown, TransientError
 from castflow.settings import HttpSettings
@@ -304,6 +305,8 @@ async def sleep_or_hint(
     Returns True when the hint woke it: the caller polls once and then stops asking the hint (a status
     that lags behind the webhook must not turn the wait into a busy loop).
     """
+    # A stop asked for (Ctrl-C) ends the wait: the job's id is recorded, and the rerun re-attaches to it.
+    interrupt.check("waiting on a provider's job")
     if hint is None:
         await sleep(seconds)
         return False
@@ -312,7 +315,17 @@ async def sleep_or_hint(
         if hint() is not None:
             return True
         await sleep(min(1.0, left))
+        interrupt.check("waiting on a provider's job")
     return False
+
+
+async def nap(seconds: float) -> None:
+    """asyncio.sleep that a stop request (Ctrl-C) cuts short, within a quarter of a second: the
+    provider clients' default sleep between polls."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        interrupt.check("waiting on a provider's job")
+        await asyncio.sleep(min(0.25, left))
 
 
 async def file_chunks(fh: Any, size: int = 1 << 20) -> AsyncIterator[bytes]:

@@ -7,7 +7,6 @@ loopback fake in tests.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import functools
@@ -35,6 +34,7 @@ from castflow.providers.http import (
     UploadCache,
     download,
     file_chunks,
+    nap,
     post_submit,
     provider_pools,
     raise_for_status,
@@ -212,7 +212,7 @@ class FalClient:
         handle: FalHandle,
         *,
         deadline_s: float,
-        sleep: Callable[[float], Any] = asyncio.sleep,
+        sleep: Callable[[float], Any] = nap,
         hint: Callable[[], object | None] | None = None,
     ) -> tuple[dict[str, Any], dict[str, str], FalStatus]:
         """Poll with exponential backoff until COMPLETED or the deadline; returns result, headers, status.

@@ -12,7 +12,6 @@ connection errors.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import math
@@ -41,6 +40,7 @@ from castflow.providers.http import (
     UploadCache,
     download,
     file_chunks,
+    nap,
     post_submit,
     provider_pools,
     short_body,
@@ -173,7 +173,7 @@ class WaveSpeedClient:
         request_id: str,
         *,
         deadline_s: float,
-        sleep: Callable[[float], Any] = asyncio.sleep,
+        sleep: Callable[[float], Any] = nap,
         hint: Callable[[], object | None] | None = None,
         expected_s: float = 0.0,
     ) -> Prediction:
