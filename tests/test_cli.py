@@ -165,3 +165,28 @@ def test_db_commands(data_dir: Path) -> None:
     assert out.strip() == "0004 (head: 0004)"
     code, out, _ = _invoke("db", "downgrade", "base")
     assert "database at revision base" in out
+
+
+def test_an_unknown_actor_names_the_fix(rt: Runtime) -> None:
+    """No actors yet: say how to get some. A wrong case or a typo: the key meant."""
+    from castflow.hints import unknown_actor
+
+    code, _, err = _invoke("video", "maya", "--script", "hi")
+    assert code == 2
+    assert "castflow actors samples" in err
+    assert "castflow actors import" in err
+    assert unknown_actor("Maya", ["ava", "leo", "maya"]).endswith("did you mean 'maya'?")
+    assert unknown_actor("mayaa", ["ava", "leo", "maya"]).endswith("did you mean 'maya'?")
+    assert "did you mean" not in unknown_actor("zed", ["ava", "leo", "maya"])
+
+
+def test_help_shows_no_type_after_a_flag(data_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from castflow.cli import app
+
+    shown = CliRunner().invoke(app, ["campaign", "run", "--help"], env={"COLUMNS": "120"})
+    assert shown.exit_code == 0
+    assert "--dry-run" in shown.output
+    assert "<bool>" not in shown.output
+    assert "<float range>" in shown.output  # options that take a value keep their type

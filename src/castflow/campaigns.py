@@ -67,11 +67,16 @@ def load_sheet(rt: Runtime, path: Path) -> Sheet:
     return read_sheet(path, settings=rt.settings, actors=actors, variant_owner=variant_owner)
 
 
+def videos_prefix(campaign: str) -> str:
+    """Where a campaign's videos are published in storage."""
+    return f"campaigns/{slug(campaign, 60)}/"
+
+
 def output_key(campaign: str, row: SheetRow) -> str:
     """``campaigns/{campaign}/{row_id}_{actor}_{scene-slug}_{resolution}.mp4``: stable across reruns."""
     req = row.request
     scene = slug(req.scene) if req.scene else ("variant" if req.image_variant_id else "portrait")
-    return f"campaigns/{slug(campaign, 60)}/{row.row_id}_{req.actor}_{scene}_{req.resolution}.mp4"
+    return f"{videos_prefix(campaign)}{row.row_id}_{req.actor}_{scene}_{req.resolution}.mp4"
 
 
 def request_key(campaign_id: uuid.UUID, row_id: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+import typer.core
 from pydantic import ValidationError
 
 from castflow.redact import format_exception, install_log_redaction, redact, register_settings_secrets
@@ -19,6 +20,21 @@ from castflow.settings import Settings, get_settings, reset_settings
 if TYPE_CHECKING:
     from castflow.models import VideoResult
     from castflow.runtime import Runtime
+
+def _flag_without_type(display: Callable[..., str | None]) -> Callable[..., str | None]:
+    """Typer's help shows ``<bool>`` after an on/off flag (``--dry-run <bool>``), as if it took a value:
+    a flag shows no type."""
+
+    def shown(self: Any, ctx: Any) -> str | None:
+        return "" if getattr(self, "is_flag", False) else display(self, ctx)
+
+    return shown
+
+
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    typer.core.TyperOption.display_type_rich = _flag_without_type(  # type: ignore[method-assign]
+        typer.core.TyperOption.display_type_rich
+    )
 
 app = typer.Typer(
     help="castflow: lip-synced AI-actor videos from scripts and campaign sheets.",
@@ -714,6 +730,8 @@ def _run_campaign_flow(
         f"{result.name}: {result.succeeded} succeeded, {result.failed} failed, {result.skipped} skipped; "
         f"spent ${result.cost_usd:.2f}" + (" (resumed)" if result.resumed else "")
     )
+    if result.succeeded:
+        typer.echo(f"videos: {campaigns.videos_prefix(result.name)} in {_runtime().storage.location}")
     typer.echo(f"manifest: {result.manifest_path}")
     if result.failed:
         raise typer.Exit(1)

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, TextIO
 from pydantic import ValidationError
 
 from castflow import media
+from castflow.hints import unknown_actor
 from castflow.inputs import confined_file_problem, file_problem
 from castflow.models import VideoRequest
 from castflow.settings import Settings
@@ -469,8 +470,7 @@ def _validate_row(
     if not actor_key:
         error("actor", "is empty")
     elif actor is None:
-        known = ", ".join(sorted(actors)) or "none imported"
-        error("actor", f"unknown actor {actor_key!r} (known: {known})")
+        error("actor", unknown_actor(actor_key, actors))
 
     script = " ".join(cell("script").split()) or None
     audio_text = cell("audio") or None

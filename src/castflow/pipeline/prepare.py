@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from castflow import media
 from castflow.db import queries
+from castflow.hints import unknown_actor
 from castflow.inputs import file_problem
 from castflow.models import (
     ActorRef,
@@ -27,14 +28,14 @@ from castflow.stages import control_characters, normalise_text, sha256_file, spe
 def actor_ref(rt: Runtime, key: str) -> ActorRef:
     """The actor with ``key`` as the pipeline sees it; a UserError when there is none."""
 
-    def read(s: Session) -> tuple[Any, str]:
+    def read(s: Session) -> tuple[Any, list[str]]:
         found = queries.get_actor(s, key=key)
-        known = "" if found is not None else ", ".join(a.key for a in queries.list_actors(s))
+        known = [] if found is not None else [a.key for a in queries.list_actors(s)]
         return found, known
 
     actor, known = rt.db_session(read, what="reading an actor")
     if actor is None:
-        raise UserError(f"unknown actor {key!r} (known: {known or 'none imported'})")
+        raise UserError(unknown_actor(key, known))
     if not rt.storage.exists(actor.image_key):
         raise UserError(f"actor {key!r}: portrait {actor.image_key} is missing from storage")
     return ActorRef(
