@@ -266,8 +266,14 @@ class World:
             (s for s in stages if s["status"] == "unknown"), key=lambda s: str(s["sending_at"])
         ):
             sent = _timestamp(stage["sending_at"])
+            # The job was created after the intent to send was recorded (same clock, so at most a
+            # moment before it): a job created seconds earlier is another stage's. The first after it.
             near = sorted(
-                (j for j in loose if j["model"] == stage["model"] and sent - 2 <= j["created"] <= sent + 60),
+                (
+                    j
+                    for j in loose
+                    if j["model"] == stage["model"] and sent - 0.5 <= j["created"] <= sent + 60
+                ),
                 key=lambda j: j["created"] - sent,
             )
             if near:
