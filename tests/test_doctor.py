@@ -32,6 +32,7 @@ def test_all_checks_pass_on_a_good_configuration(
         "fal": "ok",
         "wavespeed": "ok",
         "webhooks": "ok",
+        "prefect": "ok",
     }
     assert "balance 100.0" in next(c.detail for c in checks if c.name == "wavespeed")
 
@@ -88,3 +89,23 @@ def test_doctor_command_on_fakes_and_on_a_refused_key(
     assert bad.exit_code == 1
     assert "FAIL  wavespeed" in bad.stdout
     assert "sekrit" not in bad.stdout + bad.stderr
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_prefect_api_is_checked_and_a_dead_one_fails(tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from castflow.doctor import check_prefect
+
+    live = check_prefect(Settings(data_dir=tmp_path))
+    assert "(Prefect 3." in live.detail
+    # The test server runs on a free port with the UI's API URL left at its default (port 4200): the
+    # mismatch the README's team set-up warns about, and the fix.
+    assert live.level == "warn", live.detail
+    assert "the UI is set to call http://127.0.0.1:4200/api" in live.detail
+    assert "PREFECT_UI_API_URL=http://127.0.0.1:" in live.detail
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        (dead,) = [c for c in run_checks(Settings(data_dir=tmp_path)) if c.name == "prefect"]
+    assert dead.level == "fail"
+    assert "unreachable" in dead.detail
+    assert "127.0.0.1:9" in dead.detail

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from castflow.models import VideoResult
     from castflow.runtime import Runtime
 
+
 def _flag_without_type(display: Callable[..., str | None]) -> Callable[..., str | None]:
     """Typer's help shows ``<bool>`` after an on/off flag (``--dry-run <bool>``), as if it took a value:
     a flag shows no type."""

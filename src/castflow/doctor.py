@@ -89,6 +89,36 @@ def check_webhooks(settings: Settings) -> Check:
     return Check("webhooks", "ok", f"deliveries to {hooks.public_url}/webhooks/{{{paths}}}")
 
 
+def check_prefect(_settings: Settings) -> Check:
+    """The Prefect API this machine's flow runs and `castflow serve` use: reachable, its version, and
+    whether the UI points at the same API (on any port but 4200 it may not)."""
+    from prefect.settings import get_current_settings
+
+    prefect = get_current_settings()
+    url = prefect.api.url
+    if not url:
+        return Check(
+            "prefect", "ok", "no PREFECT_API_URL: each command runs a temporary server (set it to serve "
+            "deployments and use the UI)"
+        )  # fmt: skip
+    base = url.rstrip("/")
+    with httpx.Client(timeout=10) as client:
+        health = client.get(f"{base}/health")
+        if health.status_code != 200:
+            return Check("prefect", "fail", f"{base}: /health answered HTTP {health.status_code}")
+        version = client.get(f"{base}/admin/version")
+        found = version.json() if version.status_code == 200 else "unknown version"
+        # What the server tells its UI to call (PREFECT_UI_API_URL, default port 4200).
+        ui = client.get(f"{base.removesuffix('/api')}/ui-settings")
+        ui_api = str(ui.json().get("api_url") or "") if ui.status_code == 200 else ""
+    if ui_api and ui_api.rstrip("/") != base:
+        return Check(
+            "prefect", "warn", f"{base} (Prefect {found}); but the UI is set to call {ui_api}: "
+            f"start the server with PREFECT_UI_API_URL={base}"
+        )  # fmt: skip
+    return Check("prefect", "ok", f"{base} (Prefect {found})")
+
+
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in a fixed order; none raises."""
     if settings.providers.fakes:
@@ -101,5 +131,6 @@ def run_checks(settings: Settings) -> list[Check]:
         ("storage", check_storage),
         *((v.NAME, v.check) for v in vendors()),
         ("webhooks", check_webhooks),
+        ("prefect", check_prefect),
     ]
     return [_guard(name, functools.partial(fn, settings)) for name, fn in checks]
