@@ -15,9 +15,15 @@ import uuid
 from typing import Any, cast
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
@@ -90,7 +96,8 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
     sheet = campaigns.load_sheet(rt, path)
     name = params.name or path.stem
     if sheet.sheet_errors or (sheet.errors and not params.skip_invalid):
-        raise SheetInvalid(sheet.name, sheet.problems)
+        # Refused before anything ran: one readable message and a table of every problem, no traceback.
+        return cast("CampaignResult", _refused(sheet.name, name, sheet.problems))
     warnings = [str(p) for p in sheet.warnings]
     estimates: list[RowEstimate] = []
     if params.dry_run or params.budget_usd is not None:
@@ -177,6 +184,33 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
     )
     _summary_artifact(result)
     return result
+
+
+def _refused(sheet_name: str, name: str, problems: list[Any]) -> State[Any]:
+    """The run's end for a sheet that cannot run: Failed with the first problems in its message, every
+    one in a table artifact (row, column, problem), the SheetInvalid as its result for callers."""
+    refused = SheetInvalid(sheet_name, problems)
+    errors = [p for p in problems if p.severity == "error"]
+    table = [
+        {
+            "row": p.row if p.row is not None else "sheet",
+            "column": p.column or "",
+            "problem": redact.redact(p.reason),
+        }
+        for p in errors
+    ]
+    create_table_artifact(
+        key=_artifact_key(name, "problems"),
+        table=table,
+        description=f"{sheet_name}: {len(errors)} problem(s); nothing was run",
+    )
+    shown = "; ".join(str(p) for p in errors[:3]) + (
+        f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+    )
+    message = (
+        f"{sheet_name}: {len(errors)} error(s), nothing was run: {shown} (all in the 'problems' artifact)"
+    )
+    return Failed(message=redact.redact(message), data=refused)
 
 
 def _next_done(

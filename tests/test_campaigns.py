@@ -88,6 +88,19 @@ def test_a_sheet_with_errors_is_refused_whole_and_nothing_is_written(
         run_campaign(CampaignParams(sheet=str(sheet)))
     text = str(refused.value)
     assert "row 3, column actor: unknown actor 'nobody'" in text
+    # For the Prefect UI: the run fails with one readable line, every problem in a table artifact.
+    state = run_campaign(CampaignParams(sheet=str(sheet), name="refused"), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(f"{sheet.name}: 2 error(s), nothing was run: row 3, column actor")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["campaign-refused-problems"]))
+        )
+    assert artifact.type == "table"
+    assert "unknown actor 'nobody'" in str(artifact.data)
     assert "row 4, column script: give a script or an audio file" in text
     with rt.session() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Campaign)) == 0
