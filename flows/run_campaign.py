@@ -183,6 +183,7 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
         results=sorted(results, key=lambda r: r.row),
     )
     _summary_artifact(result)
+    _videos_artifact(rt, campaign_id, result, sheet.rows)
     return result
 
 
@@ -312,4 +313,39 @@ def _summary_artifact(result: CampaignResult) -> None:
             f"| {r.row} | {r.row_id} | {r.status} | {redact.redact(r.error or '').replace('|', '/')[:200]} |"
             for r in problems
         ]
+    made = [r for r in result.results if r.video_url][:200]
+    if made:  # markdown links open from the run's Artifacts tab (the videos table has every row)
+        lines += ["", "## Videos", ""]
+        lines += [f"- row {r.row} `{r.row_id}`: [{r.video_url.rsplit('/', 1)[-1].split('?')[0]}]({r.video_url})"
+                  for r in made if r.video_url]  # fmt: skip
     create_markdown_artifact("\n".join(lines), key=_artifact_key(result.name, "summary"))
+
+
+def _videos_artifact(rt: Any, campaign_id: uuid.UUID, result: CampaignResult, rows: list[SheetRow]) -> None:
+    """One line per row for the Prefect UI: who says it where, how it ended, how long, what it cost, a
+    link to the video (opened from the run's Artifacts tab) and the error in plain words."""
+    seconds = rt.db_session(
+        lambda s: {v.row_id: v.video_seconds for v in queries.campaign_videos(s, campaign_id=campaign_id)},
+        what="reading video lengths",
+    )
+    by_row = {r.row: r for r in rows}
+    table = []
+    for r in sorted(result.results, key=lambda r: r.row):
+        request = by_row[r.row].request if r.row in by_row else None
+        length = seconds.get(r.row_id)
+        table.append(
+            {
+                "row": r.row,
+                "row id": r.row_id,
+                "actor": request.actor if request else "",
+                "scene": (request.scene or "portrait") if request else "",
+                "status": r.status,
+                "seconds": round(length, 1) if length else "",
+                "cost (USD)": round(r.cost_usd, 4),
+                "video": r.video_url or "",
+                "error": redact.redact(r.error or "")[:300],
+            }
+        )
+    create_table_artifact(
+        table, key=_artifact_key(result.name, "videos"), description=f"{result.name}: every row's video"
+    )

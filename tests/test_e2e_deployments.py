@@ -224,7 +224,12 @@ def test_generate_video_and_a_campaign_through_the_rest_api(team: dict[str, Any]
     artifacts = httpx.post(
         f"{api}/artifacts/filter", json={"artifacts": {"key": {"like_": "campaign-e2e"}}}, timeout=10
     ).json()
-    assert {"campaign-e2e-progress", "campaign-e2e-summary"} <= {a["key"] for a in artifacts}
+    found = {a["key"]: a for a in artifacts}
+    assert {"campaign-e2e-progress", "campaign-e2e-summary", "campaign-e2e-videos"} <= set(found)
+    videos = found["campaign-e2e-videos"]
+    assert videos["type"] == "table"
+    assert "a_leo_portrait_480p.mp4" in str(videos["data"])  # each row's video, linked
+    assert "(file://" in found["campaign-e2e-summary"]["data"]
     team["finished_run"] = campaign_id
 
 
