@@ -32,8 +32,8 @@ def paid_rt(
     env = {
         "CASTFLOW_PROVIDERS__IMAGE": "fal",
         "CASTFLOW_PROVIDERS__LIPSYNC": "wavespeed",
-        "CASTFLOW_PROVIDERS__FAL_KEY": fal_fake.VALID_KEY,
-        "CASTFLOW_PROVIDERS__WAVESPEED_KEY": ws_fake.VALID_KEY,
+        "CASTFLOW_FAL__KEY": fal_fake.VALID_KEY,
+        "CASTFLOW_WAVESPEED__KEY": ws_fake.VALID_KEY,
         "CASTFLOW_FAL__QUEUE_URL": fal.url,
         "CASTFLOW_FAL__REST_URL": fal.url,
         "CASTFLOW_FAL__CDN_URL": fal.url,

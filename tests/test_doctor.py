@@ -15,9 +15,9 @@ from castflow.settings import Settings
 def settings_for(tmp: Path, fal: str, ws: str, fal_key: str, ws_key: str) -> Settings:
     return Settings(
         data_dir=tmp,
-        providers={"image": "fal", "lipsync": "wavespeed", "fal_key": fal_key, "wavespeed_key": ws_key},
-        fal={"queue_url": fal, "rest_url": fal, "cdn_url": fal},
-        wavespeed={"base_url": ws},
+        providers={"image": "fal", "lipsync": "wavespeed"},
+        fal={"queue_url": fal, "rest_url": fal, "cdn_url": fal, "key": fal_key},
+        wavespeed={"base_url": ws, "key": ws_key},
     )  # type: ignore[arg-type]
 
 
@@ -84,7 +84,7 @@ def test_doctor_command_on_fakes_and_on_a_refused_key(
     monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "false")
     monkeypatch.setenv("CASTFLOW_STORAGE__BACKEND", "local")
     monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__WAVESPEED_KEY", "sekrit-refused-key")
+    monkeypatch.setenv("CASTFLOW_WAVESPEED__KEY", "sekrit-refused-key")
     monkeypatch.setenv("CASTFLOW_WAVESPEED__BASE_URL", ws.url)
     reset_settings()
     bad = CliRunner().invoke(app, ["doctor"])

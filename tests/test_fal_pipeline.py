@@ -28,7 +28,7 @@ def fake() -> Iterator[FakeFal]:
 @pytest.fixture
 def fal_rt(fake: FakeFal, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAL_KEY", VALID_KEY)
+    monkeypatch.setenv("CASTFLOW_FAL__KEY", VALID_KEY)
     for host in ("QUEUE_URL", "REST_URL", "CDN_URL"):
         monkeypatch.setenv(f"CASTFLOW_FAL__{host}", fake.url)
     reset_settings()

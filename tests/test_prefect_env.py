@@ -88,7 +88,7 @@ def test_flows_run_against_a_temporary_server_in_a_child_process(tmp_path: Path)
     """No API configured: flows run against a server castflow starts (and stops), and this process never
     imports Prefect's server application (~50 MB of RSS)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["CASTFLOW_PROVIDERS__FAL_KEY"] = "sk-secret"  # never handed to the server
+    env["CASTFLOW_FAL__KEY"] = "sk-secret"  # never handed to the server
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
         env=env,

@@ -73,7 +73,7 @@ CASES = [
 UNTOUCHED = [
     "storage key videos/maya/abc123.mp4 not found",
     "the bearer token was refused",
-    "webhooks.wavespeed_secret: contains spaces or control characters (value not shown)",
+    "wavespeed.webhook_secret: contains spaces or control characters (value not shown)",
     "GET http://localhost:8080/queue/requests/42/status?logs=1 -> 200",
     "unknown actor 'nobody' (known: ava, leo, maya)",
 ]
@@ -207,9 +207,9 @@ def test_register_settings_secrets_walks_every_secret(tmp_path: Path) -> None:
     s = Settings(
         data_dir=tmp_path,
         database={"url": "postgresql+psycopg://castflow:db-pass-3k9x@db/castflow"},  # type: ignore[arg-type]
-        providers={"fal_key": "fal-id:fal-secret-5m2p", "wavespeed_key": "ws-key-8j4h-0000"},  # type: ignore[arg-type]
+        fal={"key": "fal-id:fal-secret-5m2p"},  # type: ignore[arg-type]
+        wavespeed={"key": "ws-key-8j4h-0000", "webhook_secret": "whsec-6t1v-0000"},  # type: ignore[arg-type]
         storage={"supabase": {"url": "https://ref.supabase.co", "service_role_key": "sb-service-2n7q"}},  # type: ignore[arg-type]
-        webhooks={"wavespeed_secret": "whsec-6t1v-0000"},  # type: ignore[arg-type]
         callbacks={"secret": "cb-hmac-4r8w-0000"},  # type: ignore[arg-type]
     )
     r.register_settings_secrets(s)

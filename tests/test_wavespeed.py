@@ -322,7 +322,7 @@ def crash_after_submit(rt: Runtime, syncer: WaveSpeedLipSync, image: MediaRef, a
 @pytest.fixture
 def ws_rt(fake: FakeWaveSpeed, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__WAVESPEED_KEY", VALID_KEY)
+    monkeypatch.setenv("CASTFLOW_WAVESPEED__KEY", VALID_KEY)
     monkeypatch.setenv("CASTFLOW_WAVESPEED__BASE_URL", fake.url)
     monkeypatch.setenv("CASTFLOW_WAVESPEED__POLL_FIRST_S", "0.05")
     monkeypatch.setenv("CASTFLOW_WAVESPEED__EXPECTED_SECONDS_PER_AUDIO_SECOND", "0")

@@ -39,7 +39,7 @@ from castflow.providers.fal.webhook import sign_fal, verify_fal
 from castflow.providers.wavespeed.webhook import sign_wavespeed, verify_wavespeed
 from castflow.providers.webhooks import SignatureMismatch, WebhookCompletion, WebhookRejected, find_completion
 from castflow.runtime import Runtime
-from castflow.settings import WebhookSettings
+from castflow.settings import Settings
 from castflow.webhooks.app import create_app
 
 SECRET = "whsec_c2VjcmV0LWZvci10ZXN0cw-and-more"
@@ -88,13 +88,14 @@ class Hook:
 
 
 @contextmanager
-def receiver(engine: sa.Engine, fake: FakeFal, **settings: Any) -> Iterator[Hook]:
+def receiver(engine: sa.Engine, fake: FakeFal, **groups: Any) -> Iterator[Hook]:
     clock = [1_000.0]
     jwks = JwksCache(
         f"{fake.url}/.well-known/jwks.json", cache_s=3600, min_interval_s=60, clock=lambda: clock[0]
     )
-    hooks = WebhookSettings(**settings)
-    app = create_app(hooks, engine=engine, vendor_options={"fal": {"jwks": jwks}}, max_body_bytes=64_000)
+    app = create_app(
+        Settings(**groups), engine=engine, vendor_options={"fal": {"jwks": jwks}}, max_body_bytes=64_000
+    )
     with serving(app) as url:
         yield Hook(url, fake, jwks, clock, engine)
 
@@ -107,7 +108,7 @@ def fake() -> Iterator[FakeFal]:
 
 @pytest.fixture
 def hook(rt: Runtime, fake: FakeFal) -> Iterator[Hook]:
-    with receiver(rt.engine, fake, wavespeed_secret=SecretStr(SECRET)) as h:
+    with receiver(rt.engine, fake, wavespeed={"webhook_secret": SecretStr(SECRET)}) as h:
         yield h
 
 
@@ -452,13 +453,13 @@ def test_wavespeed_without_a_secret_answers_503(
         resp = hook.post("wavespeed", *ws_signed(ws_doc()))
         assert resp.status_code == 503
         assert hook.rows() == []
-    assert "CASTFLOW_WEBHOOKS__WAVESPEED_SECRET is not set" in caplog.text
+    assert "CASTFLOW_WAVESPEED__WEBHOOK_SECRET is not set" in caplog.text
 
 
 @pytest.mark.postgres
 def test_deliveries_on_postgres(pg_rt: Runtime, fake: FakeFal) -> None:
     assert pg_rt.engine.dialect.name == "postgresql"
-    with receiver(pg_rt.engine, fake, wavespeed_secret=SecretStr(SECRET)) as hook:
+    with receiver(pg_rt.engine, fake, wavespeed={"webhook_secret": SecretStr(SECRET)}) as hook:
         doc = fal_doc("req-pg")
         headers, body = fal_signed(fake.signing_key, doc)
         assert hook.post("fal", headers, body).status_code == 200
@@ -541,7 +542,7 @@ def test_cli_serves_and_prints_the_urls(tmp_path: Path) -> None:
     env |= {
         "CASTFLOW_DATA_DIR": str(tmp_path / "data"),
         "CASTFLOW_WEBHOOKS__PUBLIC_URL": "https://hooks.example.com/",
-        "CASTFLOW_WEBHOOKS__WAVESPEED_SECRET": SECRET,
+        "CASTFLOW_WAVESPEED__WEBHOOK_SECRET": SECRET,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "castflow", "webhooks", "serve", "--port", str(port)],
@@ -597,16 +598,16 @@ def test_webhooks_end_the_stage_waits_without_more_polling(
         env = {
             "CASTFLOW_PROVIDERS__IMAGE": "fal",
             "CASTFLOW_PROVIDERS__LIPSYNC": "wavespeed",
-            "CASTFLOW_PROVIDERS__FAL_KEY": VALID_KEY,
-            "CASTFLOW_PROVIDERS__WAVESPEED_KEY": WS_KEY,
+            "CASTFLOW_FAL__KEY": VALID_KEY,
+            "CASTFLOW_WAVESPEED__KEY": WS_KEY,
             "CASTFLOW_FAL__QUEUE_URL": fal.url,
             "CASTFLOW_FAL__REST_URL": fal.url,
             "CASTFLOW_FAL__CDN_URL": fal.url,
             "CASTFLOW_WAVESPEED__BASE_URL": ws.url,
             "CASTFLOW_WAVESPEED__POLL_FIRST_S": "30",
             "CASTFLOW_WAVESPEED__EXPECTED_SECONDS_PER_AUDIO_SECOND": "0",
-            "CASTFLOW_WEBHOOKS__WAVESPEED_SECRET": ws.webhook_secret,
-            "CASTFLOW_WEBHOOKS__FAL_JWKS_URL": f"{fal.url}/.well-known/jwks.json",
+            "CASTFLOW_WAVESPEED__WEBHOOK_SECRET": ws.webhook_secret,
+            "CASTFLOW_FAL__JWKS_URL": f"{fal.url}/.well-known/jwks.json",
         }
         for name, value in env.items():
             monkeypatch.setenv(name, value)
@@ -614,7 +615,7 @@ def test_webhooks_end_the_stage_waits_without_more_polling(
         first = get_runtime()  # migrates the database the receiver writes to
         fal.knobs.run_seconds = 0.3
         ws.knobs.queue_seconds = 0.3
-        with serving(create_app(first.settings.webhooks, engine=first.engine)) as url:
+        with serving(create_app(first.settings, engine=first.engine)) as url:
             monkeypatch.setenv("CASTFLOW_WEBHOOKS__PUBLIC_URL", url)
             reset_settings()
             rt = get_runtime()

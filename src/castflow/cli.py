@@ -559,7 +559,7 @@ def webhooks_serve(
                 typer.echo(f"note: {problem}")
         sys.stdout.flush()
         uvicorn.run(
-            create_app(hooks, engine=rt.engine),
+            create_app(rt.settings, engine=rt.engine),
             host=host,
             port=port,
             log_level="info",

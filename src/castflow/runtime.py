@@ -138,7 +138,7 @@ class Runtime:
 
     @contextmanager
     def provider_slot(self, provider: str) -> Iterator[None]:
-        """Hold one of the provider's concurrency slots: this process's (settings.campaign.provider_limits)
+        """Hold one of the provider's concurrency slots: this process's (settings.provider_limits())
         and, with a global limit prefix, one of the Prefect global concurrency limit shared by all workers."""
         with contextlib.ExitStack() as stack:
             prefix = self.settings.campaign.global_limit_prefix
@@ -182,8 +182,7 @@ def build_runtime(settings: Settings) -> Runtime:
         speech=roles.speech,
         lipsync=roles.lipsync,
         provider_slots={
-            name: threading.BoundedSemaphore(limit)
-            for name, limit in settings.campaign.provider_limits.items()
+            name: threading.BoundedSemaphore(limit) for name, limit in settings.provider_limits().items()
         },
     )
 

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import json
+import typing
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from castflow.providers.fal.settings import FalSettings
-from castflow.providers.wavespeed.settings import WaveSpeedSettings
-from castflow.section import Section, clean_secret
+from castflow import providers as _providers
+from castflow.section import Section, VendorSection, clean_secret
 from castflow.storage.supabase.settings import SupabaseStorageSettings
 
 Resolution = Literal["480p", "720p"]
 
 # Output frame sizes of the lip-sync stage: vertical 9:16, even sides (H.264 needs them even).
 FRAME_SIZES: dict[str, tuple[int, int]] = {"480p": (480, 854), "720p": (720, 1280)}
+
+LOCAL_IMAGE_MODEL = "pillow-scene-v1"  # the embedded image editor's model name
+BUILTIN_LIMITS = {"local": 2, "upload": 8}  # jobs in flight: the embedded renderers, uploads
 
 
 class DatabaseSettings(Section):
@@ -65,33 +71,28 @@ class StorageSettings(Section):
 class ProviderSettings(Section):
     """Which implementation plays each role (speech follows each actor's voice provider)."""
 
-    # 'local' (embedded) or a vendor of castflow.providers.vendors that plays the role (image: fal;
-    # lip-sync: wavespeed): a new vendor needs no change here.
+    # 'local' (embedded) or a vendor of castflow.providers.VENDORS that plays the role: a new vendor
+    # needs no change here. A vendor's key is in its own group (CASTFLOW_<VENDOR>__KEY).
     image: str = "local"
     speech: Literal["local"] = "local"
     lipsync: str = "local"
     fakes: bool = Field(
         default=False,
-        description="Serve the paid roles (fal, wavespeed, supabase) from in-process loopback fakes that "
+        description="Serve every vendor's role (and remote storage) from in-process loopback fakes that "
         "speak their protocols: no keys, no network. For trying a configuration and for benchmarks.",
     )
-    fal_key: SecretStr | None = None
-    wavespeed_key: SecretStr | None = None
-
-    _keys = field_validator("fal_key", "wavespeed_key")(clean_secret)
 
     @field_validator("image", "lipsync")
     @classmethod
     def _known_provider(cls, value: str) -> str:
-        from castflow.providers import VENDORS
-
-        if value != "local" and value not in VENDORS:
-            raise ValueError(f"unknown provider (known: local, {', '.join(VENDORS)})")
+        if value != "local" and value not in _providers.VENDORS:
+            raise ValueError(f"unknown provider (known: local, {', '.join(_providers.VENDORS)})")
         return value
 
 
 class WebhookSettings(Section):
-    """Signed completion callbacks from fal and WaveSpeed (``castflow webhooks serve``).
+    """Signed completion callbacks from the vendors (``castflow webhooks serve``); how each vendor signs
+    (its secret, its key set) is in the vendor's own group.
 
     Polling stays the default; when ``public_url`` is set, submits ask the providers to call it.
     """
@@ -99,14 +100,7 @@ class WebhookSettings(Section):
     public_url: str | None = Field(
         default=None, description="Public base URL that reaches `castflow webhooks serve`."
     )
-    fal_jwks_url: str = Field(
-        default="https://rest.fal.ai/.well-known/jwks.json",
-        description="Older docs use rest.alpha.fal.ai; the spec marks the host as uncertain.",
-    )
-    jwks_cache_s: int = Field(default=24 * 3600, ge=60)
-    wavespeed_secret: SecretStr | None = Field(default=None, description="whsec_... from WaveSpeed.")
-
-    _secret = field_validator("wavespeed_secret")(clean_secret)
+    jwks_cache_s: int = Field(default=24 * 3600, ge=60, description="How long a vendor's key set is kept.")
     tolerance_s: int = Field(default=300, ge=1)
     poll_cap_s: float = Field(
         default=60, gt=0, description="Fallback polling interval cap while webhooks are expected."
@@ -127,54 +121,17 @@ class CallbackSettings(Section):
     _secret = field_validator("secret")(clean_secret)
 
 
-class PriceSettings(Section):
-    """Price table (USD) used to cost each stage; defaults from the providers' published prices."""
-
-    image_edit_per_image: dict[str, float] = {
-        "fal-ai/nano-banana/edit": 0.039,
-        "fal-ai/nano-banana-2/edit": 0.08,
-        "fal-ai/nano-banana-pro/edit": 0.15,
-    }
-    tts_per_1k_chars: dict[str, float] = {
-        "fal-ai/elevenlabs/tts/multilingual-v2": 0.10,
-        "fal-ai/elevenlabs/tts/turbo-v2.5": 0.05,
-        "fal-ai/elevenlabs/tts/eleven-v3": 0.10,
-        "fal-ai/minimax/speech-2.8-hd": 0.10,
-    }
-    lipsync_per_second: dict[str, float] = {"480p": 0.03, "720p": 0.06}
-    lipsync_min_seconds: float = 5.0
-
-    def image_edit(self, model: str) -> float:
-        return self.image_edit_per_image.get(model, 0.0)
-
-    def tts(self, model: str, characters: int) -> float:
-        return round(self.tts_per_1k_chars.get(model, 0.0) * characters / 1000, 6)
-
-
 class PipelineSettings(Section):
     """Knobs of the video DAG."""
 
     fps: int = Field(default=25, ge=1, le=60)
     default_resolution: Resolution = "480p"
-    max_script_chars: int = Field(default=2_000, ge=1, description="Script limit of models not listed below.")
+    max_script_chars: int = Field(default=2_000, ge=1, description="Script limit of models not listed.")
     max_prompt_chars: int = Field(default=2_000, ge=1, description="Scene prompt limit of models not listed.")
-    # Per image-edit model (characters). fal publishes none for nano banana (fal.md section 2, point 6:
-    # "unverified", third parties say 5,000), so these are settings.
-    prompt_limits: dict[str, int] = {
-        "pillow-scene-v1": 2_000,
-        "fal-ai/nano-banana/edit": 5_000,
-        "fal-ai/nano-banana-2/edit": 5_000,
-        "fal-ai/nano-banana-pro/edit": 5_000,
-    }
-    # Per TTS model (characters). From the model makers' docs (ElevenLabs, MiniMax); fal does not publish
-    # limits of its own (fal.md section 7), so these are settings.
-    script_limits: dict[str, int] = {
-        "espeak-ng": 2_000,
-        "fal-ai/elevenlabs/tts/multilingual-v2": 10_000,
-        "fal-ai/elevenlabs/tts/turbo-v2.5": 40_000,
-        "fal-ai/elevenlabs/tts/eleven-v3": 3_000,
-        "fal-ai/minimax/speech-2.8-hd": 5_000,
-    }
+    # Per model (characters): the embedded models' here; each vendor lists its own models' in its group
+    # (CASTFLOW_<VENDOR>__PROMPT_LIMITS / __SCRIPT_LIMITS). An entry here overrides the vendor's.
+    prompt_limits: dict[str, int] = {LOCAL_IMAGE_MODEL: 2_000}
+    script_limits: dict[str, int] = {"espeak-ng": 2_000}
     max_audio_seconds: float = Field(default=600.0, gt=0)
     qc_duration_tolerance_s: float = Field(default=0.1, gt=0)
     task_retries: int = Field(default=3, ge=0)
@@ -231,9 +188,9 @@ class CampaignSettings(Section):
         "they are confined like a deployment's. Runs from a deployment never get this.",
     )
     row_concurrency: int = Field(default=16, ge=1, description="Rows in flight at once.")
-    # Jobs in flight per provider. The defaults suit a new account (fal: 2 concurrent requests until
-    # invoices raise it; WaveSpeed Bronze: 2); raise them with your account level.
-    provider_limits: dict[str, int] = {"fal": 2, "wavespeed": 2, "local": 2, "upload": 8}
+    # Jobs in flight per provider, in place of the defaults: 2 for the embedded renderers, 8 uploads,
+    # and each vendor's CASTFLOW_<VENDOR>__CONCURRENCY (2: what a new account allows).
+    provider_limits: dict[str, int] = Field(default_factory=dict)
     global_limit_prefix: str | None = Field(
         default=None,
         description="With several workers: also hold a slot of the Prefect global concurrency limit "
@@ -241,8 +198,12 @@ class CampaignSettings(Section):
     )
 
 
-class Settings(BaseSettings):
-    """castflow's configuration. Every field can be set as ``CASTFLOW_<GROUP>__<FIELD>``."""
+class CoreSettings(BaseSettings):
+    """castflow's configuration. Every field can be set as ``CASTFLOW_<GROUP>__<FIELD>``.
+
+    ``Settings`` below is this tree plus one group per registered vendor (``CASTFLOW_<VENDOR>__…``),
+    declared in the vendor's folder: nothing here names a vendor.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="CASTFLOW_",
@@ -258,22 +219,50 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     storage: StorageSettings = StorageSettings()
     providers: ProviderSettings = ProviderSettings()
-    # Each vendor's own group (castflow/providers/<vendor>/settings.py).
-    fal: FalSettings = FalSettings()
-    wavespeed: WaveSpeedSettings = WaveSpeedSettings()
     webhooks: WebhookSettings = WebhookSettings()
     callbacks: CallbackSettings = CallbackSettings()
-    prices: PriceSettings = PriceSettings()
     pipeline: PipelineSettings = PipelineSettings()
     campaign: CampaignSettings = CampaignSettings()
+    # Read only to move the price table of older releases (CASTFLOW_PRICES__…) into the vendors' groups.
+    prices: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_names(cls, data: Any) -> Any:
+        """Values under the names of older releases, moved to their vendor's group (the new name wins),
+        with a FutureWarning naming the new variable. The old name is then gone from ``data``: a key
+        given the old way is held only where the new one is."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, group in vendor_groups().items():
+            for (old_group, old_field), field in {("providers", f"{name}_key"): "key", **group.MOVED}.items():
+                old = data.get(old_group)
+                if not isinstance(old, dict) or old_field not in old:
+                    continue
+                old = dict(old)
+                value = old.pop(old_field)
+                data[old_group] = old
+                target = data.get(name)
+                target = dict(target) if isinstance(target, dict) else {}
+                if field not in target:
+                    target[field] = _decoded(value, group.model_fields[field].annotation)
+                data[name] = target
+                warnings.warn(
+                    f"CASTFLOW_{old_group.upper()}__{old_field.upper()} is now "
+                    f"CASTFLOW_{name.upper()}__{field.upper()} (the old name is still read)",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+        return data
+
     @model_validator(mode="after")
-    def _fill_defaults(self) -> Settings:
+    def _fill_defaults(self) -> CoreSettings:
         if self.storage.root is None:
             self.storage.root = self.data_dir / "storage"
         else:
@@ -285,15 +274,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _keys_for_providers(self) -> Settings:
+    def _keys_for_providers(self) -> CoreSettings:
         if self.providers.fakes:
             return self  # the fakes bring their own keys and hosts
-        if self.providers.image == "fal" and self.providers.fal_key is None:
-            raise ValueError("providers.image is 'fal' but CASTFLOW_PROVIDERS__FAL_KEY is not set")
-        if self.providers.lipsync == "wavespeed" and self.providers.wavespeed_key is None:
-            raise ValueError(
-                "providers.lipsync is 'wavespeed' but CASTFLOW_PROVIDERS__WAVESPEED_KEY is not set"
-            )
+        for role in ("image", "lipsync"):
+            name = getattr(self.providers, role)
+            if name != "local" and self.vendor(name).key is None:
+                raise ValueError(f"providers.{role} is '{name}' but CASTFLOW_{name.upper()}__KEY is not set")
         if self.storage.backend == "supabase":
             sb = self.storage.supabase
             if not sb.url or sb.service_role_key is None:
@@ -303,9 +290,42 @@ class Settings(BaseSettings):
                 )
         return self
 
+    def vendor(self, name: str) -> VendorSection:
+        """A registered vendor's settings group (``CASTFLOW_<VENDOR>__…``)."""
+        group = getattr(self, name, None) if name in _providers.VENDORS else None
+        if not isinstance(group, VendorSection):
+            raise KeyError(f"unknown vendor {name!r} (known: {', '.join(_providers.VENDORS)})")
+        return group
+
+    def vendor_groups(self) -> dict[str, VendorSection]:
+        return {name: self.vendor(name) for name in _providers.VENDORS}
+
+    @property
+    def image_model(self) -> str:
+        """The image-edit model the settings choose (whose prompt limit a scene must keep)."""
+        name = self.providers.image
+        return LOCAL_IMAGE_MODEL if name == "local" else self.vendor(name).model_for("image") or name
+
     def prompt_limit(self, image_model: str | None) -> int:
         """Longest scene prompt the image-edit model takes (the pipeline default for models not listed)."""
-        return self.pipeline.prompt_limits.get(image_model or "", self.pipeline.max_prompt_chars)
+        return self._model_limit("prompt_limits", image_model, self.pipeline.max_prompt_chars)
+
+    def _model_limit(self, kind: str, model: str | None, default: int) -> int:
+        """A model's limit: the pipeline's entry for it, else its vendor's, else ``default``."""
+        mine: dict[str, int] = getattr(self.pipeline, kind)
+        if (model or "") in mine:
+            return mine[model or ""]
+        for group in self.vendor_groups().values():
+            theirs: dict[str, int] = getattr(group, kind)
+            if (model or "") in theirs:
+                return theirs[model or ""]
+        return default
+
+    def provider_limits(self) -> dict[str, int]:
+        """Jobs in flight per provider in this process: the embedded renderers' and uploads' defaults,
+        each vendor's account concurrency, and CASTFLOW_CAMPAIGN__PROVIDER_LIMITS over them."""
+        vendors = {name: group.concurrency for name, group in self.vendor_groups().items()}
+        return {**BUILTIN_LIMITS, **vendors, **self.campaign.provider_limits}
 
     def parameter_roots(self, flow: str) -> list[Path]:
         """The folders the file paths in ``flow``'s parameters must lie in, from a deployment."""
@@ -315,8 +335,7 @@ class Settings(BaseSettings):
 
     def script_limit(self, voice_model: str | None) -> int:
         """Longest script the TTS model takes (the pipeline default for models not listed)."""
-        limits = self.pipeline.script_limits
-        return limits.get(voice_model or "", self.pipeline.max_script_chars)
+        return self._model_limit("script_limits", voice_model, self.pipeline.max_script_chars)
 
     @property
     def database_url(self) -> str:
@@ -336,6 +355,40 @@ class Settings(BaseSettings):
     @property
     def is_embedded_db(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+@functools.cache
+def vendor_groups() -> dict[str, type[VendorSection]]:
+    """Each registered vendor's settings group, from ``castflow/providers/<vendor>/settings.py``."""
+    groups: dict[str, type[VendorSection]] = {}
+    for name in _providers.VENDORS:
+        group = importlib.import_module(f"castflow.providers.{name}.settings").GROUP
+        if not (isinstance(group, type) and issubclass(group, VendorSection)):
+            raise TypeError(f"castflow.providers.{name}.settings.GROUP is not a VendorSection")
+        groups[name] = group
+    return groups
+
+
+def _decoded(value: Any, annotation: Any) -> Any:
+    """An old variable's text as its new field takes it (a price table is JSON, as pydantic-settings
+    decodes it for a field it knows)."""
+    if isinstance(value, str) and typing.get_origin(annotation) is dict:
+        return json.loads(value)
+    return value
+
+
+def _with_vendor_groups() -> type[CoreSettings]:
+    """The settings tree with one group per registered vendor, named after it."""
+    fields: dict[str, Any] = {
+        name: (group, Field(default_factory=group)) for name, group in vendor_groups().items()
+    }
+    return create_model("Settings", __base__=CoreSettings, __module__=__name__, **fields)
+
+
+if TYPE_CHECKING:
+    Settings = CoreSettings  # a vendor's group is read through Settings.vendor (typed by its settings.of)
+else:
+    Settings = _with_vendor_groups()
 
 
 @functools.cache

@@ -347,11 +347,6 @@ def read_records(
     return Records(names, rows, misshapen), problems
 
 
-def image_model(settings: Settings) -> str:
-    """The image-edit model the settings choose (whose prompt limit a scene must keep)."""
-    return settings.fal.image_model if settings.providers.image == "fal" else "pillow-scene-v1"
-
-
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -509,7 +504,7 @@ def _validate_row(
                     error("audio", f"file {audio_text!r} is too short ({audio_seconds:.2f} s)")
 
     scene = cell("scene") or None
-    if scene is not None and len(scene) > (prompt_limit := settings.prompt_limit(image_model(settings))):
+    if scene is not None and len(scene) > (prompt_limit := settings.prompt_limit(settings.image_model)):
         error("scene", f"is {len(scene)} characters long; the image edit takes at most {prompt_limit}")
     variant = cell("image_variant_id") or None
     if scene and variant:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from castflow.checks import Check
     from castflow.providers.webhooks import Event
-    from castflow.settings import Settings, WebhookSettings
+    from castflow.settings import Settings
 
 
 def names() -> tuple[str, ...]:
@@ -70,9 +70,7 @@ class Vendor(Protocol):
         """A free, authenticated call that says whether the key works (never prints it)."""
         ...
 
-    def receiver(
-        self, settings: WebhookSettings, clock: Callable[[], float], **options: Any
-    ) -> WebhookReceiver:
+    def receiver(self, settings: Settings, clock: Callable[[], float], **options: Any) -> WebhookReceiver:
         """The vendor's webhook receiver. (A face's names must differ from its modules' names: importing
         ``<vendor>.webhook`` would shadow a function called ``webhook``.)"""
         ...

@@ -31,7 +31,7 @@ from starlette.routing import Route
 from castflow.db import queries
 from castflow.providers.vendors import WebhookReceiver, vendors, webhook_path
 from castflow.providers.webhooks import Event, WebhookRejected, reject
-from castflow.settings import WebhookSettings
+from castflow.settings import Settings, WebhookSettings
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,15 @@ class Receiver:
 
 
 def create_app(
-    settings: WebhookSettings,
+    settings: Settings,
     *,
     engine: sa.Engine,
     vendor_options: Mapping[str, Mapping[str, Any]] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     clock: Callable[[], float] | None = None,
 ) -> Starlette:
-    """The ASGI app: ``POST /webhooks/<vendor>`` for every vendor. ``engine`` is castflow's database
+    """The ASGI app: ``POST /webhooks/<vendor>`` for every vendor, each verified by its vendor's
+    receiver (from the vendor's settings group and ``settings.webhooks``). ``engine`` is castflow's database
     (migrated); ``vendor_options`` go to each vendor's receiver (fal: ``jwks``, a key cache)."""
     import time
 

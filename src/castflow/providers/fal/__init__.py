@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from castflow.checks import Check
     from castflow.providers.vendors import Roles, WebhookReceiver
-    from castflow.settings import Settings, WebhookSettings
+    from castflow.settings import Settings
 
 NAME = "fal"
 TITLE = "fal"  # as people write it
@@ -25,7 +25,10 @@ TITLE = "fal"  # as people write it
 def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
     """Speech for actors whose voice is on fal (with a key), and scene variants when ``providers.image``
     is ``fal``."""
-    key = settings.providers.fal_key
+    from castflow.providers.fal.settings import of
+
+    cfg = of(settings)
+    key = cfg.key
     if key is None:
         return
     from castflow.providers.fal.client import FalClient
@@ -33,7 +36,6 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
     from castflow.providers.http import PollSchedule, RetryPolicy
     from castflow.providers.vendors import webhook_options
 
-    cfg = settings.fal
     client = FalClient(
         key,
         policy=RetryPolicy.from_settings(settings.http),
@@ -44,14 +46,14 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
         **webhook_options(settings, engine, NAME),
     )
     roles.speech[NAME] = FalSpeech(
-        client, prices=settings.prices.tts_per_1k_chars, deadline_s=cfg.speech_deadline_s
+        client, prices=cfg.tts_prices_per_1k_chars, deadline_s=cfg.speech_deadline_s
     )
     if settings.providers.image == NAME:
         roles.image = FalImageEditor(
             client,
             model=cfg.image_model,
             aspect_ratio=cfg.aspect_ratio,
-            price_per_image=settings.prices.image_edit(cfg.image_model),
+            price_per_image=cfg.image_price(cfg.image_model),
             deadline_s=cfg.image_deadline_s,
         )
 
@@ -59,11 +61,12 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
 def check(settings: Settings) -> Check:
     """The key against the CDN token endpoint (free)."""
     from castflow.checks import Check, http
+    from castflow.providers.fal.settings import of
 
-    key = settings.providers.fal_key
+    key = of(settings).key
     if key is None:
         return Check(NAME, "ok", "not configured (no key); scene variants and speech stay embedded")
-    rest = settings.fal.rest_url
+    rest = of(settings).rest_url
     resp = http(
         "POST",
         f"{rest.rstrip('/')}/storage/auth/token?storage_type=fal-cdn-v3",
@@ -77,11 +80,12 @@ def check(settings: Settings) -> Check:
     return Check(NAME, "ok", f"key accepted by {rest}; image role: {settings.providers.image}")
 
 
-def receiver(settings: WebhookSettings, clock: Callable[[], float], **options: Any) -> WebhookReceiver:
+def receiver(settings: Settings, clock: Callable[[], float], **options: Any) -> WebhookReceiver:
     """``options``: ``jwks``, a key cache to use instead of the settings' JWKS URL."""
+    from castflow.providers.fal.settings import of
     from castflow.providers.fal.webhook import FalWebhook
 
-    return FalWebhook(settings, clock, jwks=options.get("jwks"))
+    return FalWebhook(settings.webhooks, clock, jwks_url=of(settings).jwks_url, jwks=options.get("jwks"))
 
 
 def webhook_problems(settings: Settings, *, online: bool = True) -> list[str]:
@@ -100,6 +104,8 @@ def use_fake(settings: Settings, fake: Any) -> None:
     from pydantic import SecretStr
 
     from castflow.providers.fal.fake import VALID_KEY
+    from castflow.providers.fal.settings import of
 
-    settings.providers.fal_key = SecretStr(VALID_KEY)
-    settings.fal.queue_url = settings.fal.rest_url = settings.fal.cdn_url = fake.url
+    cfg = of(settings)
+    cfg.key = SecretStr(VALID_KEY)
+    cfg.queue_url = cfg.rest_url = cfg.cdn_url = fake.url

@@ -136,11 +136,16 @@ class FalWebhook:
     headers: tuple[str, ...] = FAL_HEADERS  # each may appear once
 
     def __init__(
-        self, settings: WebhookSettings, clock: Callable[[], float], *, jwks: JwksCache | None = None
+        self,
+        settings: WebhookSettings,
+        clock: Callable[[], float],
+        *,
+        jwks_url: str,
+        jwks: JwksCache | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.jwks = jwks or JwksCache(settings.fal_jwks_url, cache_s=settings.jwks_cache_s)
+        self.jwks = jwks or JwksCache(jwks_url, cache_s=settings.jwks_cache_s)
 
     def receive(self, headers: dict[str, str], body: bytes) -> tuple[str, Event | None]:
         """(delivery id, the completion or None when it is not one); raises WebhookRejected."""
@@ -167,7 +172,9 @@ def problems(settings: Any, *, online: bool = True) -> list[str]:
         return []
     import httpx
 
-    url = settings.webhooks.fal_jwks_url
+    from castflow.providers.fal.settings import of
+
+    url = of(settings).jwks_url
     resp = httpx.get(url, timeout=10.0)
     if not resp.is_success or not resp.json().get("keys"):
         return [f"fal JWKS {url} answered HTTP {resp.status_code} without keys"]

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from castflow.checks import Check
     from castflow.providers.vendors import Roles, WebhookReceiver
-    from castflow.settings import Settings, WebhookSettings
+    from castflow.settings import Settings
 
 NAME = "wavespeed"
 TITLE = "WaveSpeed"  # as people write it
@@ -24,7 +24,10 @@ TITLE = "WaveSpeed"  # as people write it
 
 def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
     """Lip-sync on WaveSpeed when ``providers.lipsync`` is ``wavespeed`` and a key is set."""
-    key = settings.providers.wavespeed_key
+    from castflow.providers.wavespeed.settings import of
+
+    ws = of(settings)
+    key = ws.key
     if settings.providers.lipsync != NAME or key is None:
         return
     from castflow.providers.http import PollSchedule, RetryPolicy
@@ -32,7 +35,6 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
     from castflow.providers.wavespeed.client import WaveSpeedClient
     from castflow.providers.wavespeed.lipsync import WaveSpeedLipSync
 
-    ws = settings.wavespeed
     hooks = webhook_options(settings, engine, NAME)
     cap = max(ws.poll_cap_s, settings.webhooks.poll_cap_s) if hooks else ws.poll_cap_s
     client = WaveSpeedClient(
@@ -47,8 +49,8 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
     roles.lipsync = WaveSpeedLipSync(
         client,
         model=ws.lipsync_model,
-        prices=settings.prices.lipsync_per_second,
-        min_seconds=settings.prices.lipsync_min_seconds,
+        prices=ws.price_per_second,
+        min_seconds=ws.min_billed_seconds,
         deadline_base_s=ws.deadline_base_s,
         deadline_per_audio_s=ws.deadline_per_audio_s,
         prompt=ws.prompt,
@@ -59,12 +61,13 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
 def check(settings: Settings) -> Check:
     """The key against ``GET /api/v3/balance`` (free), with the balance."""
     from castflow.checks import Check, Level, http
+    from castflow.providers.wavespeed.settings import of
 
-    key = settings.providers.wavespeed_key
+    key = of(settings).key
     if key is None:
         level: Level = "fail" if settings.providers.lipsync == NAME else "ok"
         return Check(NAME, level, "no key; lip-sync stays embedded")
-    base = settings.wavespeed.base_url.rstrip("/")
+    base = of(settings).base_url.rstrip("/")
     resp = http(
         "GET", f"{base}/api/v3/balance", headers={"Authorization": f"Bearer {key.get_secret_value()}"}
     )
@@ -78,10 +81,11 @@ def check(settings: Settings) -> Check:
     return Check(NAME, "ok", f"key accepted by {base}; balance {balance}")
 
 
-def receiver(settings: WebhookSettings, clock: Callable[[], float], **options: Any) -> WebhookReceiver:
+def receiver(settings: Settings, clock: Callable[[], float], **options: Any) -> WebhookReceiver:
+    from castflow.providers.wavespeed.settings import of
     from castflow.providers.wavespeed.webhook import WaveSpeedWebhook
 
-    return WaveSpeedWebhook(settings, clock)
+    return WaveSpeedWebhook(settings.webhooks, clock, secret=of(settings).webhook_secret)
 
 
 def webhook_problems(settings: Settings, *, online: bool = True) -> list[str]:
@@ -100,9 +104,11 @@ def use_fake(settings: Settings, fake: Any) -> None:
     from pydantic import SecretStr
 
     from castflow.providers.wavespeed.fake import VALID_KEY
+    from castflow.providers.wavespeed.settings import of
 
-    settings.providers.wavespeed_key = SecretStr(VALID_KEY)
-    settings.wavespeed.base_url = fake.url
-    settings.wavespeed.poll_first_s = min(settings.wavespeed.poll_first_s, 0.2)
-    settings.wavespeed.poll_cap_s = min(settings.wavespeed.poll_cap_s, 1.0)
-    settings.wavespeed.expected_seconds_per_audio_second = 0.0  # the fakes render at once
+    ws = of(settings)
+    ws.key = SecretStr(VALID_KEY)
+    ws.base_url = fake.url
+    ws.poll_first_s = min(ws.poll_first_s, 0.2)
+    ws.poll_cap_s = min(ws.poll_cap_s, 1.0)
+    ws.expected_seconds_per_audio_second = 0.0  # the fakes render at once

@@ -1,16 +1,23 @@
-"""WaveSpeed's settings group (``CASTFLOW_WAVESPEED__…``): host, model, the spec's open points, pacing."""
+"""WaveSpeed's settings group (``CASTFLOW_WAVESPEED__…``): key, host, model, prices, the webhook secret,
+the spec's open points and pacing."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, cast
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
-from castflow.section import Section
+from castflow.section import VendorSection, clean_secret
+
+if TYPE_CHECKING:
+    from castflow.settings import Settings
+
+NAME = "wavespeed"
 
 
-class WaveSpeedSettings(Section):
-    """WaveSpeed (InfiniteTalk lip-sync). The host is a setting so the loopback fake can stand in."""
+class WaveSpeedSettings(VendorSection):
+    """WaveSpeed (InfiniteTalk lip-sync). The host is a setting so the loopback fake can stand in. A key
+    works only after the account's first top-up."""
 
     base_url: str = "https://api.wavespeed.ai"
     lipsync_model: str = "wavespeed-ai/infinitetalk"
@@ -31,3 +38,28 @@ class WaveSpeedSettings(Section):
     )
     poll_first_s: float = Field(default=5, gt=0, description="The docs ask for >= 5 s between checks.")
     poll_cap_s: float = Field(default=30, gt=0)
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="whsec_... from WaveSpeed's webhook settings (signs its deliveries)."
+    )
+    # InfiniteTalk's billing: per second of audio, rounded up to whole seconds, with a minimum.
+    price_per_second: dict[str, float] = Field(
+        default_factory=lambda: {"480p": 0.03, "720p": 0.06},
+        description="USD per billed second, by resolution.",
+    )
+    min_billed_seconds: float = Field(default=5.0, ge=0, description="Shortest duration billed.")
+
+    MOVED: ClassVar[dict[tuple[str, str], str]] = {
+        ("webhooks", "wavespeed_secret"): "webhook_secret",
+        ("prices", "lipsync_per_second"): "price_per_second",
+        ("prices", "lipsync_min_seconds"): "min_billed_seconds",
+    }
+
+    _secret = field_validator("webhook_secret")(clean_secret)
+
+
+GROUP = WaveSpeedSettings
+
+
+def of(settings: Settings) -> WaveSpeedSettings:
+    """WaveSpeed's group of ``settings``."""
+    return cast("WaveSpeedSettings", settings.vendor(NAME))

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pydantic import SecretStr
+
 from castflow.db.tables import WebhookStatus
 from castflow.providers.webhooks import (
     ID,
@@ -115,17 +117,20 @@ class WaveSpeedWebhook:
     name = NAME
     headers: tuple[str, ...] = WS_HEADERS  # each may appear once
 
-    def __init__(self, settings: WebhookSettings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, settings: WebhookSettings, clock: Callable[[], float], *, secret: SecretStr | None
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self.secret = secret
 
     def receive(self, headers: dict[str, str], body: bytes) -> tuple[str, Event | None]:
         """(delivery id, the completion or None when it is not one); raises WebhookRejected."""
-        secret = self.settings.wavespeed_secret
+        secret = self.secret
         value = secret.get_secret_value() if secret is not None else ""
         if not value.removeprefix(WS_SECRET_PREFIX):
             log.error(
-                "WaveSpeed webhook received but CASTFLOW_WEBHOOKS__WAVESPEED_SECRET is not set: answering 503"
+                "WaveSpeed webhook received but CASTFLOW_WAVESPEED__WEBHOOK_SECRET is not set: answering 503"
             )
             raise WebhookRejected("WaveSpeed webhook secret not configured", 503)
         verify_wavespeed(headers, body, value, now=self.clock(), tolerance_s=self.settings.tolerance_s)
@@ -135,6 +140,9 @@ class WaveSpeedWebhook:
 def problems(settings: Any, *, online: bool = True) -> list[str]:
     """What keeps WaveSpeed deliveries from being accepted with these settings (``castflow doctor`` and
     ``castflow webhooks serve``; nothing here needs the network)."""
-    if settings.webhooks.wavespeed_secret is None and (settings.providers.wavespeed_key or not online):
-        return ["CASTFLOW_WEBHOOKS__WAVESPEED_SECRET is not set: WaveSpeed deliveries are refused with 503"]
+    from castflow.providers.wavespeed.settings import of
+
+    ws = of(settings)
+    if ws.webhook_secret is None and (ws.key or not online):
+        return ["CASTFLOW_WAVESPEED__WEBHOOK_SECRET is not set: WaveSpeed deliveries are refused with 503"]
     return []
