@@ -82,7 +82,10 @@ def _settings() -> Settings:
     try:
         settings = get_settings()
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            ": ".join(filter(None, (".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, "))))
+            for e in exc.errors()
+        )
         raise CliError(f"invalid configuration: {problems}") from exc
     register_settings_secrets(settings)
     return settings
