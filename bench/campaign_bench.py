@@ -247,7 +247,7 @@ def run(args: argparse.Namespace, work: Path, info: dict[str, Any]) -> dict[str,
     from castflow.db.tables import StageRun, StageStatus
     from castflow.models import Voice
     from castflow.runtime import get_runtime
-    from flows.run_campaign import CampaignParams, run_campaign
+    from flows.run_campaign import run_campaign
 
     rt = get_runtime()
     ensure_sample_actors(rt)
@@ -278,10 +278,10 @@ def run(args: argparse.Namespace, work: Path, info: dict[str, Any]) -> dict[str,
     def paid_calls() -> int:
         return fake_calls(info["fal"]["url"])["submit"] + fake_calls(info["wavespeed"]["url"])["submit"]
 
-    params = CampaignParams(sheet=str(sheet), name="bench", row_concurrency=args.row_concurrency)
+    params = {"sheet": str(sheet), "name": "bench", "row_concurrency": args.row_concurrency}
     others0 = children_cpu()
     cpu0, wall0 = time.process_time(), time.monotonic()
-    result = run_campaign(params)
+    result = run_campaign(**params)
     makespan = time.monotonic() - wall0
     cpu_per_row = (time.process_time() - cpu0) / args.rows
     others: dict[str, float] = {}
@@ -290,7 +290,7 @@ def run(args: argparse.Namespace, work: Path, info: dict[str, Any]) -> dict[str,
         others[label] = round(others.get(label, 0.0) + cpu - others0.get(pid, 0.0), 2)
     paid = paid_calls()
     calls = {"fal": fake_calls(info["fal"]["url"]), "wavespeed": fake_calls(info["wavespeed"]["url"])}
-    again = run_campaign(params)
+    again = run_campaign(**params)
     rerun_paid = paid_calls() - paid
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trivial = trivial_task_cpu(calibration)

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from castflow import redact, reports
 from castflow.campaigns import slug
+from castflow.inputs import PathRefused, flow_path
+from castflow.pipeline import UserError
 from castflow.runtime import get_runtime
-
-
-class ReportParams(BaseModel):
-    """Which campaign to report on: the form the Prefect UI shows for the campaign-report deployment."""
-
-    campaign: str = Field(description="Campaign name (its newest run) or campaign id.")
-    out_dir: str | None = Field(
-        default=None, description="Folder for the files. Default: <data dir>/reports/<name>."
-    )
-    thumbnails: bool = Field(default=True, description="Put a thumbnail of each video in the HTML gallery.")
+from flows.form import label
 
 
 class ReportResult(BaseModel):
@@ -31,13 +25,28 @@ class ReportResult(BaseModel):
 
 
 @flow(name="campaign-report", validate_parameters=True)
-def campaign_report(params: ReportParams) -> ReportResult:
-    """Write a campaign's report (CSV, Parquet, XLSX, HTML) and publish its summary as artifacts."""
+def campaign_report(
+    campaign: Annotated[str, label("Campaign", min_length=1)],
+    out_dir: Annotated[str, label("Folder")] = "",
+    thumbnails: Annotated[bool, label("Thumbnails")] = True,
+) -> ReportResult:
+    """Write a campaign's report (CSV, Parquet, XLSX, HTML) and publish its summary as artifacts.
+
+    Args:
+        campaign: Campaign name (its newest run) or campaign id.
+        out_dir: Folder for the files on the worker (from a deployment: inside its parameter roots).
+            Empty: <data dir>/reports/<name>.
+        thumbnails: Put a thumbnail of each video in the HTML gallery.
+    """
     rt = get_runtime()
     redact.install(rt.settings)
-    report = reports.build(
-        rt, params.campaign, Path(params.out_dir) if params.out_dir else None, thumbnails=params.thumbnails
-    )
+    folder: Path | None = None
+    if out_dir:
+        try:  # from a deployment, only a folder inside the parameter roots (an API caller's choice else)
+            folder = flow_path(rt.settings, "campaign-report", out_dir, what="folder", folder=True)
+        except PathRefused as exc:
+            raise UserError(str(exc)) from None
+    report = reports.build(rt, campaign, folder, thumbnails=thumbnails)
     key = f"campaign-{slug(report.name, 40)}"
     create_table_artifact(
         list(report.tables["spend_by_stage"].iter_rows(named=True)),

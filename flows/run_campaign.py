@@ -12,7 +12,8 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Annotated, Any, cast
 
 from prefect import flow
 from prefect.artifacts import (
@@ -25,39 +26,20 @@ from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from castflow import campaigns, interrupt, manifest, pipeline, redact
 from castflow.budget import Budget
 from castflow.campaigns import RowResult
 from castflow.db import queries
 from castflow.db.retry import DatabaseUnavailable
-from castflow.estimates import RowEstimate, budget_total
-from castflow.inputs import PathRefused, flow_path
+from castflow.estimates import RowEstimate, budget_total, real_total
+from castflow.inputs import PathRefused, SheetSource, sheet_source
 from castflow.runtime import get_runtime
 from castflow.sheets import SheetInvalid, SheetRow
+from flows.form import label
 from tasks.campaign import campaign_row, close_run, open_run
 from tasks.policy import with_policy
-
-
-class CampaignParams(BaseModel):
-    """What to run: the form the Prefect UI shows for the run-campaign deployment."""
-
-    sheet: str = Field(
-        description="The CSV sheet on the worker: a name in <data dir>/sheets, or a path inside the "
-        "worker's parameter roots (CASTFLOW_CAMPAIGN__PARAMETER_ROOTS)."
-    )
-    name: str | None = Field(default=None, description="Campaign name. Default: the sheet's file name.")
-    dry_run: bool = Field(default=False, description="Only estimate the cost; call no paid API.")
-    budget_usd: float | None = Field(
-        default=None, gt=0, description="Never start a paid stage that could cross this total (USD)."
-    )
-    skip_invalid: bool = Field(
-        default=False, description="Run the valid rows and report the others (default: refuse the sheet)."
-    )
-    row_concurrency: int | None = Field(
-        default=None, ge=1, le=512, description="Rows in flight at once. Default: the settings' value."
-    )
 
 
 class CampaignResult(BaseModel):
@@ -71,7 +53,8 @@ class CampaignResult(BaseModel):
     failed: int = 0
     skipped: int = 0
     cost_usd: float = 0.0
-    estimate_usd: float = 0.0
+    estimate_usd: float = 0.0  # on the configured providers (what --budget compares)
+    estimate_real_usd: float = 0.0  # the same sheet on the real providers (the vendors' price lists)
     manifest_path: str | None = None
     manifest_url: str | None = None
     warnings: list[str] = []
@@ -85,16 +68,52 @@ def _runner() -> TaskRunner[PrefectFuture[Any]]:
 
 
 @flow(name="run-campaign", task_runner=_runner(), validate_parameters=True)
-def run_campaign(params: CampaignParams) -> CampaignResult:
-    """Run a campaign sheet: validate every row first, then make the videos (or only estimate them)."""
+def run_campaign(
+    sheet: Annotated[str, label("Sheet", min_length=1)],
+    name: Annotated[str, label("Campaign name", max_length=200)] = "",
+    dry_run: Annotated[bool, label("Estimate only")] = False,
+    budget_usd: Annotated[float, label("Budget (USD)", ge=0)] = 0.0,
+    skip_invalid: Annotated[bool, label("Run the valid rows")] = False,
+    row_concurrency: Annotated[int, label("Rows at once", ge=0, le=512)] = 0,
+) -> CampaignResult:
+    """Run a campaign sheet: validate every row first, then make the videos (or only estimate them).
+
+    Args:
+        sheet: Paste the sheet here (copy the cells from your spreadsheet, header row included: tabs,
+            commas or semicolons), or name a file: spring.csv for <data dir>/sheets/spring.csv on the
+            worker, or storage:campaigns/spring.csv for a sheet in castflow's storage.
+        name: Running the same sheet under the same name again resumes it, paying for nothing twice.
+            Empty: the sheet's file name (pasted-<hash> for a pasted sheet).
+        dry_run: Price every row, here and on the real providers; run nothing.
+        budget_usd: Start no paid stage that could take the campaign's spend over this. 0: no budget.
+        skip_invalid: Run the valid rows and report the others; off, a sheet with any problem runs nothing.
+        row_concurrency: Rows in flight at once. 0: the worker's setting
+            (CASTFLOW_CAMPAIGN__ROW_CONCURRENCY, default 16).
+    """
     rt = get_runtime()
     redact.install(rt.settings)
+    params = _Options(name, dry_run, budget_usd or None, skip_invalid, row_concurrency or None)
     try:  # from a deployment, only a sheet inside the parameter roots (an API caller's choice otherwise)
-        path = flow_path(rt.settings, "run-campaign", params.sheet, what="sheet")
+        source = sheet_source(rt.settings, rt.storage, sheet)
     except PathRefused as exc:
         raise pipeline.UserError(str(exc)) from None
-    sheet = campaigns.load_sheet(rt, path)
-    name = params.name or path.stem
+    return _run(rt, source, params)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The form's options as the run reads them (0 and empty meaning 'none' in the form)."""
+
+    name: str
+    dry_run: bool
+    budget_usd: float | None
+    skip_invalid: bool
+    row_concurrency: int | None
+
+
+def _run(rt: Any, source: SheetSource, params: _Options) -> CampaignResult:
+    sheet = campaigns.load_sheet(rt, source.path)
+    name = params.name or source.default_name
     if sheet.sheet_errors or (sheet.errors and not params.skip_invalid):
         # Refused before anything ran: one readable message and a table of every problem, no traceback.
         return cast("CampaignResult", _refused(sheet.name, name, sheet.problems))
@@ -111,6 +130,7 @@ def run_campaign(params: CampaignParams) -> CampaignResult:
             dry_run=True,
             rows=sheet.total_rows,
             estimate_usd=estimate_total,
+            estimate_real_usd=real_total(estimates),
             warnings=warnings,
             estimates=estimates,
         )

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from castflow import campaigns, redact
 from castflow.db import queries
@@ -24,19 +25,8 @@ from castflow.pipeline import UserError
 from castflow.runtime import get_runtime
 from castflow.sheets import content_hash
 from castflow.storage import Storage
-from flows.run_campaign import CampaignParams, run_campaign
-
-
-class InboxParams(BaseModel):
-    """The form the Prefect UI shows for the sweep-inbox deployment."""
-
-    inbox: str | None = Field(
-        default=None,
-        description="Folder teams drop sheets into, or storage:<prefix> in castflow's storage. "
-        "Default: <data dir>/inbox.",
-    )
-    budget_usd: float | None = Field(default=None, gt=0, description="Budget of each sheet's campaign (USD).")
-    skip_invalid: bool = Field(default=False, description="Run the valid rows of sheets with errors.")
+from flows.form import label
+from flows.run_campaign import run_campaign
 
 
 class SheetOutcome(BaseModel):
@@ -112,24 +102,34 @@ def _move(path: Path, folder: Path) -> Path:
 
 
 @flow(name="sweep-inbox", validate_parameters=True)
-def sweep_inbox(params: InboxParams | None = None) -> list[SheetOutcome]:
-    """Run every new sheet of the inbox once; refuse invalid ones with their error report."""
-    params = params or InboxParams()
+def sweep_inbox(
+    inbox: Annotated[str, label("Inbox")] = "",
+    budget_usd: Annotated[float, label("Budget per sheet (USD)", ge=0)] = 0.0,
+    skip_invalid: Annotated[bool, label("Run the valid rows")] = False,
+) -> list[SheetOutcome]:
+    """Run every new sheet of the inbox once; refuse invalid ones with their error report.
+
+    Args:
+        inbox: Folder teams drop sheets into (on the worker, inside its parameter roots), or
+            storage:<prefix> in castflow's storage. Empty: <data dir>/inbox.
+        budget_usd: Each sheet's campaign budget. 0: no budget.
+        skip_invalid: Run the valid rows of sheets with problems; off, such a sheet goes to rejected/.
+    """
     rt = get_runtime()
     redact.install(rt.settings)
     log = get_run_logger()
-    spec = params.inbox or str(rt.settings.data_dir / "inbox")
-    inbox: _Folder | _Prefix
+    spec = inbox or str(rt.settings.data_dir / "inbox")
+    box: _Folder | _Prefix
     if spec.startswith("storage:"):
-        inbox = _Prefix(rt.storage, spec.removeprefix("storage:"), rt.settings.data_dir / "inbox-work")
+        box = _Prefix(rt.storage, spec.removeprefix("storage:"), rt.settings.data_dir / "inbox-work")
     else:
         try:  # from a deployment, only a folder inside the parameter roots
-            inbox = _Folder(flow_path(rt.settings, "sweep-inbox", spec, what="inbox", folder=True))
+            box = _Folder(flow_path(rt.settings, "sweep-inbox", spec, what="inbox", folder=True))
         except PathRefused as exc:
             raise UserError(str(exc)) from None
     outcomes: list[SheetOutcome] = []
-    for name in inbox.new():
-        claimed = inbox.claim(name)
+    for name in box.new():
+        claimed = box.claim(name)
         if claimed is None:
             continue  # another sweep took it
         digest = content_hash(claimed.read_bytes())
@@ -137,27 +137,25 @@ def sweep_inbox(params: InboxParams | None = None) -> list[SheetOutcome]:
             earlier = queries.campaign_by_hash(s, sheet_hash=digest)
             earlier_id = str(earlier.id) if earlier else None
         if earlier_id:
-            inbox.finish(claimed, "processed")
+            box.finish(claimed, "processed")
             outcomes.append(SheetOutcome(sheet=name, outcome="duplicate", campaign_id=earlier_id))
             log.info("%s was run before (campaign %s): not run again", name, earlier_id)
             continue
         sheet = campaigns.load_sheet(rt, claimed)
-        if sheet.sheet_errors or (sheet.errors and not params.skip_invalid):
-            inbox.finish(claimed, "rejected", redact.redact("\n".join(str(p) for p in sheet.problems)) + "\n")
+        if sheet.sheet_errors or (sheet.errors and not skip_invalid):
+            box.finish(claimed, "rejected", redact.redact("\n".join(str(p) for p in sheet.problems)) + "\n")
             outcomes.append(
                 SheetOutcome(sheet=name, outcome="rejected", detail=f"{len(sheet.errors)} error(s)")
             )
             log.warning("%s refused: %d error(s), see rejected/%s.errors.txt", name, len(sheet.errors), name)
             continue
         result = run_campaign(
-            CampaignParams(
-                sheet=str(claimed),
-                name=Path(name).stem,
-                budget_usd=params.budget_usd,
-                skip_invalid=params.skip_invalid,
-            )
+            sheet=str(claimed),
+            name=Path(name).stem,
+            budget_usd=budget_usd,
+            skip_invalid=skip_invalid,
         )
-        inbox.finish(claimed, "processed")
+        box.finish(claimed, "processed")
         outcomes.append(
             SheetOutcome(
                 sheet=name,

@@ -43,11 +43,11 @@ def counts(rt: Runtime) -> dict[str, int]:
 def test_a_campaign_runs_shares_stages_resumes_and_writes_a_manifest(
     rt: Runtime, tmp_path: Path, prefect_server: None
 ) -> None:
-    from flows.run_campaign import CampaignParams, run_campaign
+    from flows.run_campaign import run_campaign
 
     ensure_sample_actors(rt)
     sheet = write(tmp_path, SHEET)
-    result = run_campaign(CampaignParams(sheet=str(sheet), name="Spring promo"))
+    result = run_campaign(sheet=str(sheet), name="Spring promo")
     assert (result.succeeded, result.failed, result.skipped, result.rows) == (3, 0, 0, 3), result.results
     # a and b share one scene variant and one speech; the lip-syncs differ (resolution)
     assert counts(rt) == {"scene_variant": 1, "speech": 2, "lipsync": 3}
@@ -69,7 +69,7 @@ def test_a_campaign_runs_shares_stages_resumes_and_writes_a_manifest(
     assert all(m["status"] == "succeeded" and m["video_url"] for m in manifest)
 
     before = counts(rt)
-    again = run_campaign(CampaignParams(sheet=str(sheet), name="Spring promo"))
+    again = run_campaign(sheet=str(sheet), name="Spring promo")
     assert again.resumed
     assert (again.succeeded, again.cost_usd) == (3, 0)
     assert counts(rt) == before
@@ -77,19 +77,43 @@ def test_a_campaign_runs_shares_stages_resumes_and_writes_a_manifest(
         assert s.scalar(sa.select(sa.func.count()).select_from(Campaign)) == 1
 
 
+def test_a_sheet_pasted_into_the_form_runs_and_pasting_it_again_resumes(
+    rt: Runtime, prefect_server: None
+) -> None:
+    """What an analyst does in the Prefect UI: the cells copied from a spreadsheet (tab-separated)
+    pasted into run-campaign's Sheet field."""
+    from flows.run_campaign import run_campaign
+
+    ensure_sample_actors(rt)
+    pasted = "row_id\tactor\tscript\tutm_source\nx\tleo\tPasted, not uploaded.\ttiktok\n"
+    result = run_campaign(sheet=pasted)
+    assert result.name.startswith("pasted-")
+    assert (result.succeeded, result.rows) == (1, 1), result.results
+    assert result.results[0].video_url
+    before = counts(rt)
+    again = run_campaign(sheet=pasted)
+    assert again.resumed
+    assert (again.name, again.succeeded, again.cost_usd) == (result.name, 1, 0)
+    assert counts(rt) == before
+    with rt.session() as s:
+        (video,) = s.scalars(sa.select(Video).where(Video.campaign_id.is_not(None)))
+    assert video.script == "Pasted, not uploaded."
+    assert video.extra == {"utm_source": "tiktok"}
+
+
 def test_a_sheet_with_errors_is_refused_whole_and_nothing_is_written(
     rt: Runtime, tmp_path: Path, prefect_server: None
 ) -> None:
-    from flows.run_campaign import CampaignParams, run_campaign
+    from flows.run_campaign import run_campaign
 
     ensure_sample_actors(rt)
     sheet = write(tmp_path, "actor,script\nmaya,Fine.\nnobody,Hi.\nleo,\n")
     with pytest.raises(SheetInvalid) as refused:
-        run_campaign(CampaignParams(sheet=str(sheet)))
+        run_campaign(sheet=str(sheet))
     text = str(refused.value)
     assert "row 3, column actor: unknown actor 'nobody'" in text
     # For the Prefect UI: the run fails with one readable line, every problem in a table artifact.
-    state = run_campaign(CampaignParams(sheet=str(sheet), name="refused"), return_state=True)
+    state = run_campaign(sheet=str(sheet), name="refused", return_state=True)
     assert state.is_failed()
     assert state.message.startswith(f"{sheet.name}: 2 error(s), nothing was run: row 3, column actor")
     from prefect.client.orchestration import get_client
@@ -106,7 +130,7 @@ def test_a_sheet_with_errors_is_refused_whole_and_nothing_is_written(
         assert s.scalar(sa.select(sa.func.count()).select_from(Campaign)) == 0
         assert s.scalar(sa.select(sa.func.count()).select_from(StageRun)) == 0
 
-    partial = run_campaign(CampaignParams(sheet=str(sheet), skip_invalid=True))
+    partial = run_campaign(sheet=str(sheet), skip_invalid=True)
     assert (partial.succeeded, partial.skipped) == (1, 2)
     reasons = {r.row: r.error for r in partial.results if r.status == "skipped"}
     assert set(reasons) == {3, 4}
@@ -135,7 +159,7 @@ def paid_rt(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
 def test_dry_run_estimates_without_calling_paid_apis_and_the_budget_caps_spend(
     paid_rt: Runtime, tmp_path: Path, prefect_server: None
 ) -> None:
-    from flows.run_campaign import CampaignParams, run_campaign
+    from flows.run_campaign import run_campaign
 
     lines = ["row_id,actor,script,scene"] + [
         f"r{i},nia,Offer number {i} ends tonight.,a shop {i}" for i in range(6)
@@ -143,16 +167,18 @@ def test_dry_run_estimates_without_calling_paid_apis_and_the_budget_caps_spend(
     sheet = write(tmp_path, "\n".join(lines) + "\n", "budget.csv")
     fal, ws = running_fakes()["fal"], running_fakes()["wavespeed"]
     before = (fal.calls["submit"], ws.calls["submit"])
-    dry = run_campaign(CampaignParams(sheet=str(sheet), dry_run=True))
+    dry = run_campaign(sheet=str(sheet), dry_run=True)
     assert (fal.calls["submit"], ws.calls["submit"]) == before  # no paid call
     per_row = dry.estimates[0]
     assert per_row.image_usd == pytest.approx(0.039)
     assert per_row.speech_usd == pytest.approx(0.10 * len("Offer number 0 ends tonight.") / 1000)
     assert per_row.lipsync_usd == pytest.approx(5 * 0.03)  # ~2.4 s of speech: the 5 s minimum
     assert dry.estimate_usd == pytest.approx(sum(e.total_usd for e in dry.estimates))
+    # Here the real providers play every role: both figures are one.
+    assert dry.estimate_real_usd == pytest.approx(dry.estimate_usd)
 
     budget = 2.5 * per_row.total_usd  # room for two rows, not three
-    run = run_campaign(CampaignParams(sheet=str(sheet), budget_usd=budget, row_concurrency=2))
+    run = run_campaign(sheet=str(sheet), budget_usd=budget, row_concurrency=2)
     assert run.cost_usd <= budget
     assert run.succeeded == 2
     assert run.skipped == 4
@@ -163,7 +189,7 @@ def test_dry_run_estimates_without_calling_paid_apis_and_the_budget_caps_spend(
 def test_dry_run_counts_a_stage_shared_by_rows_once(
     paid_rt: Runtime, tmp_path: Path, prefect_server: None
 ) -> None:
-    from flows.run_campaign import CampaignParams, run_campaign
+    from flows.run_campaign import run_campaign
 
     sheet = write(
         tmp_path,
@@ -173,7 +199,7 @@ def test_dry_run_counts_a_stage_shared_by_rows_once(
         "c,nia,Same words.,same place,480p\n",  # shares everything with a
         "shared.csv",
     )
-    a, b, c = run_campaign(CampaignParams(sheet=str(sheet), dry_run=True)).estimates
+    a, b, c = run_campaign(sheet=str(sheet), dry_run=True).estimates
     assert a.image_usd > 0
     assert a.speech_usd > 0
     assert (b.image_usd, b.speech_usd, b.reused_stages) == (0, 0, 2)

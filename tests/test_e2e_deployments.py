@@ -171,7 +171,8 @@ def test_deployments_forms_and_the_sweep_schedule(team: dict[str, Any]) -> None:
         "sweep-inbox",
     }
     form = found["run-campaign"]["parameter_openapi_schema"]
-    assert form["definitions"]["CampaignParams"]["properties"]["sheet"]["description"]
+    assert form["properties"]["sheet"]["title"] == "Sheet"  # flat: one labelled field per option
+    assert "Paste the sheet here" in form["properties"]["sheet"]["description"]
     (schedule,) = found["sweep-inbox"]["schedules"]
     assert schedule["active"] is False
 
@@ -189,14 +190,19 @@ def test_generate_video_and_a_campaign_through_the_rest_api(team: dict[str, Any]
     (work / "data" / "sheets" / "e2e.csv").write_text(body, encoding="utf-8")
     (work / "outside.csv").write_text(body, encoding="utf-8")
     # A relative sheet starts at the first parameter root (<data dir>/sheets), not at serve's directory.
-    campaign_id = create_run(
-        api, "run-campaign", "run-campaign", {"params": {"sheet": "e2e.csv", "name": "e2e"}}
+    campaign_id = create_run(api, "run-campaign", "run-campaign", {"sheet": "e2e.csv", "name": "e2e"})
+    # A sheet pasted into the form (cells copied from a spreadsheet: tab-separated).
+    pasted_id = create_run(
+        api,
+        "run-campaign",
+        "run-campaign",
+        {"sheet": "row_id\tactor\tscript\np\tmaya\tPasted in the form.\n"},
     )
     # An API caller cannot make the worker read a file it chooses (here: beside serve's directory).
     refused_id = create_run(
-        api, "run-campaign", "run-campaign", {"params": {"sheet": str(work / "outside.csv"), "name": "x"}}
+        api, "run-campaign", "run-campaign", {"sheet": str(work / "outside.csv"), "name": "x"}
     )
-    for rid in (run_id, campaign_id):
+    for rid in (run_id, campaign_id, pasted_id):
         run = finished(api, rid)
         assert run["state"]["type"] == "COMPLETED", run["state"]
     refused = finished(api, refused_id)
@@ -209,7 +215,7 @@ def test_generate_video_and_a_campaign_through_the_rest_api(team: dict[str, Any]
             conn.execute(sa.text("SELECT coalesce(row_id, actor_key), status FROM video")).all()  # type: ignore[arg-type]
         )
     engine.dispose()
-    assert statuses == {"maya": "succeeded", "a": "succeeded", "b": "succeeded"}
+    assert statuses == {"maya": "succeeded", "a": "succeeded", "b": "succeeded", "p": "succeeded"}
     gcl = httpx.get(f"{api}/v2/concurrency_limits/castflow-local", timeout=10).json()
     assert gcl["active_slots"] == 0  # every provider job gave its shared slot back
     events = httpx.post(
@@ -245,7 +251,7 @@ def test_prefect_cli_and_run_deployment_trigger_runs(team: dict[str, Any]) -> No
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     code = (
         "from prefect.deployments import run_deployment\n"
-        "run = run_deployment('campaign-report/campaign-report', parameters={'params': {'campaign': 'e2e'}}, timeout=300)\n"
+        "run = run_deployment('campaign-report/campaign-report', parameters={'campaign': 'e2e'}, timeout=300)\n"
         "print(run.state.type.value)\n"
     )
     out = subprocess.run(

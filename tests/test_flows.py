@@ -239,8 +239,8 @@ def test_paths_in_parameters_are_confined_when_the_cli_is_not_trusted(
     audio file or an inbox outside the parameter roots is refused before anything is read or recorded."""
     from castflow.pipeline import UserError
     from castflow.settings import reset_settings
-    from flows.run_campaign import CampaignParams, run_campaign
-    from flows.sweep_inbox import InboxParams, sweep_inbox
+    from flows.run_campaign import run_campaign
+    from flows.sweep_inbox import sweep_inbox
 
     ensure_sample_actors(rt)
     monkeypatch.setenv("CASTFLOW_CAMPAIGN__CLI_ANY_PATH", "false")
@@ -252,13 +252,13 @@ def test_paths_in_parameters_are_confined_when_the_cli_is_not_trusted(
     (tmp_path / "out.csv").write_text(body, encoding="utf-8")
     (tmp_path / "out.wav").write_bytes(b"RIFF")
 
-    estimated = run_campaign(CampaignParams(sheet="in.csv", dry_run=True))  # relative: <data dir>/sheets
+    estimated = run_campaign(sheet="in.csv", dry_run=True)  # relative: <data dir>/sheets
     assert estimated.rows == 1
     for call in (
-        lambda: run_campaign(CampaignParams(sheet=str(tmp_path / "out.csv"))),
-        lambda: run_campaign(CampaignParams(sheet="../../out.csv")),
+        lambda: run_campaign(sheet=str(tmp_path / "out.csv")),
+        lambda: run_campaign(sheet="../../out.csv"),
         lambda: generate_video(VideoRequest(actor="ava", audio=str(tmp_path / "out.wav"))),
-        lambda: sweep_inbox(InboxParams(inbox=str(tmp_path))),
+        lambda: sweep_inbox(inbox=str(tmp_path)),
     ):
         with pytest.raises(UserError, match="outside the folders a deployment's parameters may name"):
             call()

@@ -57,14 +57,22 @@ def test_sweep_inbox_schedule_is_declared_inactive_and_serve_builds_all_deployme
     assert not built["generate-video"].schedules
 
 
-def test_campaign_forms_describe_their_fields() -> None:
-    for entry, model in (
-        ("flows/run_campaign.py:run_campaign", "CampaignParams"),
-        ("flows/campaign_report.py:campaign_report", "ReportParams"),
-        ("flows/sweep_inbox.py:sweep_inbox", "InboxParams"),
+def test_campaign_forms_are_flat_and_describe_their_fields() -> None:
+    """One field per option, each titled and described, with a plain type and a default (no nested
+    box, no 'None' toggle): the forms an analyst fills in the Prefect UI."""
+    for entry in (
+        "flows/run_campaign.py:run_campaign",
+        "flows/campaign_report.py:campaign_report",
+        "flows/sweep_inbox.py:sweep_inbox",
     ):
         path, func = entry.split(":")
         schema = parameter_schema(load_flow_from_entrypoint(f"{ROOT / path}:{func}")).model_dump()
-        fields = schema["definitions"][model]["properties"]
+        fields = schema["properties"]
         assert fields
-        assert all(f.get("description") for f in fields.values()), (model, fields)
+        assert not schema.get("definitions"), entry  # nothing nested
+        for name, field in fields.items():
+            assert field.get("description"), (entry, name)
+            assert field.get("title", name) != name, (entry, name)  # a label, not the parameter name
+            assert field.get("type") in {"string", "boolean", "number", "integer"}, (entry, name, field)
+            assert "anyOf" not in field, (entry, name)
+            assert "default" in field or name in schema.get("required", []), (entry, name)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.flow
 @pytest.fixture
 def campaign(data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None) -> Runtime:
     """A finished campaign on the fakes: 3 videos made, 1 failed (content policy), 1 invalid row."""
-    from flows.run_campaign import CampaignParams, run_campaign
+    from flows.run_campaign import run_campaign
 
     monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
     monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
@@ -56,7 +56,7 @@ def campaign(data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: No
         original(job)  # type: ignore[arg-type]
 
     monkeypatch.setattr(fal, "_finish_locked", refuse_forbidden)
-    result = run_campaign(CampaignParams(sheet=str(sheet), name="Autumn", skip_invalid=True))
+    result = run_campaign(sheet=str(sheet), name="Autumn", skip_invalid=True)
     assert (result.succeeded, result.failed, result.skipped) == (3, 1, 1), result.results
     return rt
 
@@ -108,9 +108,9 @@ def test_campaign_report_flow_publishes_artifacts(campaign: Runtime, tmp_path: P
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.campaign_report import ReportParams, campaign_report
+    from flows.campaign_report import campaign_report
 
-    result = campaign_report(ReportParams(campaign="Autumn", out_dir=str(tmp_path / "flow")))
+    result = campaign_report(campaign="Autumn", out_dir=str(tmp_path / "flow"))
     assert Path(result.files["html"]).is_file()
     assert result.totals["succeeded"] == 3
 

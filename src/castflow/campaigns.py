@@ -23,7 +23,7 @@ from castflow import interrupt, pipeline
 from castflow.budget import Budget, Spend
 from castflow.db import queries
 from castflow.db.tables import CampaignStatus, VideoStatus, utcnow
-from castflow.estimates import RowEstimate, estimate_video, estimate_videos
+from castflow.estimates import RealPrices, RowEstimate, estimate_video, estimate_videos
 from castflow.models import ActorRef, StageOutcome
 from castflow.runtime import Runtime
 from castflow.sheets import ActorInfo, Sheet, SheetRow, read_sheet
@@ -272,7 +272,9 @@ def iter_estimates(
 ) -> Iterator[list[RowEstimate]]:
     """The rows' estimates a chunk at a time, counting each stage shared between rows once. Each actor
     is looked up once, and each unit's finished stages in one query per chunk; what a chunk's videos
-    hold is dropped before the next (a caller that prints or sums them keeps nothing)."""
+    hold is dropped before the next (a caller that prints or sums them keeps nothing). Each row is also
+    priced as on the real providers (``RowEstimate.real_usd``)."""
+    real = RealPrices(rt)
     actors: dict[str, ActorRef] = {}
     seen: set[str] = set()
     batch: list[tuple[pipeline.PreparedVideo, int, str]] = []
@@ -282,10 +284,10 @@ def iter_estimates(
             actors[request.actor] = pipeline.actor_ref(rt, request.actor)
         batch.append((pipeline.prepare_video(rt, request, actor=actors[request.actor]), r.row, r.row_id))
         if len(batch) >= chunk:
-            yield estimate_videos(rt, batch, seen=seen)
+            yield estimate_videos(rt, batch, seen=seen, real=real)
             batch = []
     if batch:
-        yield estimate_videos(rt, batch, seen=seen)
+        yield estimate_videos(rt, batch, seen=seen, real=real)
 
 
 ProgressListener = Callable[[int, int, RowResult], None]

@@ -636,26 +636,33 @@ def campaign_run(
 
     def go() -> None:
         from castflow import campaigns
-        from castflow.estimates import budget_total
+        from castflow.estimates import RealPrices, budget_total, configured, real_total
 
         rt = _runtime()
         loaded = _load_sheet(sheet)
         _print_problems(loaded, skip_invalid=skip_invalid)
         if dry_run:
-            rows, totals = 0, []
+            rows, totals, reals = 0, [], []
             for part in campaigns.iter_estimates(rt, loaded.rows):  # printed as they come: none kept
                 typer.echo(
                     "\n".join(
                         f"row {e.row:<5} {e.row_id:<16} {e.actor:<10} ~{e.speech_seconds:5.1f} s  "
                         f"image ${e.image_usd:.3f}  speech ${e.speech_usd:.4f}  "
-                        f"lip-sync ${e.lipsync_usd:.3f}  = ${e.total_usd:.4f}"
+                        f"lip-sync ${e.lipsync_usd:.3f}  = ${e.total_usd:.4f}  real ${e.real_usd:.4f}"
                         + (f"  ({e.reused_stages} reused)" if e.reused_stages else "")
                         for e in part
                     )
                 )
                 rows += len(part)
                 totals.append(budget_total(part))
-            typer.echo(f"estimate: ${math.fsum(totals):.2f} for {rows} row(s)")
+                reals.append(real_total(part))
+            here, there = math.fsum(totals), math.fsum(reals)
+            typer.echo(f"estimate: ${here:.2f} for {rows} row(s) here ({configured(rt)})")
+            typer.echo(
+                f"on the real providers: ${there:.2f} ({RealPrices(rt).describe()}: a first run there, "
+                "each shared stage paid once)"
+                + ("; --budget applies to the first figure" if budget is not None else "")
+            )
             return
         _run_campaign_flow(sheet, name, budget, skip_invalid, concurrency, total=loaded.total_rows)
 
@@ -698,7 +705,7 @@ def _run_campaign_flow(
             transient=False,
         ) as bar,
     ):
-        from flows.run_campaign import CampaignParams, run_campaign
+        from flows.run_campaign import run_campaign
 
         task = bar.add_task(name or sheet.stem, total=total, counts="")
 
@@ -710,13 +717,11 @@ def _run_campaign_flow(
         remove = campaigns.add_progress_listener(advance)
         try:
             state = run_campaign(
-                CampaignParams(
-                    sheet=str(sheet),
-                    name=name,
-                    budget_usd=budget,
-                    skip_invalid=skip_invalid,
-                    row_concurrency=concurrency,
-                ),
+                sheet=str(sheet),
+                name=name or "",
+                budget_usd=budget or 0.0,
+                skip_invalid=skip_invalid,
+                row_concurrency=concurrency or 0,
                 return_state=True,
             )
         finally:

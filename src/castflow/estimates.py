@@ -4,20 +4,25 @@ Each unit of the video's plan is priced by its provider (``Unit.price``); a unit
 key has a finished run), or one an earlier row of the same sheet will pay for, costs nothing. A unit not
 yet run stands in for its output with a placeholder named by its stage key, so the units after it get a
 stable key of their own (two rows sharing a scene and a script share one lip-sync estimate).
+
+Each row is also priced as on the real providers (:class:`RealPrices`, from the vendors' price lists),
+whatever plays each role here: a role played for free (the embedded providers) is priced at the real
+provider's rate, as on a first run there; a role a paid provider plays here costs what it costs here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from pydantic import BaseModel
 
 from castflow.db import queries
 from castflow.models import MediaRef, StageOutcome
 from castflow.pipeline import GRAPH, PreparedVideo, finished_output, plan
+from castflow.providers.vendors import reference_prices, title
 from castflow.runtime import Runtime
 
 # The estimate's columns, by the role a unit fills (a unit that refines a role adds to its column).
@@ -36,10 +41,56 @@ class RowEstimate(BaseModel):
     speech_seconds: float = 0.0
     reused_stages: int = 0
     by_stage: dict[str, float] = {}  # each priced unit's estimate (a budget compares its true price)
+    real_usd: float = 0.0  # the same row on the real providers (see RealPrices)
 
     @property
     def total_usd(self) -> float:
         return round(self.image_usd + self.speech_usd + self.lipsync_usd, 6)
+
+
+class _Priced:
+    """A role's price function where a unit's price asks its provider (``rt.image.price()``, ...)."""
+
+    def __init__(self, price: Callable[..., float] | None) -> None:
+        self._price = price
+
+    def price(self, *args: Any) -> float:
+        return self._price(*args) if self._price is not None else 0.0
+
+
+class _AnyVoice:
+    """Speech priced the same for every voice provider (``rt.speech.get(provider)``)."""
+
+    def __init__(self, priced: _Priced) -> None:
+        self._priced = priced
+
+    def get(self, _provider: str) -> _Priced:
+        return self._priced
+
+
+class RealPrices:
+    """Stands in for the runtime when a unit is priced as on the real providers: each role priced by the
+    vendor chosen for it, else the first registered vendor that plays it (``vendors.reference_prices``).
+    Only units' ``price`` functions read it."""
+
+    def __init__(self, rt: Runtime) -> None:
+        found = reference_prices(rt.settings)
+        self.settings = rt.settings
+        self.image = _Priced(found["image"][1] if "image" in found else None)
+        self.speech = _AnyVoice(_Priced(found["speech"][1] if "speech" in found else None))
+        self.lipsync = _Priced(found["lipsync"][1] if "lipsync" in found else None)
+        self.vendors = {role: title(name) for role, (name, _price) in found.items()}
+
+    def describe(self) -> str:
+        """Who the real providers are: 'image fal, speech fal, lip-sync WaveSpeed'."""
+        names = {"image": "image", "speech": "speech", "lipsync": "lip-sync"}
+        return ", ".join(f"{names[role]} {vendor}" for role, vendor in self.vendors.items())
+
+
+def configured(rt: Runtime) -> str:
+    """Who plays each role here: 'image local, speech local, lip-sync local'."""
+    voices = "/".join(sorted(title(name) for name in rt.speech))
+    return f"image {title(rt.image.name)}, speech {voices}, lip-sync {title(rt.lipsync.name)}"
 
 
 def finished(rt: Runtime, key: str) -> MediaRef | None:
@@ -86,6 +137,7 @@ class _Row:
     by_stage: dict[str, float] = field(default_factory=dict)
     columns: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ROLE_COLUMNS.values(), 0.0))
     reused: int = 0
+    real: float = 0.0
 
     def estimate(self) -> RowEstimate:
         audio = self.done.get("audio")
@@ -97,19 +149,26 @@ class _Row:
             speech_seconds=round(seconds, 2),
             reused_stages=self.reused,
             by_stage=self.by_stage,
+            real_usd=round(self.real, 6),
             **self.columns,
         )
 
 
 def estimate_videos(
-    rt: Runtime, videos: Iterable[tuple[PreparedVideo, int, str]], *, seen: set[str] | None = None
+    rt: Runtime,
+    videos: Iterable[tuple[PreparedVideo, int, str]],
+    *,
+    seen: set[str] | None = None,
+    real: RealPrices | None = None,
 ) -> list[RowEstimate]:
     """Cost estimates of many videos ((video, row, row id) each), counting a stage shared between them
     once: a stage an earlier video will pay for costs nothing in a later one (``seen`` carries the keys
     across calls).
 
     The graph is priced unit by unit across all the videos, so each unit's finished stages are looked
-    up in a few queries rather than one per video (a sheet of 100,000 rows)."""
+    up in a few queries rather than one per video (a sheet of 100,000 rows). With ``real``, each row is
+    also priced as on the real providers: a unit its provider here plays for free costs the real price
+    unless an earlier row shares it (its finished run here was free: it is not one there)."""
     seen = set() if seen is None else seen
     rows = [_Row(video, row, row_id, {u.name for u in plan(video)}) for video, row, row_id in videos]
     for unit in GRAPH:
@@ -129,7 +188,12 @@ def estimate_videos(
         for r, key, runnable in ready:  # in row order: the first row that needs a stage pays for it
             output = found.get(key) if runnable else None
             shared = key in seen
-            cost = 0.0 if output is not None or shared else unit.cost_now(rt, r.video, r.done)
+            here = unit.cost_now(rt, r.video, r.done) if output is None and not shared else 0.0
+            cost = here
+            if real is not None and unit.price is not None:
+                paid_here = here > 0 or (output is not None and unit.cost_now(rt, r.video, r.done) > 0)
+                there = 0.0 if shared else unit.cost_now(cast("Runtime", real), r.video, r.done)
+                r.real += cost if paid_here else there
             if unit.ledger and (output is not None or shared):
                 r.reused += 1
             seen.add(key)
@@ -147,11 +211,21 @@ def estimate_videos(
 
 
 def estimate_video(
-    rt: Runtime, video: PreparedVideo, *, row: int = 0, row_id: str = "", seen: set[str] | None = None
+    rt: Runtime,
+    video: PreparedVideo,
+    *,
+    row: int = 0,
+    row_id: str = "",
+    seen: set[str] | None = None,
+    real: RealPrices | None = None,
 ) -> RowEstimate:
     """Cost estimate of one video (see :func:`estimate_videos`)."""
-    return estimate_videos(rt, [(video, row, row_id)], seen=seen)[0]
+    return estimate_videos(rt, [(video, row, row_id)], seen=seen, real=real)[0]
 
 
 def budget_total(estimates: Iterable[RowEstimate]) -> float:
     return round(math.fsum(e.total_usd for e in estimates), 6)
+
+
+def real_total(estimates: Iterable[RowEstimate]) -> float:
+    return round(math.fsum(e.real_usd for e in estimates), 6)

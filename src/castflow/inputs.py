@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -27,6 +28,7 @@ from castflow.redact import redact
 
 if TYPE_CHECKING:
     from castflow.settings import Settings
+    from castflow.storage import Storage
 
 
 def outside(path: Path, roots: Iterable[Path]) -> bool:
@@ -125,6 +127,57 @@ def flow_path(settings: Settings, flow: str, value: str, *, what: str, folder: b
     confine = from_deployment() or not settings.campaign.cli_any_path
     roots = settings.parameter_roots(flow)
     return parameter_path(value, what=what, roots=roots, confine=confine, folder=folder)
+
+
+def sheet_source(settings: Settings, storage: Storage, value: str, flow: str = "run-campaign") -> SheetSource:
+    """The sheet a flow's ``sheet`` parameter gives, in one of three forms:
+
+    - CSV text pasted into the form (a sheet copied from a spreadsheet: tabs, commas or semicolons), told
+      by its line break (a path has none): kept as ``<first parameter root>/pasted-<hash>.csv``, so the
+      same text pasted again resumes its campaign (default name ``pasted-<hash>``) and relative audio
+      paths start at the sheets folder;
+    - ``storage:<key>``: an object in castflow's storage (local folder or bucket), fetched;
+    - a path, as :func:`flow_path` takes it (from a deployment: inside the parameter roots).
+    PathRefused says why a sheet cannot be read, before anything is spent."""
+    import hashlib
+
+    text = value.strip("\r\n")
+    if "\n" in text or "\r" in text:
+        data = (text + "\n").encode("utf-8")
+        if len(data) > settings.campaign.max_sheet_bytes:
+            raise PathRefused(
+                f"the pasted sheet is {len(data) / 2**20:.1f} MiB; the limit is "
+                f"{settings.campaign.max_sheet_bytes / 2**20:.0f} MiB (CASTFLOW_CAMPAIGN__MAX_SHEET_BYTES)"
+            )
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        root = settings.parameter_roots(flow)[0]
+        path = root / f"pasted-{digest}.csv"
+        root.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            staged = path.with_suffix(f".{os.getpid()}.tmp")
+            staged.write_bytes(data)
+            staged.replace(path)  # whole or not at all: another run may read it at once
+        return SheetSource(path, path.stem, "pasted into the form")
+    if value.startswith("storage:"):
+        key = value.removeprefix("storage:").strip().lstrip("/")
+        parts = key.split("/")
+        if not key or any(part in ("", ".", "..") for part in parts):
+            raise PathRefused(f"sheet {value!r}: give a storage key such as storage:campaigns/spring.csv")
+        if not storage.exists(key):
+            raise PathRefused(f"sheet {value!r}: no such object in castflow's storage ({storage.location})")
+        return SheetSource(storage.local_path(key), Path(key).stem, f"{key} in {storage.location}")
+    path = flow_path(settings, flow, value, what="sheet")
+    return SheetSource(path, path.stem, str(path))
+
+
+@dataclass(frozen=True)
+class SheetSource:
+    """A sheet to read: the local file (relative audio paths start at its folder), the campaign's
+    default name and where it came from (for messages)."""
+
+    path: Path
+    default_name: str
+    origin: str
 
 
 # ---- URLs ---------------------------------------------------------------------------------------------

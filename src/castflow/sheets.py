@@ -212,17 +212,16 @@ def _not_utf8(source: BinaryIO) -> SheetProblem:
 
 
 def _separator(text: TextIO) -> str:
-    """Comma or semicolon, by which one splits the first line that is not blank into more fields.
-    Leaves ``text`` at its start."""
+    """Comma, semicolon or tab (cells copied from a spreadsheet), by which one splits the first line
+    that is not blank into the most fields (a tie: the comma). Leaves ``text`` at its start."""
     first = ""
     for line in text:
         if line.strip():
             first = line
             break
     text.seek(0)
-    header = next(csv.reader([first]), [])
-    header_semi = next(csv.reader([first], delimiter=";"), [])
-    return ";" if len(header_semi) > len(header) else ","
+    fields = {sep: len(next(csv.reader([first], delimiter=sep), [])) for sep in (",", ";", "\t")}
+    return max(fields, key=lambda sep: fields[sep])
 
 
 def _ranges(rows: list[int]) -> str:

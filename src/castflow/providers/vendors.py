@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from castflow import providers as _package
+from castflow.models import Voice
 from castflow.providers.base import (
     ImageEditor,
     LipSyncer,
@@ -47,6 +48,16 @@ class Roles:
     lipsync: LipSyncer | QueueLipSyncer
 
 
+@dataclass
+class PriceList:
+    """What a vendor's roles cost, asked without a key or a client (the dry run's "on the real providers"
+    figure): each is its role's ``price``; None where the vendor does not play the role."""
+
+    image: Callable[[], float] | None = None  # one scene variant
+    speech: Callable[[Voice, int], float] | None = None  # a script of so many characters in a voice
+    lipsync: Callable[[float, str], float] | None = None  # seconds of audio at a resolution
+
+
 class WebhookReceiver(Protocol):
     """A vendor's webhook: the signature headers it reads, and verification plus parsing of a delivery."""
 
@@ -64,6 +75,11 @@ class Vendor(Protocol):
 
     def build(self, settings: Settings, engine: sa.Engine, roles: Roles) -> None:
         """Put the vendor's role adapters into ``roles`` where the settings choose them (and a key is set)."""
+        ...
+
+    def price_list(self, settings: Settings) -> PriceList:
+        """Its prices for the roles it can play, from its settings group (no key needed). Speech is
+        priced for any voice, a local one at the vendor's reference model."""
         ...
 
     def check(self, settings: Settings) -> Check:
@@ -99,6 +115,23 @@ def vendor(name: str) -> Vendor:
 def vendors() -> Iterator[Vendor]:
     for name in names():
         yield vendor(name)
+
+
+def reference_prices(settings: Settings) -> dict[str, tuple[str, Callable[..., float]]]:
+    """The real providers' price of each role, whatever plays it here: (vendor, price) by role, from
+    the vendor chosen for the role, else the first registered vendor that plays it (a role no vendor
+    plays is free)."""
+    lists = {v.NAME: v.price_list(settings) for v in vendors()}
+    chosen = {"image": settings.providers.image, "lipsync": settings.providers.lipsync}
+    found: dict[str, tuple[str, Callable[..., float]]] = {}
+    for role in ("image", "speech", "lipsync"):
+        order = [chosen[role]] if chosen.get(role, "local") != "local" else []
+        for name in [*order, *lists]:
+            price = getattr(lists[name], role)
+            if price is not None:
+                found[role] = (name, price)
+                break
+    return found
 
 
 def title(name: str) -> str:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from castflow.checks import Check
-    from castflow.providers.vendors import Roles, WebhookReceiver
+    from castflow.providers.vendors import PriceList, Roles, WebhookReceiver
     from castflow.settings import Settings
 
 NAME = "fal"
@@ -56,6 +56,19 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
             price_per_image=cfg.image_price(cfg.image_model),
             deadline_s=cfg.image_deadline_s,
         )
+
+
+def price_list(settings: Settings) -> PriceList:
+    """Scene variants at the image model's price; speech per 1,000 characters, a voice of another
+    provider at the reference TTS model's."""
+    from castflow.providers.fal.settings import of
+    from castflow.providers.vendors import PriceList
+
+    cfg = of(settings)
+    return PriceList(
+        image=lambda: cfg.image_price(cfg.image_model),
+        speech=lambda voice, characters: cfg.tts_price(voice.model, characters),
+    )
 
 
 def check(settings: Settings) -> Check:

@@ -51,6 +51,11 @@ class FalSettings(VendorSection):
         },
         description="Per 1,000 characters of script, by TTS model.",
     )
+    reference_tts_model: str = Field(
+        default="fal-ai/elevenlabs/tts/multilingual-v2",
+        description="The TTS model that prices an actor's local voice in a dry run's 'on the real "
+        "providers' figure.",
+    )
     # fal publishes no prompt limit for nano banana (fal.md section 2, point 6: "unverified", third
     # parties say 5,000), so these are settings.
     prompt_limits: dict[str, int] = Field(
@@ -82,6 +87,12 @@ class FalSettings(VendorSection):
 
     def image_price(self, model: str) -> float:
         return self.image_prices.get(model, 0.0)
+
+    def tts_price(self, model: str, characters: int) -> float:
+        """fal bills TTS per 1,000 characters; a model not listed is priced as the reference model."""
+        table = self.tts_prices_per_1k_chars
+        per_1k = table.get(model, table.get(self.reference_tts_model, 0.0))
+        return round(per_1k * characters / 1000, 6)
 
 
 GROUP = FalSettings

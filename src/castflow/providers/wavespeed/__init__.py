@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from castflow.checks import Check
-    from castflow.providers.vendors import Roles, WebhookReceiver
+    from castflow.providers.vendors import PriceList, Roles, WebhookReceiver
     from castflow.settings import Settings
 
 NAME = "wavespeed"
@@ -55,6 +55,20 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
         deadline_per_audio_s=ws.deadline_per_audio_s,
         prompt=ws.prompt,
         expected_per_audio_s=ws.expected_seconds_per_audio_second,
+    )
+
+
+def price_list(settings: Settings) -> PriceList:
+    """Lip-sync by WaveSpeed's billing rule (whole seconds, a minimum, a price per resolution)."""
+    from castflow.providers.vendors import PriceList
+    from castflow.providers.wavespeed.lipsync import billed_price
+    from castflow.providers.wavespeed.settings import of
+
+    ws = of(settings)
+    return PriceList(
+        lipsync=lambda seconds, resolution: billed_price(
+            seconds, resolution, prices=ws.price_per_second, min_seconds=ws.min_billed_seconds
+        )
     )
 
 

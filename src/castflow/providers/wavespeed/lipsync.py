@@ -27,6 +27,13 @@ from castflow.providers.wavespeed.client import (
 )
 
 
+def billed_price(
+    audio_seconds: float, resolution: str, *, prices: dict[str, float], min_seconds: float
+) -> float:
+    """USD of a render of ``audio_seconds``: InfiniteTalk bills whole seconds, with a minimum."""
+    return round(billed_seconds(audio_seconds, minimum=min_seconds) * prices.get(resolution, 0.0), 6)
+
+
 class WaveSpeedLipSync:
     """InfiniteTalk: one image plus one audio → a talking video (about 25 fps, duration = audio)."""
 
@@ -70,7 +77,9 @@ class WaveSpeedLipSync:
     def cost(self, audio_seconds: float, resolution: str) -> tuple[int, float]:
         """(billed seconds, USD) of a render of ``audio_seconds``: whole seconds, with a minimum."""
         seconds = billed_seconds(audio_seconds, minimum=self.min_seconds)
-        return seconds, round(seconds * self.prices.get(resolution, 0.0), 6)
+        return seconds, billed_price(
+            audio_seconds, resolution, prices=self.prices, min_seconds=self.min_seconds
+        )
 
     def price(self, audio_seconds: float, resolution: str) -> float:
         return self.cost(audio_seconds, resolution)[1]
