@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import queue
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, cast
 
 from prefect import flow
@@ -202,7 +204,8 @@ def _run(rt: Any, source: SheetSource, params: _Options) -> CampaignResult:
         warnings=warnings,
         results=sorted(results, key=lambda r: r.row),
     )
-    _summary_artifact(result)
+    report_url = _report_artifacts(rt, result) if rt.settings.campaign.publish_report else None
+    _summary_artifact(result, report_url)
     _videos_artifact(rt, campaign_id, result, sheet.rows)
     return result
 
@@ -317,7 +320,74 @@ def _artifact_key(name: str, what: str) -> str:
     return f"campaign-{campaigns.slug(name, 40)}-{what}"
 
 
-def _summary_artifact(result: CampaignResult) -> None:
+def _report_artifacts(rt: Any, result: CampaignResult) -> str | None:
+    """The campaign's report, published in storage beside its videos: a link artifact to it and a
+    markdown artifact with a thumbnail gallery (each picture links its video). Returns the report's URL.
+    The videos are made: a report that cannot be written is a warning, not a failed run."""
+    from prefect import get_run_logger
+    from prefect.artifacts import create_link_artifact
+
+    from castflow import reports
+
+    assert result.campaign_id is not None
+    try:
+        report = reports.build(rt, result.campaign_id, publish=True)
+    except Exception as exc:
+        get_run_logger().warning("the report was not written: %s", redact.redact_exc(exc)[:500])
+        return None
+    url = report.published_url or report.files["html"].as_uri()
+    create_link_artifact(
+        link=url,
+        link_text=f"Report: {result.name}",
+        key=_artifact_key(result.name, "report"),
+        description=f"{result.name}: charts, spend, and a gallery of every finished video",
+    )
+    create_markdown_artifact(_gallery(rt, result.name, report), key=_artifact_key(result.name, "gallery"))
+    return url
+
+
+GALLERY_LIMIT = 60  # pictures in the gallery artifact (the report shows every video)
+
+
+def _gallery(rt: Any, name: str, report: Any) -> str:
+    """Thumbnails four to a line, each linking its video. Pictures come from storage by public or signed
+    URL (put beside the videos under thumbs/); from a local storage folder, which a browser will not load
+    into a web page, they are inlined."""
+    from castflow.reports import data_url
+
+    videos = report.tables["videos"]
+    done = [v for v in videos.iter_rows(named=True) if v["status"] == "succeeded" and v["video_key"]]
+    cells = []
+    for v in done[:GALLERY_LIMIT]:
+        key = v["video_key"]
+        jpeg = report.thumbnails.get(key)
+        if jpeg is None:
+            picture = "(no picture)"
+        else:
+            if rt.storage.url_kind == "file":
+                src = data_url(jpeg)
+            else:
+                thumb = campaigns.videos_prefix(name) + "thumbs/" + key.rsplit("/", 1)[-1] + ".jpg"
+                with tempfile.NamedTemporaryFile(suffix=".jpg", dir=rt.settings.data_dir) as fh:
+                    fh.write(jpeg)
+                    fh.flush()
+                    src = rt.storage.put_file(thumb, Path(fh.name), "image/jpeg")
+            picture = f"![{v['row_id']}]({src})"
+        scene = (v.get("scene") or "portrait").replace("|", "/")[:40]
+        cells.append(f"[{picture}]({v['video_url']})<br>**{v['row_id']}** {v['actor']} · {scene}")
+    lines = [f"# Videos of {name}", ""]
+    if not cells:
+        return "\n".join([*lines, "No finished videos."])
+    lines += ["| | | | |", "|---|---|---|---|"]
+    for i in range(0, len(cells), 4):
+        row = cells[i : i + 4] + [""] * (4 - len(cells[i : i + 4]))
+        lines.append("| " + " | ".join(row) + " |")
+    if len(done) > GALLERY_LIMIT:
+        lines += ["", f"{len(done) - GALLERY_LIMIT} more in the report and the videos table."]
+    return "\n".join(lines)
+
+
+def _summary_artifact(result: CampaignResult, report_url: str | None = None) -> None:
     lines = [
         f"# Campaign {result.name}",
         "",
@@ -326,6 +396,8 @@ def _summary_artifact(result: CampaignResult) -> None:
         "",
         f"Manifest: {result.manifest_url}",
     ]
+    if report_url:
+        lines += ["", f"[Report]({report_url}): charts, spend and every video."]
     problems = [r for r in result.results if r.status != "succeeded"][:50]
     if problems:
         lines += ["", "| row | row id | status | reason |", "|---|---|---|---|"]

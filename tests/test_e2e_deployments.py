@@ -231,7 +231,17 @@ def test_generate_video_and_a_campaign_through_the_rest_api(team: dict[str, Any]
         f"{api}/artifacts/filter", json={"artifacts": {"key": {"like_": "campaign-e2e"}}}, timeout=10
     ).json()
     found = {a["key"]: a for a in artifacts}
-    assert {"campaign-e2e-progress", "campaign-e2e-summary", "campaign-e2e-videos"} <= set(found)
+    assert {
+        "campaign-e2e-progress",
+        "campaign-e2e-summary",
+        "campaign-e2e-videos",
+        "campaign-e2e-report",
+        "campaign-e2e-gallery",
+    } <= set(found)
+    report = found["campaign-e2e-report"]
+    assert report["type"] == "link"
+    assert report["data"].endswith("campaigns/e2e/report.html")  # published beside the videos
+    assert found["campaign-e2e-gallery"]["data"].count("](data:image/jpeg;base64,") == 2  # local storage
     videos = found["campaign-e2e-videos"]
     assert videos["type"] == "table"
     assert "a_leo_portrait_480p.mp4" in str(videos["data"])  # each row's video, linked

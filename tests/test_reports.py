@@ -128,3 +128,101 @@ def test_campaign_report_flow_publishes_artifacts(campaign: Runtime, tmp_path: P
 def test_unknown_campaign(rt: Runtime) -> None:
     with pytest.raises(reports.ReportError, match="no campaign 'nope'"):
         reports.build(rt, "nope")
+
+
+@pytest.fixture
+def free_campaign(rt: Runtime, tmp_path: Path, prefect_server: None) -> Runtime:
+    """A campaign on the embedded defaults (nothing paid), with the sheet's own columns."""
+    from flows.run_campaign import run_campaign
+
+    ensure_sample_actors(rt)
+    sheet = tmp_path / "winter.csv"
+    sheet.write_text(
+        "row_id,actor,script,scene,utm_source\n"
+        "w1,maya,Winter sale starts today and it is a long script that the tile shortens "
+        "so the gallery stays tidy for everyone who opens it even on a small phone screen.,a snowy street,tiktok\n"
+        "w2,leo,Warm up with us.,,reels\n",
+        encoding="utf-8",
+    )
+    result = run_campaign(sheet=str(sheet), name="Winter")
+    assert result.succeeded == 2, result.results
+    return rt
+
+
+def test_a_free_campaign_says_what_the_real_providers_would_cost(
+    free_campaign: Runtime, tmp_path: Path
+) -> None:
+    built = reports.build(free_campaign, "Winter", tmp_path / "r")
+    assert built.totals["spend_usd"] == 0
+    assert built.real_usd is not None
+    assert built.real_usd > 0.3  # two lip-syncs at the 5 s minimum, a scene variant, two speeches
+    page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    assert "The embedded providers cost nothing." in page
+    assert f"would cost ${built.real_usd:.2f}" in page
+    assert "No failures." in page
+    assert "Nothing was paid for: the embedded providers cost nothing." in page
+    assert page.count("<svg") == 2  # status and stage times: no empty spend charts
+    assert "Spend (USD)" not in page  # no table of zeros
+    assert "95th percentile (s)" in page and "lip-sync" in page  # people's names, not p95_s
+    assert "Run on 20" in page
+    # Tiles: the script shortened, the scene, the sheet's own columns, open and download links.
+    assert "Winter sale starts today" in page and "…" in page
+    assert "a snowy street" in page
+    assert "<dt>utm_source</dt><dd>tiktok</dd>" in page
+    assert page.count(">download</a>") == 2
+
+
+def test_the_page_plays_its_videos_from_another_folder_and_from_storage(
+    free_campaign: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = free_campaign
+    out = tmp_path / "elsewhere" / "deep"
+    built = reports.build(rt, "Winter", out, publish=True)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    sources = re.findall(r'<video[^>]* src="([^"]+)"', page)
+    assert len(sources) == 2
+    for src in sources:  # relative to the page, and they lead to the videos
+        assert not src.startswith(("file:", "/"))
+        assert (out / src).resolve().is_file()
+    # Published beside the videos: links relative to it there.
+    assert built.published_url is not None
+    published = Path(built.published_url.removeprefix("file://"))
+    assert published.parent == rt.storage.local_path("campaigns/winter/x").parent
+    for src in re.findall(r'<video[^>]* src="([^"]+)"', published.read_text(encoding="utf-8")):
+        assert "/" not in src
+        assert (published.parent / src).is_file()
+    # One file to send: the videos inside the page.
+    monkeypatch.chdir(tmp_path)
+    embedded = reports.build(rt, "Winter", tmp_path / "emb", embed=True)
+    single = embedded.files["html"].read_text(encoding="utf-8")
+    assert single.count('src="data:video/mp4;base64,') == 2
+    assert "Videos are inside this page" in single
+    monkeypatch.setattr(reports, "EMBED_MAX_BYTES", 10)
+    reports.build(rt, "Winter", tmp_path / "emb2", embed=True)
+    partly = (tmp_path / "emb2" / "report.html").read_text(encoding="utf-8")
+    assert "data:video/mp4" not in partly
+    assert "2 larger one(s) are linked" in partly
+
+
+def test_a_report_in_remote_storage_says_its_links_are_signed(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None, tmp_path: Path
+) -> None:
+    from flows.run_campaign import run_campaign
+
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_STORAGE__BACKEND", "supabase")
+    reset_settings()
+    rt = get_runtime()
+    ensure_sample_actors(rt)
+    sheet = tmp_path / "remote.csv"
+    sheet.write_text("row_id,actor,script\nr1,ava,Stored far away.\n", encoding="utf-8")
+    assert run_campaign(sheet=str(sheet), name="Remote").succeeded == 1
+    built = reports.build(rt, "Remote", tmp_path / "r", publish=True)
+    page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    (src,) = re.findall(r'<video[^>]* src="([^"]+)"', page)
+    assert src.startswith("http") and "token=" in src  # a signed URL of the storage
+    assert "signed URLs that stop working on" in page
+    assert built.published_url is not None and "report.html" in built.published_url
+    keys = {k for (_bucket, k) in running_fakes()["supabase"].objects}
+    assert "campaigns/remote/report.html" in keys
+    assert any(k.startswith("campaigns/remote/thumbs/") for k in keys)  # the run's gallery pictures

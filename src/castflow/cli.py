@@ -753,6 +753,13 @@ def _run_campaign_flow(
 def report(
     campaign: Annotated[str, typer.Argument(help="Campaign name (its newest run) or id.")],
     out: Annotated[Path | None, typer.Option("--out", help="Folder for the files.")] = None,
+    embed: Annotated[
+        bool,
+        typer.Option("--embed", help="Put the videos (up to 8 MiB each) inside the page: one file to send."),
+    ] = False,
+    publish: Annotated[
+        bool, typer.Option("--publish", help="Also put the page in storage, beside the campaign's videos.")
+    ] = False,
 ) -> None:
     """Write a campaign's report: CSV, Parquet, XLSX and an HTML page with charts and a gallery."""
 
@@ -760,15 +767,22 @@ def report(
         from castflow import reports
 
         try:
-            built = reports.build(_runtime(), campaign, out)
+            built = reports.build(_runtime(), campaign, out, embed=embed, publish=publish)
         except reports.ReportError as exc:
             raise CliError(str(exc)) from exc
         t = built.totals
         typer.echo(
             f"{built.name}: {t['succeeded']}/{t['rows']} finished, {t['failed']} failed, {t['skipped']} skipped; "
             f"spent ${t['spend_usd']:.2f}"
+            + (
+                f" (on the real providers: ${built.real_usd:.2f}, a first run there)"
+                if built.real_usd is not None
+                else ""
+            )
         )
         typer.echo(f"html: {built.files['html']}")
+        if built.published_url:
+            typer.echo(f"published: {built.published_url}")
         typer.echo(f"xlsx: {built.files['xlsx']}")
         typer.echo(f"csv and parquet: {built.files['csv']}")
 

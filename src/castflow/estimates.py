@@ -229,3 +229,9 @@ def budget_total(estimates: Iterable[RowEstimate]) -> float:
 
 def real_total(estimates: Iterable[RowEstimate]) -> float:
     return round(math.fsum(e.real_usd for e in estimates), 6)
+
+
+def plays_free(rt: Runtime) -> bool:
+    """Whether a role here costs nothing (the embedded image editor or renderer): then what the real
+    providers would charge says more than what was spent."""
+    return rt.image.price() == 0 or rt.lipsync.price(10.0, "480p") == 0

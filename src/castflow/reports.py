@@ -4,16 +4,27 @@ page (inline SVG charts, a gallery of thumbnails and players; no CDN, opens offl
 Tables: status counts, failure reasons by stage, spend by provider, stage and actor, p50/p95 stage
 times, and the totals (cost per finished video). Every text cell that a spreadsheet would run as a
 formula is escaped in the CSV and XLSX outputs.
+
+The page plays its videos wherever it is opened (:class:`Links`): written on this machine it links them
+relative to itself when the storage is a local folder (a URL of the storage otherwise); published to
+storage (``campaigns/<name>/report.html``) it links them relative to itself beside them, or by their public
+or signed URLs, and says which; with ``embed`` small videos are inlined for a single-file copy.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
+import os
+import posixpath
+import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import polars as pl
 
@@ -48,6 +59,15 @@ class Report:
     name: str
     tables: dict[str, pl.DataFrame]
     files: dict[str, Path] = field(default_factory=dict)
+    passthrough: list[str] = field(default_factory=list)  # the sheet's own columns, in the videos table
+    first_run: dt.datetime | None = None
+    last_run: dt.datetime | None = None
+    budget_usd: float | None = None
+    real_usd: float | None = None  # the same campaign on the real providers (a first run there)
+    real_providers: str = ""  # who they are: "image fal, speech fal, lip-sync WaveSpeed"
+    here: str = ""  # who played each role here
+    published_url: str | None = None  # the page in storage, when published
+    thumbnails: dict[str, bytes] = field(default_factory=dict)  # a JPEG per finished video's key
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -68,6 +88,10 @@ def _cell(value: object) -> object:
     return str(value) if isinstance(value, uuid.UUID) else value
 
 
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 def _dtype(field: str) -> pl.DataType:
     """The polars type of a request field: whole numbers stay numbers, the rest is text."""
     annotation = VideoRequest.model_fields[field].annotation
@@ -75,9 +99,12 @@ def _dtype(field: str) -> pl.DataType:
 
 
 def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The campaign's videos and the stages they used (joined to the stage records) as frames."""
+    """The campaign's videos (with the sheet's own columns after the request's) and the stages they
+    used (joined to the stage records) as frames."""
     fields = stored_request_fields()  # the request's columns, named as the sheet names them
     with rt.session() as s:
+        rows = list(queries.campaign_videos(s, campaign_id=campaign_id))
+        passthrough = sorted({k for v in rows for k in (v.extra or {}) if k not in fields})
         videos = [
             {
                 "row_id": v.row_id,
@@ -90,8 +117,9 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
                 "cost_usd": v.cost_usd,
                 "video_key": v.video_key,
                 "video_url": v.video_url,
+                **{k: _text((v.extra or {}).get(k)) for k in passthrough},
             }
-            for v in queries.campaign_videos(s, campaign_id=campaign_id)
+            for v in rows
         ]
         stages = [
             {
@@ -117,6 +145,7 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
         "cost_usd": pl.Float64,
         "video_key": pl.String,
         "video_url": pl.String,
+        **dict.fromkeys(passthrough, pl.String),
     }
     stage_schema = {
         "row_id": pl.String,
@@ -189,13 +218,38 @@ def escaped(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def build(rt: Runtime, name_or_id: str, out_dir: Path | None = None, *, thumbnails: bool = True) -> Report:
-    """Compute a campaign's report and write it to ``out_dir`` (default ``<data dir>/reports/<name>``)."""
-    from castflow.campaigns import slug
+EMBED_MAX_BYTES = 8 * 2**20  # a video --embed inlines (a larger one stays a link, and the page says so)
+EMBED_TOTAL_BYTES = 64 * 2**20  # all inlined videos of one page together
+
+
+def build(
+    rt: Runtime,
+    name_or_id: str,
+    out_dir: Path | None = None,
+    *,
+    thumbnails: bool = True,
+    embed: bool = False,
+    publish: bool = False,
+) -> Report:
+    """Compute a campaign's report and write it to ``out_dir`` (default ``<data dir>/reports/<name>``);
+    ``embed``: inline the small videos in the page (a single file to send); ``publish``: also put the
+    page in storage beside the videos (``campaigns/<name>/report.html``, its URL in ``published_url``)."""
+    from castflow.campaigns import slug, videos_prefix
 
     campaign = _campaign(rt, name_or_id)
     videos, stages = load(rt, campaign.id)
-    report = Report(str(campaign.id), campaign.name, summarise(videos, stages))
+    known = {"row_id", *stored_request_fields(), "status", "failed_stage", "error", "audio_seconds"}
+    known |= {"video_seconds", "cost_usd", "video_key", "video_url"}
+    report = Report(
+        str(campaign.id),
+        campaign.name,
+        summarise(videos, stages),
+        passthrough=[c for c in videos.columns if c not in known],
+        first_run=campaign.created_at,
+        last_run=campaign.finished_at or campaign.updated_at,
+        budget_usd=campaign.budget_usd,
+    )
+    _price_on_real_providers(rt, report)
     dest = out_dir or rt.settings.data_dir / "reports" / slug(campaign.name, 60)
     dest.mkdir(parents=True, exist_ok=True)
     for name in TABLES:
@@ -210,10 +264,142 @@ def build(rt: Runtime, name_or_id: str, out_dir: Path | None = None, *, thumbnai
         for name in TABLES:
             escaped(report.tables[name]).write_excel(workbook=wb, worksheet=name[:31], autofit=True)
     report.files["xlsx"] = workbook
+    if thumbnails:
+        report.thumbnails = _thumbnails(rt, report)
+    thumbs = {key: data_url(jpeg) for key, jpeg in report.thumbnails.items()}
     page = dest / "report.html"
-    page.write_text(render_html(rt, report, thumbnails=thumbnails), encoding="utf-8")
+    links = embedded_links(rt, dest) if embed else local_links(rt, dest)
+    page.write_text(render_html(report, links, thumbs), encoding="utf-8")
     report.files["html"] = page
+    if publish:
+        key = videos_prefix(campaign.name) + "report.html"
+        published = render_html(report, published_links(rt, key), thumbs)
+        with tempfile.TemporaryDirectory(dir=rt.settings.data_dir) as tmp:
+            staged = Path(tmp) / "report.html"
+            staged.write_text(published, encoding="utf-8")
+            rt.storage.put_file(key, staged, "text/html; charset=utf-8")
+        report.published_url = rt.storage.url(key)
     return report
+
+
+def _price_on_real_providers(rt: Runtime, report: Report) -> None:
+    """What the campaign's rows would cost on the real providers (a first run there), when a role here
+    is played for free; rows whose request cannot be prepared again (an actor or audio file gone) are
+    left out."""
+    from castflow import pipeline
+    from castflow.estimates import RealPrices, configured, estimate_videos, plays_free, real_total
+    from castflow.models import ActorRef
+
+    report.here = configured(rt)
+    if not plays_free(rt):
+        return
+    fields = stored_request_fields()
+    actors: dict[str, ActorRef] = {}
+    batch: list[tuple[pipeline.PreparedVideo, int, str]] = []
+    for i, row in enumerate(report.tables["videos"].iter_rows(named=True)):
+        values = {name: row[name] for name in fields if row[name] is not None}
+        try:
+            request = VideoRequest(**values)
+            if request.actor not in actors:
+                actors[request.actor] = pipeline.actor_ref(rt, request.actor)
+            batch.append((pipeline.prepare_video(rt, request, actor=actors[request.actor]), i, ""))
+        except Exception:  # noqa: S112 - a row that cannot be priced is left out of the figure
+            continue
+    real = RealPrices(rt)
+    report.real_usd = real_total(estimate_videos(rt, batch, real=real))
+    report.real_providers = real.describe()
+
+
+def _thumbnails(rt: Runtime, report: Report) -> dict[str, bytes]:
+    """A JPEG of each finished video's middle frame, by storage key."""
+    found: dict[str, bytes] = {}
+    for key in report.tables["videos"].filter(pl.col("status") == "succeeded")["video_key"].to_list():
+        if key and (thumb := _thumbnail(rt, key)) is not None:
+            found[key] = thumb
+    return found
+
+
+def data_url(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+
+# ---- where the page links its videos -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Links:
+    """How a page links each video (``href`` of its storage key) and the sentence that says so (asked
+    after every video was linked: an embedding page knows then which stayed links)."""
+
+    href: Callable[[str], str]
+    note: Callable[[], str]
+
+
+def _storage_links(rt: Runtime) -> Links:
+    kind, ttl = rt.storage.url_kind, rt.storage.url_ttl_s
+    if kind == "signed" and ttl:
+        until = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)).strftime("%Y-%m-%d %H:%M UTC")
+        note = f"Videos are linked by signed URLs that stop working on {until}: publish the report again for new ones."
+    elif kind == "public":
+        note = "Videos are linked by their public URLs in castflow's storage."
+    else:
+        note = f"Videos are linked in castflow's storage ({rt.storage.location})."
+    return Links(rt.storage.url, lambda: note)
+
+
+def local_links(rt: Runtime, dest: Path) -> Links:
+    """A page written in ``dest`` on this machine: relative links into a local storage folder (they work
+    from wherever the page is opened here), else the storage's URLs."""
+    if rt.storage.url_kind != "file":
+        return _storage_links(rt)
+
+    def href(key: str) -> str:
+        return quote(Path(os.path.relpath(rt.storage.local_path(key), dest)).as_posix())
+
+    note = (
+        f"Videos are linked relative to this page, in castflow's storage folder ({rt.storage.location}): "
+        "to send the report, use `castflow report --embed` (one file) or publish it to storage."
+    )
+    return Links(href, lambda: note)
+
+
+def published_links(rt: Runtime, key: str) -> Links:
+    """A page stored at ``key``: videos of a local storage folder linked relative to it (the folder can
+    be served or copied whole), else by their public or signed URLs."""
+    if rt.storage.url_kind != "file":
+        return _storage_links(rt)
+    folder = posixpath.dirname(key)
+    return Links(
+        lambda video: quote(posixpath.relpath(video, folder)),
+        lambda: "Videos are linked relative to this page, beside it in castflow's storage.",
+    )
+
+
+def embedded_links(rt: Runtime, dest: Path) -> Links:
+    """Videos of up to EMBED_MAX_BYTES inlined (EMBED_TOTAL_BYTES in all), the rest linked as
+    :func:`local_links` does; the note says how many were left as links."""
+    fallback = local_links(rt, dest)
+    budget = [EMBED_TOTAL_BYTES]
+    linked: list[str] = []
+
+    def href(key: str) -> str:
+        path = rt.storage.local_path(key)
+        size = path.stat().st_size
+        if size <= EMBED_MAX_BYTES and size <= budget[0]:
+            budget[0] -= size
+            return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+        linked.append(key)
+        return fallback.href(key)
+
+    def note() -> str:
+        if not linked:
+            return "Videos are inside this page: it plays them wherever it is opened."
+        return (
+            f"Videos up to {EMBED_MAX_BYTES // 2**20} MiB are inside this page; {len(linked)} larger one(s) "
+            f"are linked. {fallback.note()}"
+        )
+
+    return Links(href, note)
 
 
 # ---- HTML ---------------------------------------------------------------------------------------------
@@ -253,89 +439,175 @@ def _table(frame: pl.DataFrame, limit: int = 200) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
 
 
-def _thumbnail(rt: Runtime, key: str) -> str | None:
+def _thumbnail(rt: Runtime, key: str) -> bytes | None:
     try:
-        jpeg = media.thumbnail(rt.storage.local_path(key), width=160)
+        return media.thumbnail(rt.storage.local_path(key), width=160)
     except Exception:  # a missing or unreadable video just has no thumbnail
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
-def render_html(rt: Runtime, report: Report, *, thumbnails: bool = True) -> str:
+# What the page calls the tables' columns and the stages (the CSV, Parquet and XLSX keep the names).
+COLUMN_NAMES = {
+    "status": "Status",
+    "videos": "Videos",
+    "failed_stage": "Stage",
+    "reason": "Reason",
+    "provider": "Provider",
+    "stage": "Stage",
+    "actor": "Actor",
+    "spend_usd": "Spend (USD)",
+    "jobs": "Jobs run",
+    "runs": "Runs",
+    "p50_s": "Median (s)",
+    "p95_s": "95th percentile (s)",
+}
+STAGE_NAMES = {
+    "scene_variant": "scene variant",
+    "audio_ingest": "audio upload",
+    "lipsync": "lip-sync",
+    "quality_check": "quality check",
+}
+
+
+def _human(frame: pl.DataFrame) -> pl.DataFrame:
+    """The table as the page shows it: stage names in words, people's column names."""
+    stages = [c for c in ("stage", "failed_stage") if c in frame.columns]
+    shown = frame.with_columns(pl.col(c).replace(STAGE_NAMES) for c in stages)
+    return shown.rename({c: COLUMN_NAMES.get(c, c) for c in frame.columns})
+
+
+def _when(moment: dt.datetime | None) -> str:
+    if moment is None:
+        return "unknown"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _short(text: str | None, limit: int = 140) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def render_html(report: Report, links: Links, thumbnails: dict[str, str] | None = None) -> str:
+    """The page: a summary (run date, spend over all runs, the budget, the real providers' price), the
+    charts, the tables in words, and a gallery of players with each row's script, scene and the sheet's
+    own columns. ``thumbnails``: a poster per video key."""
+    thumbs = thumbnails or {}
     t = report.tables
     totals = report.totals
+    spent = float(totals["spend_usd"] or 0.0)
     charts = [
         bar_chart(
             "Videos by status", t["status"]["status"].to_list(), [float(v) for v in t["status"]["videos"]]
-        ),
+        )
+    ]
+    if spent > 0:
+        for title, name, column in (
+            ("Spend by provider", "spend_by_provider", "provider"),
+            ("Spend by stage", "spend_by_stage", "stage"),
+            ("Spend by actor", "spend_by_actor", "actor"),
+        ):
+            labels = [STAGE_NAMES.get(v, v) for v in t[name][column].to_list()]
+            charts.append(bar_chart(title, labels, t[name]["spend_usd"].to_list(), "$"))
+    charts.append(
         bar_chart(
-            "Spend by provider",
-            t["spend_by_provider"]["provider"].to_list(),
-            t["spend_by_provider"]["spend_usd"].to_list(),
-            "$",
-        ),
-        bar_chart(
-            "Spend by stage",
-            t["spend_by_stage"]["stage"].to_list(),
-            t["spend_by_stage"]["spend_usd"].to_list(),
-            "$",
-        ),
-        bar_chart(
-            "Spend by actor",
-            t["spend_by_actor"]["actor"].to_list(),
-            t["spend_by_actor"]["spend_usd"].to_list(),
-            "$",
-        ),
-        bar_chart(
-            "Stage time p95 (s)", t["stage_times"]["stage"].to_list(), t["stage_times"]["p95_s"].to_list()
+            "Stage time p95 (s)",
+            [STAGE_NAMES.get(v, v) for v in t["stage_times"]["stage"].to_list()],
+            t["stage_times"]["p95_s"].to_list(),
+        )
+    )
+    cards = [
+        _card(report, v, links, thumbs)
+        for v in t["videos"].filter(pl.col("status") == "succeeded").iter_rows(named=True)
+    ]
+    per_video = totals["cost_per_finished_video_usd"]
+    lines = [
+        f"Run on {_when(report.last_run)}"
+        + (
+            f" (first run {_when(report.first_run)})"
+            if report.first_run and report.last_run and report.first_run.date() != report.last_run.date()
+            else ""
+        )
+        + f" · {totals['succeeded']} of {totals['rows']} videos finished, {totals['failed']} failed, "
+        f"{totals['skipped']} skipped",
+        f"Spent ${spent:.2f} over all its runs"
+        + (f" (budget ${report.budget_usd:.2f})" if report.budget_usd else "")
+        + (f" · ${per_video:.3f} per finished video" if per_video else "")
+        + (
+            f" · {totals['stages_reused']} stage(s) shared or reused, paid once"
+            if totals["stages_reused"]
+            else ""
         ),
     ]
-    cards = []
-    for v in t["videos"].filter(pl.col("status") == "succeeded").iter_rows(named=True):
-        thumb = _thumbnail(rt, v["video_key"]) if thumbnails and v["video_key"] else None
-        poster = f' poster="{thumb}"' if thumb else ""
-        url = html.escape(v["video_url"] or "")
-        cards.append(
-            f'<figure class=card><video controls preload="none" src="{url}"{poster}></video>'
-            f"<figcaption><b>{html.escape(v['row_id'] or '')}</b> {html.escape(v['actor'])} · "
-            f"{v['resolution']} · ${v['cost_usd']:.3f}</figcaption></figure>"
+    if report.real_usd is not None:
+        free = "The embedded providers cost nothing. " if spent == 0 else ""
+        lines.append(
+            f"{free}On the real providers ({report.real_providers}) the same campaign would cost "
+            f"${report.real_usd:.2f} (a first run there; played here by {report.here})."
         )
-    per_video = totals["cost_per_finished_video_usd"]
-    summary = (
-        f"{totals['succeeded']} of {totals['rows']} videos finished, {totals['failed']} failed, "
-        f"{totals['skipped']} skipped · spent ${totals['spend_usd']:.2f}"
-        + (f" · ${per_video:.3f} per finished video" if per_video is not None else "")
-        + f" · {totals['stages_reused']} stage(s) reused"
-    )
+    summary = "".join(f"<p class=muted>{html.escape(line)}</p>" for line in lines)
+    unpaid = "Nothing was paid for" + (": the embedded providers cost nothing." if spent == 0 else ".")
     sections = "".join(
-        f"<h2>{html.escape(title)}</h2>{_table(t[name])}"
-        for title, name in (
-            ("Failures by stage", "failures"),
-            ("Spend by provider", "spend_by_provider"),
-            ("Spend by stage", "spend_by_stage"),
-            ("Spend by actor", "spend_by_actor"),
-            ("Stage times", "stage_times"),
+        f"<h2>{html.escape(title)}</h2>"
+        + (
+            _table(_human(t[name]))
+            if t[name].height and (spent > 0 or not name.startswith("spend"))
+            else f"<p class=muted>{html.escape(empty)}</p>"
+        )
+        for title, name, empty in (
+            ("Failures by stage", "failures", "No failures."),
+            ("Spend by provider", "spend_by_provider", unpaid),
+            ("Spend by stage", "spend_by_stage", unpaid),
+            ("Spend by actor", "spend_by_actor", unpaid),
+            ("Stage times", "stage_times", "No stage ran in this campaign's runs (all were reused)."),
         )
     )
+    note = links.note()  # after the cards: an embedding page knows now which videos stayed links
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>castflow · {html.escape(report.name)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body{{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;padding:0 1rem;color:#1d2330}}
-h1{{margin-bottom:.2rem}} .muted{{color:#6b7280}} figure{{margin:1rem 0}}
+h1{{margin-bottom:.2rem}} .muted{{color:#6b7280;margin:.2rem 0}} figure{{margin:1rem 0}}
 figcaption{{font-weight:600;margin-bottom:.3rem}} svg text{{font-size:12px;fill:#1d2330}} svg rect{{fill:#4f7cff}}
 .charts{{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:1rem}}
 table{{border-collapse:collapse;width:100%;font-size:13px}} th,td{{border-bottom:1px solid #e5e7eb;padding:.3rem .5rem;text-align:left}}
-.gallery{{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:1rem}}
-.card video{{width:100%;aspect-ratio:9/16;background:#111;border-radius:6px}} .card figcaption{{font-weight:400;font-size:13px}}
+.gallery{{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:1rem}}
+.card video{{width:100%;aspect-ratio:9/16;background:#111;border-radius:6px}}
+.card figcaption{{font-weight:400;font-size:13px}} .card q{{display:block;margin:.3rem 0;color:#374151}}
+.card dl{{margin:.2rem 0;display:grid;grid-template-columns:auto 1fr;gap:0 .5rem;color:#6b7280}} .card dd{{margin:0}}
 </style></head><body>
 <h1>Campaign {html.escape(report.name)}</h1>
-<p class=muted>{html.escape(summary)}</p>
+{summary}
 <div class=charts>{"".join(charts)}</div>
 {sections}
-<h2>Gallery</h2><div class=gallery>{"".join(cards) or "<p class=muted>no finished videos</p>"}</div>
+<h2>Gallery</h2><p class=muted>{html.escape(note)}</p>
+<div class=gallery>{"".join(cards) or "<p class=muted>No finished videos.</p>"}</div>
 </body></html>
 """
+
+
+def _card(report: Report, v: dict[str, Any], links: Links, thumbs: dict[str, str]) -> str:
+    """One finished video: its player, who says what where, what it cost, the sheet's own columns, and
+    links to open and download it."""
+    key = v["video_key"] or ""
+    href = html.escape(links.href(key)) if key else html.escape(v["video_url"] or "")
+    poster = f' poster="{thumbs[key]}"' if key in thumbs else ""
+    name = html.escape(posixpath.basename(key) or "video.mp4")
+    seconds = f" · {v['video_seconds']:.1f} s" if v.get("video_seconds") else ""
+    extra = "".join(
+        f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v[k]))}</dd>" for k in report.passthrough if v.get(k)
+    )
+    return (
+        f'<figure class=card><video controls preload="none" src="{href}"{poster}></video>'
+        f"<figcaption><b>{html.escape(v['row_id'] or '')}</b> {html.escape(v['actor'])} · "
+        f"{html.escape(v.get('scene') or 'portrait')} · {v['resolution']}{seconds} · ${v['cost_usd']:.3f}"
+        + (f"<q>{html.escape(_short(v.get('script')))}</q>" if v.get("script") else "")
+        + (f"<dl>{extra}</dl>" if extra else "")
+        + f'<a href="{href}" target="_blank">open</a> · <a href="{href}" download="{name}">download</a>'
+        "</figcaption></figure>"
+    )
 
 
 def markdown(report: Report) -> str:

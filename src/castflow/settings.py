@@ -188,6 +188,11 @@ class CampaignSettings(Section):
         "they are confined like a deployment's. Runs from a deployment never get this.",
     )
     row_concurrency: int = Field(default=16, ge=1, description="Rows in flight at once.")
+    publish_report: bool = Field(
+        default=True,
+        description="When a run ends, write the campaign's report, put it in storage beside the videos "
+        "and link it (and a thumbnail gallery) from the run's artifacts.",
+    )
     # Jobs in flight per provider, in place of the defaults: 2 for the embedded renderers, 8 uploads,
     # and each vendor's CASTFLOW_<VENDOR>__CONCURRENCY (2: what a new account allows).
     provider_limits: dict[str, int] = Field(default_factory=dict)

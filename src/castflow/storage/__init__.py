@@ -22,6 +22,18 @@ class Storage(Protocol):
         """Where the objects live (a folder, or a Supabase project URL), for messages and cache keys."""
         ...
 
+    @property
+    def url_kind(self) -> str:
+        """What :meth:`url` hands out: 'file' (a path on this machine: a report beside the objects links
+        them relatively), 'public' (lasting links) or 'signed' (links that expire after
+        :attr:`url_ttl_s`)."""
+        ...
+
+    @property
+    def url_ttl_s(self) -> int | None:
+        """How long a signed URL lasts (None: links do not expire)."""
+        ...
+
     def put_file(self, key: str, source: Path, content_type: str) -> str:
         """Store ``source`` at ``key`` (overwriting), streaming; returns the object's URL."""
         ...

@@ -20,6 +20,8 @@ class LocalStorage:
         self.root.mkdir(parents=True, exist_ok=True)
 
     shares_urls = False  # file:// URLs: providers get uploads instead
+    url_kind = "file"
+    url_ttl_s: int | None = None
 
     @property
     def location(self) -> str:

@@ -164,6 +164,14 @@ class SupabaseStorage:
     shares_urls = True  # public or signed HTTPS URLs: providers fetch inputs straight from storage
 
     @property
+    def url_kind(self) -> str:
+        return self.settings.url_mode  # "public" or "signed"
+
+    @property
+    def url_ttl_s(self) -> int | None:
+        return self.settings.signed_url_ttl_s if self.settings.url_mode == "signed" else None
+
+    @property
     def location(self) -> str:
         return f"{self.base_url} (Supabase Storage)"
 
