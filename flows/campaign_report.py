@@ -35,7 +35,7 @@ def campaign_report(
     Args:
         campaign: Campaign name (its newest run) or campaign id.
         out_dir: Folder for the files on the worker (from a deployment: inside its parameter roots).
-            Empty: <data dir>/reports/<name>.
+            Empty: CASTFLOW_DATA_DIR/reports/NAME.
         thumbnails: Put a thumbnail of each video in the HTML gallery.
     """
     rt = get_runtime()

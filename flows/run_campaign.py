@@ -82,10 +82,10 @@ def run_campaign(
 
     Args:
         sheet: Paste the sheet here (copy the cells from your spreadsheet, header row included: tabs,
-            commas or semicolons), or name a file: spring.csv for <data dir>/sheets/spring.csv on the
-            worker, or storage:campaigns/spring.csv for a sheet in castflow's storage.
+            commas or semicolons), or name a file: spring.csv for the file in the worker's sheets folder
+            (CASTFLOW_DATA_DIR/sheets), or storage:campaigns/spring.csv for a sheet in castflow's storage.
         name: Running the same sheet under the same name again resumes it, paying for nothing twice.
-            Empty: the sheet's file name (pasted-<hash> for a pasted sheet).
+            Empty: the sheet's file name (pasted-HASH for a pasted sheet).
         dry_run: Price every row, here and on the real providers; run nothing.
         budget_usd: Start no paid stage that could take the campaign's spend over this. 0: no budget.
         skip_invalid: Run the valid rows and report the others; off, a sheet with any problem runs nothing.
@@ -350,14 +350,20 @@ GALLERY_LIMIT = 60  # pictures in the gallery artifact (the report shows every v
 
 
 def _gallery(rt: Any, name: str, report: Any) -> str:
-    """Thumbnails four to a line, each linking its video. Pictures come from storage by public or signed
-    URL (put beside the videos under thumbs/); from a local storage folder, which a browser will not load
-    into a web page, they are inlined."""
+    """A picture of each finished video beside its row and a link to open it. Pictures are raw <img>
+    tags (the Prefect UI's markdown keeps those, and drops a markdown image inside a link); they come
+    from storage by public or signed URL (put beside the videos under thumbs/), or are inlined for a
+    local storage folder, whose file:// URLs a browser will not load into a web page."""
+    import html
+
     from castflow.reports import data_url
 
     videos = report.tables["videos"]
     done = [v for v in videos.iter_rows(named=True) if v["status"] == "succeeded" and v["video_key"]]
-    cells = []
+    lines = [f"# Videos of {name}", ""]
+    if not done:
+        return "\n".join([*lines, "No finished videos."])
+    lines += ["| video | row |", "|---|---|"]
     for v in done[:GALLERY_LIMIT]:
         key = v["video_key"]
         jpeg = report.thumbnails.get(key)
@@ -372,19 +378,24 @@ def _gallery(rt: Any, name: str, report: Any) -> str:
                     fh.write(jpeg)
                     fh.flush()
                     src = rt.storage.put_file(thumb, Path(fh.name), "image/jpeg")
-            picture = f"![{v['row_id']}]({src})"
-        scene = (v.get("scene") or "portrait").replace("|", "/")[:40]
-        cells.append(f"[{picture}]({v['video_url']})<br>**{v['row_id']}** {v['actor']} · {scene}")
-    lines = [f"# Videos of {name}", ""]
-    if not cells:
-        return "\n".join([*lines, "No finished videos."])
-    lines += ["| | | | |", "|---|---|---|---|"]
-    for i in range(0, len(cells), 4):
-        row = cells[i : i + 4] + [""] * (4 - len(cells[i : i + 4]))
-        lines.append("| " + " | ".join(row) + " |")
+            picture = f'<img src="{html.escape(src)}" alt="{html.escape(v["row_id"] or "")}" width="120">'
+        scene = _cell(v.get("scene") or "portrait", 60)
+        script = _cell(v.get("script") or "", 90)
+        lines.append(
+            f"| {picture} | **{_cell(v['row_id'] or '', 40)}** {_cell(v['actor'], 40)} · {scene}"
+            f"<br>{script}<br>[open the video]({v['video_url']}) |"
+        )
     if len(done) > GALLERY_LIMIT:
         lines += ["", f"{len(done) - GALLERY_LIMIT} more in the report and the videos table."]
     return "\n".join(lines)
+
+
+def _cell(text: str, limit: int) -> str:
+    """Text for a markdown table cell: one line, no pipes, no tags, at most ``limit`` characters."""
+    import html
+
+    flat = " ".join(str(text).split()).replace("|", "/")
+    return html.escape(flat if len(flat) <= limit else flat[: limit - 1] + "…")
 
 
 def _summary_artifact(result: CampaignResult, report_url: str | None = None) -> None:

@@ -111,7 +111,7 @@ def sweep_inbox(
 
     Args:
         inbox: Folder teams drop sheets into (on the worker, inside its parameter roots), or
-            storage:<prefix> in castflow's storage. Empty: <data dir>/inbox.
+            storage:PREFIX in castflow's storage. Empty: CASTFLOW_DATA_DIR/inbox.
         budget_usd: Each sheet's campaign budget. 0: no budget.
         skip_invalid: Run the valid rows of sheets with problems; off, such a sheet goes to rejected/.
     """

@@ -238,10 +238,9 @@ def test_generate_video_and_a_campaign_through_the_rest_api(team: dict[str, Any]
         "campaign-e2e-report",
         "campaign-e2e-gallery",
     } <= set(found)
-    report = found["campaign-e2e-report"]
-    assert report["type"] == "link"
-    assert report["data"].endswith("campaigns/e2e/report.html")  # published beside the videos
-    assert found["campaign-e2e-gallery"]["data"].count("](data:image/jpeg;base64,") == 2  # local storage
+    report = found["campaign-e2e-report"]  # a link artifact (Prefect keeps it as markdown)
+    assert "campaigns/e2e/report.html)" in report["data"]  # published beside the videos
+    assert found["campaign-e2e-gallery"]["data"].count('src="data:image/jpeg;base64,') == 2  # local storage
     videos = found["campaign-e2e-videos"]
     assert videos["type"] == "table"
     assert "a_leo_portrait_480p.mp4" in str(videos["data"])  # each row's video, linked
@@ -293,3 +292,89 @@ def test_the_ui_page_of_a_finished_run_renders(team: dict[str, Any]) -> None:
     )  # fmt: skip
     assert shot.is_file()
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+PASTED = "row_id\tactor\tscript\tscene\tutm_source\nu1\tmaya\tPasted into the form.\ta sunny kitchen\ttiktok\nu2\tleo\tStraight from a spreadsheet.\t\treels\n"
+
+
+def test_an_analyst_pastes_a_sheet_into_the_form_and_opens_the_results(team: dict[str, Any]) -> None:
+    """In the Prefect UI, as an analyst: run-campaign's form, the cells of a spreadsheet pasted into its
+    Sheet field, Submit; then the run's artifacts: the gallery's pictures load, each links its video, and
+    the report the run published plays every video (screenshots kept under test-artifacts/)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    api, ui = team["api"], team["ui"]
+    dep = httpx.get(f"{api}/deployments/name/run-campaign/run-campaign", timeout=10).json()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    run_name = f"ui-paste-{int(time.time())}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui}/deployments/deployment/{dep['id']}/run", wait_until="networkidle")
+
+        def field(label: str) -> Any:
+            title = re.compile("^" + re.escape(label) + r"( \(Optional\))?$")
+            return page.locator(
+                ".schema-form-property", has=page.locator(".schema-form-property__label", has_text=title)
+            )
+
+        page.locator(".p-label", has=page.locator("label", has_text="Run Name")).locator("input").fill(
+            run_name
+        )
+        field("Sheet").locator("textarea").fill(PASTED)
+        field("Campaign name").locator("textarea").fill("ui-paste")
+        page.screenshot(path=str(ARTIFACTS / "run-campaign-form.png"), full_page=True)
+        page.get_by_role("button", name="Submit").click()
+
+        def started() -> list[dict[str, Any]] | None:
+            found = httpx.post(
+                f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [run_name]}}}, timeout=10
+            ).json()
+            return found or None
+
+        run = finished(api, started_run := wait_for(started, 60, "the run the form started")[0]["id"])
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+        assert run["parameters"]["sheet"] == PASTED  # the text as pasted, tabs and all
+
+        page.goto(f"{ui}/runs/flow-run/{started_run}", wait_until="networkidle")
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "run-artifacts.png"), full_page=True)
+        cards = {
+            a.inner_text(): a.get_attribute("href") or ""
+            for a in page.locator("a[href^='/artifacts/artifact/']").all()
+        }
+        gallery = next(href for text, href in cards.items() if "campaign-ui-paste-gal" in text)
+        assert any("campaign-ui-paste-vid" in text for text in cards)  # the videos table
+        assert any("campaign-ui-paste-rep" in text for text in cards)  # the report's link
+
+        page.goto(f"{ui}{gallery}", wait_until="networkidle")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "run-gallery.png"), full_page=True)
+        widths = [img.evaluate("e => e.naturalWidth") for img in page.locator("img[alt^='u']").all()]
+        assert len(widths) == 2
+        assert all(w > 0 for w in widths), widths  # each picture loaded
+        opens = [a.get_attribute("href") or "" for a in page.get_by_text("open the video").all()]
+        assert len(opens) == 2
+        assert all(href.endswith(".mp4") for href in opens)
+
+        # The report the run published beside the videos plays them, opened from storage.
+        report = team["work"] / "data" / "storage" / "campaigns" / "ui-paste" / "report.html"
+        page.goto(report.as_uri(), wait_until="load")
+        durations = page.evaluate(
+            """() => Promise.all([...document.querySelectorAll('video')].map(v => new Promise(done => {
+                v.addEventListener('loadedmetadata', () => done(v.duration), {once: true});
+                v.addEventListener('error', () => done(-1), {once: true});
+                v.preload = 'metadata'; v.load();
+            })))"""
+        )
+        assert len(durations) == 2
+        assert all(d > 0.5 for d in durations), durations
+        assert "utm_source" in page.content()  # the sheet's own column on each tile
+        page.screenshot(path=str(ARTIFACTS / "report-from-storage.png"), full_page=True)
+        browser.close()

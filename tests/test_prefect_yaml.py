@@ -72,6 +72,7 @@ def test_campaign_forms_are_flat_and_describe_their_fields() -> None:
         assert not schema.get("definitions"), entry  # nothing nested
         for name, field in fields.items():
             assert field.get("description"), (entry, name)
+            assert "<" not in field["description"], (entry, name)  # the UI would read it as a tag
             assert field.get("title", name) != name, (entry, name)  # a label, not the parameter name
             assert field.get("type") in {"string", "boolean", "number", "integer"}, (entry, name, field)
             assert "anyOf" not in field, (entry, name)
