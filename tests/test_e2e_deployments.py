@@ -111,8 +111,9 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         subprocess.run(
             [sys.executable, "-m", "castflow", "actors", "samples"], env=castflow_env, check=True, timeout=120
         )
+        storage_port = free_port()
         serve_proc = subprocess.Popen(
-            [sys.executable, "-m", "castflow", "serve"],
+            [sys.executable, "-m", "castflow", "serve", "--storage-port", str(storage_port)],
             env=castflow_env,
             stdout=serve_log,
             stderr=subprocess.STDOUT,
@@ -126,7 +127,13 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             return names if len(names) == 5 else None
 
         wait_for(deployments, 180, "castflow serve to register its deployments")
-        yield {"api": api, "ui": f"http://127.0.0.1:{port}", "work": work, "env": castflow_env}
+        yield {
+            "api": api,
+            "ui": f"http://127.0.0.1:{port}",
+            "work": work,
+            "env": castflow_env,
+            "storage": f"http://127.0.0.1:{storage_port}",
+        }
     finally:
         timings = {}
         if serve_proc is not None:
@@ -238,13 +245,19 @@ def test_generate_video_and_a_campaign_through_the_rest_api(team: dict[str, Any]
         "campaign-e2e-report",
         "campaign-e2e-gallery",
     } <= set(found)
+    storage = team["storage"]
     report = found["campaign-e2e-report"]  # a link artifact (Prefect keeps it as markdown)
-    assert "campaigns/e2e/report.html)" in report["data"]  # published beside the videos
-    assert found["campaign-e2e-gallery"]["data"].count('src="data:image/jpeg;base64,') == 2  # local storage
+    assert f"({storage}/campaigns/e2e/report.html)" in report["data"]  # published beside the videos
+    assert found["campaign-e2e-gallery"]["data"].count(f'src="{storage}/campaigns/e2e/thumbs/') == 2
     videos = found["campaign-e2e-videos"]
     assert videos["type"] == "table"
     assert "a_leo_portrait_480p.mp4" in str(videos["data"])  # each row's video, linked
-    assert "(file://" in found["campaign-e2e-summary"]["data"]
+    # Linked through the storage folder `castflow serve` serves: a browser opens them from the UI.
+    assert f"({storage}/campaigns/e2e/a_leo_portrait_480p.mp4)" in found["campaign-e2e-summary"]["data"]
+    video = httpx.get(f"{storage}/campaigns/e2e/a_leo_portrait_480p.mp4", timeout=10)
+    assert video.status_code == 200
+    assert video.content[4:8] == b"ftyp"  # an MP4
+    assert httpx.get(f"{storage}/campaigns/e2e/", timeout=10).status_code == 404  # no folder listings
     team["finished_run"] = campaign_id
 
 
@@ -361,11 +374,14 @@ def test_an_analyst_pastes_a_sheet_into_the_form_and_opens_the_results(team: dic
         assert all(w > 0 for w in widths), widths  # each picture loaded
         opens = [a.get_attribute("href") or "" for a in page.get_by_text("open the video").all()]
         assert len(opens) == 2
-        assert all(href.endswith(".mp4") for href in opens)
+        for href in opens:  # each opens: the video, served by `castflow serve`
+            assert href.startswith(team["storage"] + "/campaigns/ui-paste/")
+            got = httpx.get(href, headers={"Range": "bytes=0-7"}, timeout=10)
+            assert got.status_code == 206  # browsers seek with ranges
+            assert got.content[4:8] == b"ftyp"
 
         # The report the run published beside the videos plays them, opened from storage.
-        report = team["work"] / "data" / "storage" / "campaigns" / "ui-paste" / "report.html"
-        page.goto(report.as_uri(), wait_until="load")
+        page.goto(team["storage"] + "/campaigns/ui-paste/report.html", wait_until="load")
         durations = page.evaluate(
             """() => Promise.all([...document.querySelectorAll('video')].map(v => new Promise(done => {
                 v.addEventListener('loadedmetadata', () => done(v.duration), {once: true});

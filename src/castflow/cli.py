@@ -827,7 +827,21 @@ def deployments_from_yaml(path: Path | None = None) -> list[Any]:
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    storage_host: Annotated[
+        str, typer.Option("--storage-host", help="Address the local storage folder is served on.")
+    ] = "127.0.0.1",
+    storage_port: Annotated[
+        int,
+        typer.Option(
+            "--storage-port",
+            min=0,
+            max=65535,
+            help="Serve the local storage folder over HTTP here, so the videos, pictures and reports "
+            "linked from the Prefect UI open in a browser (0: do not serve it).",
+        ),
+    ] = 8788,
+) -> None:
     """Serve every castflow deployment from this process against your Prefect server (PREFECT_API_URL).
 
     Runs triggered from the UI, schedules or the API execute here until you stop it (Ctrl-C).
@@ -836,6 +850,26 @@ def serve() -> None:
     def go() -> None:
         from prefect import serve as prefect_serve
 
+        settings = _settings()
+        if settings.storage.backend == "local" and storage_port:
+            import socket
+
+            from castflow.storage.local import serve_folder
+
+            settings.storage_root.mkdir(parents=True, exist_ok=True)
+            try:
+                serve_folder(settings.storage_root, storage_host, storage_port)
+            except OSError as exc:
+                raise CliError(
+                    f"cannot serve the storage folder on {storage_host}:{storage_port} ({exc}): "
+                    "pick another --storage-port, or 0 not to serve it"
+                ) from exc
+            host = socket.getfqdn() if storage_host in ("0.0.0.0", "::") else storage_host  # noqa: S104
+            base = settings.storage.public_url or f"http://{host}:{storage_port}"
+            # The flow runs this process starts read it too: their links are http, not file://.
+            os.environ["CASTFLOW_STORAGE__PUBLIC_URL"] = base
+            reset_settings()
+            typer.echo(f"storage folder {settings.storage_root} served at {base}/")
         rt = _runtime()  # configuration and database checked before anything is registered
         deployments = deployments_from_yaml()
         typer.echo(f"serving {len(deployments)} deployments: " + ", ".join(d.name for d in deployments))

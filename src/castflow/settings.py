@@ -62,6 +62,12 @@ class StorageSettings(Section):
 
     backend: Literal["local", "supabase"] = "local"
     root: Path | None = Field(default=None, description="Local storage folder. Default: <data_dir>/storage.")
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL where the local storage folder is served over HTTP (`castflow serve` "
+        "serves it on --storage-port and sets this): the videos' URLs become links a browser opens from "
+        "the Prefect UI instead of file:// paths.",
+    )
     cache_dir: Path | None = Field(
         default=None, description="Local copies of remote objects. Default: <data_dir>/cache."
     )

@@ -70,4 +70,4 @@ def build_storage(settings: Settings) -> Storage:
         )
     from castflow.storage.local import LocalStorage
 
-    return LocalStorage(settings.storage_root)
+    return LocalStorage(settings.storage_root, public_url=settings.storage.public_url)

@@ -1,4 +1,5 @@
-"""Local-folder storage: the embedded default. Keys are relative paths; URLs are ``file://``."""
+"""Local-folder storage: the embedded default. Keys are relative paths; URLs are ``file://``, or under
+``public_url`` when the folder is served over HTTP (``castflow serve``: :func:`serve_folder`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 class InvalidKey(ValueError):
@@ -15,13 +21,17 @@ class InvalidKey(ValueError):
 class LocalStorage:
     """Files under one root folder; writes are atomic (temp file, then rename)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, public_url: str | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.public_url = public_url.rstrip("/") if public_url else None
 
-    shares_urls = False  # file:// URLs: providers get uploads instead
-    url_kind = "file"
+    shares_urls = False  # file:// or this network's URLs: providers get uploads instead
     url_ttl_s: int | None = None
+
+    @property
+    def url_kind(self) -> str:
+        return "public" if self.public_url else "file"
 
     @property
     def location(self) -> str:
@@ -50,7 +60,8 @@ class LocalStorage:
         return self.path(key).is_file()
 
     def url(self, key: str) -> str:
-        return self.path(key).as_uri()
+        path = self.path(key)  # checks the key
+        return f"{self.public_url}/{quote(key)}" if self.public_url else path.as_uri()
 
     def list_keys(self, prefix: str) -> list[str]:
         folder = self.path(prefix.strip("/")) if prefix.strip("/") else self.root
@@ -75,3 +86,31 @@ class LocalStorage:
     def local_path(self, key: str) -> Path:
         """The file behind ``key`` (local storage only: lets providers read without a copy)."""
         return self.path(key)
+
+
+def serve_folder(root: Path, host: str, port: int) -> uvicorn.Server:
+    """Serve ``root`` read-only over HTTP from a daemon thread (files only: no listing of folders, no
+    writes; range requests, so browsers seek in videos). Returns the running server (``should_exit``
+    stops it); a port in use raises OSError."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    with socket.socket() as probe:  # a clear error here rather than a log line in the thread
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    app = Starlette(routes=[Mount("/", app=StaticFiles(directory=root, follow_symlink=False))])
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", ws="none")
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, name="castflow-storage", daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise OSError(f"the storage server did not start on {host}:{port}")
+    return server
