@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from castflow import pipeline
 from castflow.db import queries
 from castflow.runtime import get_runtime
 from castflow.stages import normalise_text
+from flows.form import label
 from tasks import video as t
 from tasks.policy import with_policy
 
@@ -29,11 +30,17 @@ class VariantResult(BaseModel):
 
 @flow(name="create-image-variant", validate_parameters=True)
 def create_image_variant(
-    actor: Annotated[str, Field(description="Actor key.")],
-    prompt: Annotated[str, Field(description="Scene prompt for the edit, e.g. 'in a sunny kitchen'.")],
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="The same seed gives the same image.")] = 0,
+    actor: Annotated[str, label("Actor", min_length=1)],
+    prompt: Annotated[str, label("Scene")],
+    seed: Annotated[int, label("Seed", ge=0, le=2**31 - 1)] = 0,
 ) -> VariantResult:
-    """Edit an actor's portrait into a scene and store it as a reusable image variant."""
+    """Edit an actor's portrait into a scene and store it as a reusable image variant.
+
+    Args:
+        actor: The actor's key in the library (castflow actors list).
+        prompt: Scene prompt for the edit, e.g. 'in a sunny kitchen'.
+        seed: The same seed gives the same image; another seed, another take.
+    """
     rt = get_runtime()
     text = normalise_text(prompt)
     if not text:

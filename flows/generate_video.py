@@ -8,13 +8,13 @@ from typing import Annotated, Any, cast
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from pydantic import Field
 
 from castflow import callbacks, pipeline, redact
 from castflow.budget import Budget, Spend
 from castflow.inputs import PathRefused, flow_path
 from castflow.models import VideoRequest, VideoResult
 from castflow.runtime import get_runtime
+from flows.form import label
 from tasks import video as t
 
 
@@ -29,17 +29,19 @@ def _runner() -> TaskRunner[PrefectFuture[Any]]:
     validate_parameters=True,
 )
 def generate_video(
-    request: VideoRequest,
-    callback_url: Annotated[
-        str | None,
-        Field(description="POST the result here when the run ends (signed; see the deployments README)."),
-    ] = None,
-    budget_usd: Annotated[
-        float | None,
-        Field(gt=0, description="Start no paid stage that would take this video's cost past this (USD)."),
-    ] = None,
+    request: Annotated[VideoRequest, label("Video")],
+    callback_url: Annotated[str, label("Callback URL")] = "",
+    budget_usd: Annotated[float, label("Budget (USD)", ge=0)] = 0.0,
 ) -> VideoResult:
-    """Make one lip-synced video of an actor saying a script (or playing an audio file) in a scene."""
+    """Make one lip-synced video of an actor saying a script (or playing an audio file) in a scene.
+
+    Args:
+        request: Who says what where: the actor's key, the script (or an audio file inside the worker's
+            parameter roots), the scene, the resolution, captions.
+        callback_url: POST the result here when the run ends (signed; see the deployments README).
+            Empty: no callback.
+        budget_usd: Start no paid stage that would take this video's cost past this. 0: no budget.
+    """
     rt = get_runtime()
     redact.install(rt.settings)
     if callback_url:
@@ -48,7 +50,7 @@ def generate_video(
         except callbacks.CallbackRefused as exc:
             raise pipeline.UserError(str(exc)) from exc
     try:
-        result = _generate(rt, request, budget_usd)
+        result = _generate(rt, request, budget_usd or None)
     except Exception as exc:
         if callback_url:
             _call_back(rt, callback_url, {"status": "failed", "actor": request.actor, "error": str(exc)})

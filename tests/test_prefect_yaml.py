@@ -64,6 +64,7 @@ def test_campaign_forms_are_flat_and_describe_their_fields() -> None:
         "flows/run_campaign.py:run_campaign",
         "flows/campaign_report.py:campaign_report",
         "flows/sweep_inbox.py:sweep_inbox",
+        "flows/create_image_variant.py:create_image_variant",
     ):
         path, func = entry.split(":")
         schema = parameter_schema(load_flow_from_entrypoint(f"{ROOT / path}:{func}")).model_dump()
@@ -77,3 +78,17 @@ def test_campaign_forms_are_flat_and_describe_their_fields() -> None:
             assert field.get("type") in {"string", "boolean", "number", "integer"}, (entry, name, field)
             assert "anyOf" not in field, (entry, name)
             assert "default" in field or name in schema.get("required", []), (entry, name)
+
+
+def test_the_generate_video_form_labels_and_describes_its_fields() -> None:
+    """generate-video keeps its request as one object (the API's shape), with plain optional fields."""
+    flow = load_flow_from_entrypoint(f"{ROOT / 'flows/generate_video.py'}:generate_video")
+    schema = parameter_schema(flow).model_dump()
+    fields = schema["properties"]
+    assert set(fields) == {"request", "callback_url", "budget_usd"}
+    for name, field in fields.items():
+        assert field.get("description"), name
+        assert "<" not in field["description"], name
+        assert field.get("title", name) != name, name
+    assert "anyOf" not in fields["callback_url"]
+    assert "anyOf" not in fields["budget_usd"]
