@@ -360,7 +360,7 @@ def _gallery(rt: Any, name: str, report: Any) -> str:
 
     videos = report.tables["videos"]
     done = [v for v in videos.iter_rows(named=True) if v["status"] == "succeeded" and v["video_key"]]
-    lines = [f"# Videos of {name}", ""]
+    lines = [f"# Videos of {_cell(name, 200)}", ""]
     if not done:
         return "\n".join([*lines, "No finished videos."])
     lines += ["| video | row |", "|---|---|"]
@@ -383,24 +383,29 @@ def _gallery(rt: Any, name: str, report: Any) -> str:
         script = _cell(v.get("script") or "", 90)
         lines.append(
             f"| {picture} | **{_cell(v['row_id'] or '', 40)}** {_cell(v['actor'], 40)} · {scene}"
-            f"<br>{script}<br>[open the video]({v['video_url']}) |"
+            f"<br>{script}<br>[open the video]({rt.storage.url(key)}) |"
         )
     if len(done) > GALLERY_LIMIT:
         lines += ["", f"{len(done) - GALLERY_LIMIT} more in the report and the videos table."]
     return "\n".join(lines)
 
 
-def _cell(text: str, limit: int) -> str:
-    """Text for a markdown table cell: one line, no pipes, no tags, at most ``limit`` characters."""
-    import html
+# What a sheet's cell could use for a tag, a link or an image in the UI's markdown, as entities (one
+# pass: an '&' of the text is escaped once).
+_MARKDOWN = str.maketrans({c: f"&#{ord(c)};" for c in "&<>[]()!*_`\\#~|"})
 
-    flat = " ".join(str(text).split()).replace("|", "/")
-    return html.escape(flat if len(flat) <= limit else flat[: limit - 1] + "…")
+
+def _cell(text: str, limit: int) -> str:
+    """A sheet's text in a markdown artifact: one line, at most ``limit`` characters, with no tags, no
+    markdown (a script ``[Claim](javascript:…)`` stays text) and no pipes to break a table."""
+    flat = " ".join(str(text).split())
+    flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return flat.translate(_MARKDOWN)
 
 
 def _summary_artifact(result: CampaignResult, report_url: str | None = None) -> None:
     lines = [
-        f"# Campaign {result.name}",
+        f"# Campaign {_cell(result.name, 200)}",
         "",
         f"{result.succeeded} succeeded, {result.failed} failed, {result.skipped} skipped of {result.rows} rows; "
         f"spent ${result.cost_usd:.2f} (estimate ${result.estimate_usd:.2f}).",
@@ -413,7 +418,7 @@ def _summary_artifact(result: CampaignResult, report_url: str | None = None) -> 
     if problems:
         lines += ["", "| row | row id | status | reason |", "|---|---|---|---|"]
         lines += [
-            f"| {r.row} | {r.row_id} | {r.status} | {redact.redact(r.error or '').replace('|', '/')[:200]} |"
+            f"| {r.row} | {_cell(r.row_id, 200)} | {r.status} | {_cell(redact.redact(r.error or ''), 200)} |"
             for r in problems
         ]
     made = [r for r in result.results if r.video_url][:200]

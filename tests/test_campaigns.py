@@ -205,3 +205,16 @@ def test_dry_run_counts_a_stage_shared_by_rows_once(
     assert (b.image_usd, b.speech_usd, b.reused_stages) == (0, 0, 2)
     assert b.lipsync_usd == pytest.approx(2 * a.lipsync_usd)  # 720p costs twice 480p
     assert (c.total_usd, c.reused_stages) == (0, 3)
+
+
+def test_sheet_text_in_the_artifacts_stays_text() -> None:
+    """A cell of the sheet cannot make a link, an image or a tag in the Prefect UI's markdown."""
+    from flows.run_campaign import _cell
+
+    shown = _cell("[Claim refund](javascript:alert(1)) ![x](https://t.example/p.png) <b>|</b> A&B", 200)
+    for raw in ("[", "]", "(", ")", "!", "<", ">", "|"):
+        assert raw not in shown
+    assert "&#91;Claim refund&#93;" in shown
+    assert "A&#38;B" in shown
+    assert _cell("word " * 100, 40).endswith("…")
+    assert len(_cell("word " * 100, 40)) == 40

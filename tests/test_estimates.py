@@ -85,6 +85,41 @@ def test_the_dry_run_shows_both_figures(rt: Runtime, tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert all("= $0.0000  real $0." in line for line in lines[:3])
     assert lines[3] == "estimate: $0.00 for 3 row(s) here (image local, speech local, lip-sync local)"
-    assert lines[4].startswith("on the real providers: $0.")
+    from castflow import campaigns as c
+
+    real = real_total(c.estimate_sheet(rt, c.load_sheet(rt, path).rows))
+    assert real > 0.3
+    assert lines[4].startswith(f"on the real providers: ${real:.2f} ")
     assert "(image fal, speech fal, lip-sync WaveSpeed: a first run there" in lines[4]
     assert lines[4].endswith("; --budget applies to the first figure")
+
+
+def test_a_first_run_there_counts_what_a_paid_provider_here_already_did(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fal plays the image here (its fake), the lip-sync is local: after a row ran, the real figure
+    still counts the fal image it paid for (a first run there), not only what is left to pay."""
+    from castflow.settings import reset_settings
+
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
+    reset_settings()
+    from castflow.runtime import get_runtime
+
+    rt = get_runtime()
+    ensure_sample_actors(rt)
+    path = data_dir.parent / "paid.csv"
+    path.write_text("actor,script,scene\nmaya,Hi there.,a park\n", encoding="utf-8")
+    rows = campaigns.load_sheet(rt, path).rows
+    (before,) = campaigns.estimate_sheet(rt, rows)
+    fal = fal_of(rt.settings)
+    assert before.image_usd == pytest.approx(fal.image_prices[fal.image_model])  # paid here
+    video = pipeline.prepare_video(rt, rows[0].request)
+    pipeline.record_start(rt, video)
+    assert pipeline.run_video(rt, video).status == "succeeded"
+    (after,) = campaigns.estimate_sheet(rt, rows)
+    assert after.total_usd == 0  # nothing left to pay here
+    assert after.real_usd == pytest.approx(before.real_usd)
+    assert after.real_usd == pytest.approx(
+        real_rates(rt, "Hi there.", scene=True, seconds=1, resolution="480p")
+    )

@@ -853,19 +853,26 @@ def serve(
         settings = _settings()
         if settings.storage.backend == "local" and storage_port:
             import socket
+            from urllib.parse import urlsplit
 
             from castflow.storage.local import serve_folder
 
             settings.storage_root.mkdir(parents=True, exist_ok=True)
+            host = socket.getfqdn() if storage_host in ("0.0.0.0", "::") else storage_host  # noqa: S104
+            named = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+            base = settings.storage.public_url or f"http://{named}:{storage_port}"
             try:
-                serve_folder(settings.storage_root, storage_host, storage_port)
+                serve_folder(
+                    settings.storage_root,
+                    storage_host,
+                    storage_port,
+                    names=(named, urlsplit(base).hostname or named),
+                )
             except OSError as exc:
                 raise CliError(
                     f"cannot serve the storage folder on {storage_host}:{storage_port} ({exc}): "
                     "pick another --storage-port, or 0 not to serve it"
                 ) from exc
-            host = socket.getfqdn() if storage_host in ("0.0.0.0", "::") else storage_host  # noqa: S104
-            base = settings.storage.public_url or f"http://{host}:{storage_port}"
             # The flow runs this process starts read it too: their links are http, not file://.
             os.environ["CASTFLOW_STORAGE__PUBLIC_URL"] = base
             reset_settings()

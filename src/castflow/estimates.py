@@ -6,8 +6,8 @@ yet run stands in for its output with a placeholder named by its stage key, so t
 stable key of their own (two rows sharing a scene and a script share one lip-sync estimate).
 
 Each row is also priced as on the real providers (:class:`RealPrices`, from the vendors' price lists),
-whatever plays each role here: a role played for free (the embedded providers) is priced at the real
-provider's rate, as on a first run there; a role a paid provider plays here costs what it costs here.
+whatever plays each role here: what a first run there would cost, each stage shared by rows paid once,
+whether or not it has run here (a stage the chosen vendor plays is priced by that vendor).
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ def estimate_videos(
 
     The graph is priced unit by unit across all the videos, so each unit's finished stages are looked
     up in a few queries rather than one per video (a sheet of 100,000 rows). With ``real``, each row is
-    also priced as on the real providers: a unit its provider here plays for free costs the real price
-    unless an earlier row shares it (its finished run here was free: it is not one there)."""
+    also priced as on the real providers, as a first run there: every unit at the real price unless an
+    earlier row shares it, whether or not it finished here."""
     seen = set() if seen is None else seen
     rows = [_Row(video, row, row_id, {u.name for u in plan(video)}) for video, row, row_id in videos]
     for unit in GRAPH:
@@ -190,10 +190,8 @@ def estimate_videos(
             shared = key in seen
             here = unit.cost_now(rt, r.video, r.done) if output is None and not shared else 0.0
             cost = here
-            if real is not None and unit.price is not None:
-                paid_here = here > 0 or (output is not None and unit.cost_now(rt, r.video, r.done) > 0)
-                there = 0.0 if shared else unit.cost_now(cast("Runtime", real), r.video, r.done)
-                r.real += cost if paid_here else there
+            if real is not None and unit.price is not None:  # a first run there: done here or not
+                r.real += 0.0 if shared else unit.cost_now(cast("Runtime", real), r.video, r.done)
             if unit.ledger and (output is not None or shared):
                 r.reused += 1
             seen.add(key)

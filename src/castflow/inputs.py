@@ -154,9 +154,12 @@ def sheet_source(settings: Settings, storage: Storage, value: str, flow: str = "
         path = root / f"pasted-{digest}.csv"
         root.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            staged = path.with_suffix(f".{os.getpid()}.tmp")
-            staged.write_bytes(data)
-            staged.replace(path)  # whole or not at all: another run may read it at once
+            import tempfile
+
+            fd, staged = tempfile.mkstemp(dir=root, prefix=".pasted-", suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(staged, path)  # whole or not at all: another run may read it at once
         return SheetSource(path, path.stem, "pasted into the form")
     if value.startswith("storage:"):
         key = value.removeprefix("storage:").strip().lstrip("/")

@@ -614,7 +614,7 @@ def markdown(report: Report) -> str:
     """The summary for a Prefect markdown artifact."""
     totals = report.totals
     lines = [
-        f"# Campaign report: {report.name}",
+        f"# Campaign report: {html.escape(report.name)}",
         "",
         f"{totals['succeeded']} of {totals['rows']} finished, {totals['failed']} failed, {totals['skipped']} skipped; "
         f"spent ${totals['spend_usd']:.2f}.",

@@ -88,23 +88,32 @@ class LocalStorage:
         return self.path(key)
 
 
-def serve_folder(root: Path, host: str, port: int) -> uvicorn.Server:
+def serve_folder(root: Path, host: str, port: int, *, names: tuple[str, ...] = ()) -> uvicorn.Server:
     """Serve ``root`` read-only over HTTP from a daemon thread (files only: no listing of folders, no
-    writes; range requests, so browsers seek in videos). Returns the running server (``should_exit``
-    stops it); a port in use raises OSError."""
+    writes; range requests, so browsers seek in videos). Only requests naming this machine (localhost,
+    ``host``, or one of ``names``: the public URL's) are answered, so a web page cannot reach it by
+    rebinding its own domain to this address. Returns the running server (``should_exit`` stops it); an
+    address in use raises OSError."""
     import socket
     import threading
     import time
 
     import uvicorn
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
 
-    with socket.socket() as probe:  # a clear error here rather than a log line in the thread
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:  # a clear error here, not a log line in the thread
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-    app = Starlette(routes=[Mount("/", app=StaticFiles(directory=root, follow_symlink=False))])
+        probe.bind(address)
+    allowed = sorted({"localhost", "127.0.0.1", "[::1]", host, *names})
+    app = Starlette(
+        routes=[Mount("/", app=StaticFiles(directory=root, follow_symlink=False))],
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed)],
+    )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", ws="none")
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="castflow-storage", daemon=True).start()
