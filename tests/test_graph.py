@@ -28,9 +28,17 @@ def _names(units: list[Unit]) -> list[str]:
 def test_each_kind_of_video_gets_its_plan(rt: Runtime, tmp_path: Path) -> None:
     ensure_sample_actors(rt)
     scene = pipeline.prepare_video(rt, VideoRequest(actor="maya", script="Hi there.", scene="a beach"))
-    assert _names(plan(scene)) == ["scene_variant", "speech", "lipsync", "qc", "publish"]
+    assert _names(plan(scene)) == ["scene_variant", "speech", "lipsync", "qc", "publish", "words"]
     captioned = pipeline.prepare_video(rt, VideoRequest(actor="maya", script="Hi there.", captions=True))
-    assert _names(plan(captioned)) == ["portrait", "speech", "lipsync", "qc", "captions", "publish"]
+    assert _names(plan(captioned)) == [
+        "portrait",
+        "speech",
+        "lipsync",
+        "qc",
+        "captions",
+        "publish",
+        "words",
+    ]
     voice = Voice(provider="local", model="espeak-ng", voice_id="en-us")
     made = rt.speech["local"].synthesize("An uploaded voice.", voice, workdir=tmp_path)  # type: ignore[union-attr]
     uploaded = pipeline.prepare_video(rt, VideoRequest(actor="leo", audio=str(made.path), captions=True))

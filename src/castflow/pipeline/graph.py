@@ -31,6 +31,7 @@ GRAPH: tuple[Unit, ...] = (
     steps.QUALITY_CHECK,
     steps.CAPTIONS,
     steps.PUBLISH,
+    steps.WORDS,
 )
 
 RECORDED_ROLES = ("image", "audio", "video", "published")  # what records.record_success reads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import mimetypes
 import tempfile
 from pathlib import Path
@@ -410,6 +411,31 @@ CAPTIONS = Unit(
     # No Prefect cache key: the run also writes this video's SRT beside its output key, which a cache hit
     # (keyed by the stage alone) would skip; the stage itself is reused through its stage_run row.
     run=lambda rt, v, d: add_captions(rt, d["checked"], d["audio"], _script(v), v.output_key),
+)
+
+
+def export_words(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcome:
+    """The speech's word timings, recorded with its stage by an engine that gives them (eSpeak NG's word
+    events), as ``<name>.words.json`` beside the video: each word with its start and end in seconds. A
+    speech recorded without them gets no file."""
+    audio = done["audio"]
+    run = rt.db(lambda c: queries.stage_run_state(c, stage_key=audio.stage_key), what="reading word timings")
+    words = (run.meta or {}).get("words") if run is not None else None
+    if not words:
+        return audio
+    key = video.output_key.removesuffix(".mp4") + ".words.json"
+    body = {"audio_seconds": audio.output.seconds, "words": words}
+    _publish_text(rt, key, json.dumps(body, ensure_ascii=False), "application/json")
+    return audio.model_copy(update={"files": {"words": key}})
+
+
+WORDS = Unit(
+    name="words",
+    makes="words",
+    needs=("audio",),  # written beside the video's output key; last in the graph, after publish
+    applies=lambda v: v.script is not None,
+    run=export_words,
+    ledger=False,
 )
 
 PUBLISH = Unit(

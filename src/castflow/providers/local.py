@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import ctypes
 import math
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +43,29 @@ class LocalImageEditor:
         return ProviderResult(out, "image/png", Billing(1, "images"), meta={"size": list(portrait.size)})
 
 
+class _Event(ctypes.Structure):
+    """eSpeak NG's ``espeak_EVENT`` (speak_lib.h): what the synthesis callback hears besides audio."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # 1-based, in characters of the text
+        ("length", ctypes.c_int),  # the word's length, in characters
+        ("audio_position", ctypes.c_int),  # milliseconds into this synthesis
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),  # a union of int, const char* and char[8]
+    ]
+
+
 class _Espeak:
     """eSpeak NG from the espeakng-loader wheel, via ctypes. The library is global state: one lock."""
 
     AUDIO_OUTPUT_SYNCHRONOUS = 2  # synthesis runs in the calling thread, callback included
     POS_CHARACTER = 1
     CHARS_UTF8 = 1
+    EVENT_LIST_TERMINATED = 0
+    EVENT_WORD = 1
 
     def __init__(self) -> None:
         import espeakng_loader
@@ -73,23 +91,38 @@ class _Espeak:
         if self.rate <= 0:
             raise RuntimeError("eSpeak NG failed to initialise")
         self._samples = array.array("h")
+        self._words: list[tuple[int, int, int]] = []  # (text position, length, milliseconds)
         callback_type = ctypes.CFUNCTYPE(
-            ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+            ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
         )
         self._callback = callback_type(self._on_audio)  # keep a reference: C holds the pointer
         self._lib.espeak_SetSynthCallback(self._callback)
 
-    def _on_audio(self, wav: Any, count: int, _events: Any) -> int:
+    def _on_audio(self, wav: Any, count: int, events: Any) -> int:
         if count > 0:
             self._samples.extend(wav[:count])
+        i = 0
+        while events and events[i].type != self.EVENT_LIST_TERMINATED:
+            event = events[i]
+            if event.type == self.EVENT_WORD:
+                self._words.append((event.text_position, event.length, event.audio_position))
+            i += 1
         return 0
 
     def speak(self, text: str, voice: str, words_per_minute: int) -> npt.NDArray[np.int16]:
+        return self.speak_words(text, voice, words_per_minute)[0]
+
+    def speak_words(
+        self, text: str, voice: str, words_per_minute: int
+    ) -> tuple[npt.NDArray[np.int16], list[tuple[int, int, int]]]:
+        """The speech and eSpeak's own word events: (1-based character position in ``text``, length in
+        characters, milliseconds into the speech) of each word, in order."""
         with self._lock:
             if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise PermanentError(f"unknown eSpeak NG voice {voice!r}", provider="local")
             self._lib.espeak_SetParameter(1, words_per_minute, 0)  # espeakRATE
             self._samples = array.array("h")
+            self._words = []
             data = text.encode("utf-8")
             status = self._lib.espeak_Synth(
                 data, len(data) + 1, 0, self.POS_CHARACTER, 0, self.CHARS_UTF8, None, None
@@ -97,7 +130,8 @@ class _Espeak:
             self._lib.espeak_Synchronize()
             if status != 0:
                 raise PermanentError(f"eSpeak NG synthesis failed (status {status})", provider="local")
-            return np.frombuffer(self._samples.tobytes(), dtype=np.int16).copy()
+            pcm = np.frombuffer(self._samples.tobytes(), dtype=np.int16).copy()
+            return pcm, list(self._words)
 
 
 _ESPEAK: _Espeak | None = None
@@ -126,10 +160,11 @@ class EspeakSpeech:
 
     def synthesize(self, text: str, voice: Voice, *, workdir: Path) -> ProviderResult:
         engine = _espeak()
-        pcm = engine.speak(text, voice.voice_id, self.words_per_minute)
+        pcm, events = engine.speak_words(text, voice.voice_id, self.words_per_minute)
         if len(pcm) == 0:
             raise PermanentError("eSpeak NG produced no audio for this text", provider=self.name)
         pad = np.zeros(int(engine.rate * 0.15), dtype=np.int16)  # a breath of silence at both ends
+        words = word_timings(text, events, pcm, engine.rate, offset_s=len(pad) / engine.rate)
         pcm = np.concatenate([pad, pcm, pad])
         out = workdir / "speech.wav"
         media.write_wav(out, pcm, engine.rate)
@@ -139,8 +174,55 @@ class EspeakSpeech:
             "audio/wav",
             Billing(len(text), "characters"),
             seconds=seconds,
-            meta={"sample_rate": engine.rate},
+            # Word timings from the engine itself (exact starts), kept with the stage's record.
+            meta={"sample_rate": engine.rate, "words": words},
         )
+
+
+def word_timings(
+    text: str,
+    events: list[tuple[int, int, int]],
+    pcm: npt.NDArray[np.int16],
+    rate: int,
+    *,
+    offset_s: float = 0.0,
+) -> list[dict[str, object]]:
+    """Every word of ``text`` with its start and end, in seconds into the audio (``offset_s``: the
+    silence put before it). Starts come from eSpeak's word events; an event's end is the last 10 ms frame
+    with sound before the next event (or before the speech ends). eSpeak runs some words together
+    ("on the" is one event): words with no event of their own share the span of the event before them,
+    in proportion to their length."""
+    frame = max(1, rate // 100)
+    loud = np.abs(pcm.astype(np.int32))
+    level = np.array([loud[i : i + frame].max(initial=0) for i in range(0, len(loud), frame)])
+    sounding = level > max(300, int(level.max(initial=0) * 0.02))
+    total = len(pcm) / rate
+    spans: list[tuple[int, float, float]] = []  # (text position, start, end) of each event
+    for n, (position, _length, ms) in enumerate(events):
+        start = ms / 1000
+        limit = events[n + 1][2] / 1000 if n + 1 < len(events) else total
+        first, last = int(start * 100), min(math.ceil(limit * 100), len(sounding))
+        voiced = np.flatnonzero(sounding[first:last])
+        end = (first + voiced[-1] + 1) / 100 if len(voiced) else limit
+        spans.append((position, start, min(max(end, start + 0.01), max(limit, start + 0.01))))
+    if not spans:
+        return []
+    groups: dict[int, list[tuple[str, int]]] = {}
+    for match in re.finditer(r"[\w'’-]+", text):
+        position = match.start() + 1
+        owner = max((i for i, span in enumerate(spans) if span[0] <= position), default=0)
+        groups.setdefault(owner, []).append((match.group(), len(match.group())))
+    found: list[dict[str, object]] = []
+    for owner in sorted(groups):
+        _position, start, end = spans[owner]
+        words = groups[owner]
+        size = sum(length for _word, length in words)
+        at = start
+        for word, length in words:
+            until = at + (end - start) * length / size
+            found.append({"word": word, "start": round(at + offset_s, 3), "end": round(until + offset_s, 3)})
+            at = until
+    return found
 
 
 class PreviewLipSync:
