@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import functools
 import queue
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, cast
 
 from prefect import flow
@@ -39,6 +37,7 @@ from castflow.estimates import RowEstimate, budget_total, real_total
 from castflow.inputs import PathRefused, SheetSource, sheet_source
 from castflow.runtime import get_runtime
 from castflow.sheets import SheetInvalid, SheetRow
+from castflow.storage import put_bytes
 from flows.form import label
 from tasks.campaign import campaign_row, close_run, open_run
 from tasks.policy import with_policy
@@ -374,10 +373,7 @@ def _gallery(rt: Any, name: str, report: Any) -> str:
                 src = data_url(jpeg)
             else:
                 thumb = campaigns.videos_prefix(name) + "thumbs/" + key.rsplit("/", 1)[-1] + ".jpg"
-                with tempfile.NamedTemporaryFile(suffix=".jpg", dir=rt.settings.data_dir) as fh:
-                    fh.write(jpeg)
-                    fh.flush()
-                    src = rt.storage.put_file(thumb, Path(fh.name), "image/jpeg")
+                src = put_bytes(rt.storage, thumb, jpeg, "image/jpeg")
             picture = f'<img src="{html.escape(src)}" alt="{html.escape(v["row_id"] or "")}" width="120">'
         scene = _cell(v.get("scene") or "portrait", 60)
         script = _cell(v.get("script") or "", 90)
@@ -398,9 +394,9 @@ _MARKDOWN = str.maketrans({c: f"&#{ord(c)};" for c in "&<>[]()!*_`\\#~|"})
 def _cell(text: str, limit: int) -> str:
     """A sheet's text in a markdown artifact: one line, at most ``limit`` characters, with no tags, no
     markdown (a script ``[Claim](javascript:…)`` stays text) and no pipes to break a table."""
-    flat = " ".join(str(text).split())
-    flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
-    return flat.translate(_MARKDOWN)
+    from castflow.reports import short
+
+    return short(str(text), limit).translate(_MARKDOWN)
 
 
 def _summary_artifact(result: CampaignResult, report_url: str | None = None) -> None:

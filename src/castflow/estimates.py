@@ -188,8 +188,7 @@ def estimate_videos(
         for r, key, runnable in ready:  # in row order: the first row that needs a stage pays for it
             output = found.get(key) if runnable else None
             shared = key in seen
-            here = unit.cost_now(rt, r.video, r.done) if output is None and not shared else 0.0
-            cost = here
+            cost = unit.cost_now(rt, r.video, r.done) if output is None and not shared else 0.0
             if real is not None and unit.price is not None:  # a first run there: done here or not
                 r.real += 0.0 if shared else unit.cost_now(cast("Runtime", real), r.video, r.done)
             if unit.ledger and (output is not None or shared):

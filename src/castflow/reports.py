@@ -18,7 +18,6 @@ import datetime as dt
 import html
 import os
 import posixpath
-import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from castflow.pipeline.records import stored_request_fields
 from castflow.redact import redact
 from castflow.runtime import Runtime
 from castflow.sheets import FORMULA_PREFIXES
+from castflow.storage import put_bytes
 
 TABLES = (
     "totals",
@@ -274,11 +274,9 @@ def build(
     if publish:
         key = videos_prefix(campaign.name) + "report.html"
         published = render_html(report, published_links(rt, key), thumbs)
-        with tempfile.TemporaryDirectory(dir=rt.settings.data_dir) as tmp:
-            staged = Path(tmp) / "report.html"
-            staged.write_text(published, encoding="utf-8")
-            rt.storage.put_file(key, staged, "text/html; charset=utf-8")
-        report.published_url = rt.storage.url(key)
+        report.published_url = put_bytes(
+            rt.storage, key, published.encode("utf-8"), "text/html; charset=utf-8"
+        )
     return report
 
 
@@ -484,7 +482,8 @@ def _when(moment: dt.datetime | None) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _short(text: str | None, limit: int = 140) -> str:
+def short(text: str | None, limit: int = 140) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
     text = " ".join((text or "").split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
@@ -592,7 +591,8 @@ def _card(report: Report, v: dict[str, Any], links: Links, thumbs: dict[str, str
     """One finished video: its player, who says what where, what it cost, the sheet's own columns, and
     links to open and download it."""
     key = v["video_key"] or ""
-    href = html.escape(links.href(key)) if key else html.escape(v["video_url"] or "")
+    target = links.href(key) if key else v["video_url"] or ""
+    href = html.escape(target)
     poster = f' poster="{thumbs[key]}"' if key in thumbs else ""
     name = html.escape(posixpath.basename(key) or "video.mp4")
     seconds = f" · {v['video_seconds']:.1f} s" if v.get("video_seconds") else ""
@@ -603,10 +603,14 @@ def _card(report: Report, v: dict[str, Any], links: Links, thumbs: dict[str, str
         f'<figure class=card><video controls preload="none" src="{href}"{poster}></video>'
         f"<figcaption><b>{html.escape(v['row_id'] or '')}</b> {html.escape(v['actor'])} · "
         f"{html.escape(v.get('scene') or 'portrait')} · {v['resolution']}{seconds} · ${v['cost_usd']:.3f}"
-        + (f"<q>{html.escape(_short(v.get('script')))}</q>" if v.get("script") else "")
+        + (f"<q>{html.escape(short(v.get('script')))}</q>" if v.get("script") else "")
         + (f"<dl>{extra}</dl>" if extra else "")
-        + f'<a href="{href}" target="_blank">open</a> · <a href="{href}" download="{name}">download</a>'
-        "</figcaption></figure>"
+        + (
+            ""  # an inlined video is in the page once: its player offers the download
+            if target.startswith("data:")
+            else f'<a href="{href}" target="_blank">open</a> · <a href="{href}" download="{name}">download</a>'
+        )
+        + "</figcaption></figure>"
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import mimetypes
-import tempfile
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -34,6 +33,7 @@ from castflow.providers.base import (
 )
 from castflow.runtime import Runtime
 from castflow.stages import normalise_text, sha256_file, stage_key
+from castflow.storage import put_bytes
 
 
 def scene_variant_key(rt: Runtime, image: MediaRef, prompt: str, seed: int) -> str:
@@ -269,11 +269,8 @@ def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, res
 
 
 def _publish_text(rt: Runtime, key: str, text: str, content_type: str) -> str:
-    """Store a small text file (an SRT) at ``key``; returns the key."""
-    with tempfile.TemporaryDirectory(prefix="castflow-text-") as tmp:
-        path = Path(tmp) / Path(key).name
-        path.write_text(text, encoding="utf-8")
-        rt.storage.put_file(key, path, content_type)
+    """Store a small text file (an SRT, word timings) at ``key``; returns the key."""
+    put_bytes(rt.storage, key, text.encode("utf-8"), content_type)
     return key
 
 

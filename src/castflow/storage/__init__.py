@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -57,6 +58,15 @@ class Storage(Protocol):
     def local_path(self, key: str) -> Path:
         """A local file with the object's bytes: the file itself (local) or a cached copy (remote)."""
         ...
+
+
+def put_bytes(storage: Storage, key: str, data: bytes, content_type: str) -> str:
+    """Store a small file made in memory (a caption file, a picture, a page) at ``key``, through a
+    temporary file (backends stream from files); returns its URL."""
+    with tempfile.TemporaryDirectory(prefix="castflow-put-") as tmp:
+        path = Path(tmp) / PurePosixPath(key).name
+        path.write_bytes(data)
+        return storage.put_file(key, path, content_type)
 
 
 def build_storage(settings: Settings) -> Storage:

@@ -61,14 +61,14 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
 def price_list(settings: Settings) -> PriceList:
     """Lip-sync by WaveSpeed's billing rule (whole seconds, a minimum, a price per resolution)."""
     from castflow.providers.vendors import PriceList
-    from castflow.providers.wavespeed.lipsync import billed_price
+    from castflow.providers.wavespeed.lipsync import billed
     from castflow.providers.wavespeed.settings import of
 
     ws = of(settings)
     return PriceList(
-        lipsync=lambda seconds, resolution: billed_price(
+        lipsync=lambda seconds, resolution: billed(
             seconds, resolution, prices=ws.price_per_second, min_seconds=ws.min_billed_seconds
-        )
+        )[1]
     )
 
 

@@ -27,11 +27,13 @@ from castflow.providers.wavespeed.client import (
 )
 
 
-def billed_price(
+def billed(
     audio_seconds: float, resolution: str, *, prices: dict[str, float], min_seconds: float
-) -> float:
-    """USD of a render of ``audio_seconds``: InfiniteTalk bills whole seconds, with a minimum."""
-    return round(billed_seconds(audio_seconds, minimum=min_seconds) * prices.get(resolution, 0.0), 6)
+) -> tuple[int, float]:
+    """(billed seconds, USD) of a render of ``audio_seconds``: InfiniteTalk bills whole seconds, with a
+    minimum, at a price per resolution."""
+    seconds = billed_seconds(audio_seconds, minimum=min_seconds)
+    return seconds, round(seconds * prices.get(resolution, 0.0), 6)
 
 
 class WaveSpeedLipSync:
@@ -76,10 +78,7 @@ class WaveSpeedLipSync:
 
     def cost(self, audio_seconds: float, resolution: str) -> tuple[int, float]:
         """(billed seconds, USD) of a render of ``audio_seconds``: whole seconds, with a minimum."""
-        seconds = billed_seconds(audio_seconds, minimum=self.min_seconds)
-        return seconds, billed_price(
-            audio_seconds, resolution, prices=self.prices, min_seconds=self.min_seconds
-        )
+        return billed(audio_seconds, resolution, prices=self.prices, min_seconds=self.min_seconds)
 
     def price(self, audio_seconds: float, resolution: str) -> float:
         return self.cost(audio_seconds, resolution)[1]
