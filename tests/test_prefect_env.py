@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from castflow.prefect_env import SERVER_BATCHING, prefect_environment
+from castflow.prefect_env import SERVER_BATCHING, _TemporaryServer, prefect_environment
 
 
 def test_defaults_batch_task_run_recording_and_leave_the_users_settings_alone(
@@ -108,6 +108,43 @@ def test_flows_run_against_a_temporary_server_in_a_child_process(tmp_path: Path)
     with socket.socket() as sock:  # stopped when the process exited
         assert sock.connect_ex(("127.0.0.1", port)) != 0
     assert (tmp_path / "prefect" / "prefect.db").exists()  # its database is under castflow's data dir
+    assert "port " in (tmp_path / "prefect" / "server.log").read_text()  # its output, off the terminal
+    assert "Traceback" not in done.stderr
+
+
+class _FailingServer(_TemporaryServer):
+    @staticmethod
+    def _launcher() -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            "import sys; print('boom: no such table', file=sys.stderr); sys.exit(1)",
+        ]
+
+
+def test_a_server_that_fails_to_start_shows_its_log_in_the_error(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "server.log"
+    server = _FailingServer(env=dict(os.environ), timeout_s=60, log_path=str(log))
+    with pytest.raises(RuntimeError) as failure:
+        server.start()
+    message = str(failure.value)
+    assert "exited with status 1" in message
+    assert str(log) in message
+    assert "boom: no such table" in message
+    out, err = capfd.readouterr()
+    assert "boom" not in out + err  # the server's output went to its log, not the terminal
+
+
+def test_the_server_log_is_rotated_when_large(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_bytes(b"x" * (_TemporaryServer.LOG_KEEP_BYTES + 1))
+    server = _FailingServer(env=dict(os.environ), timeout_s=60, log_path=str(log))
+    with pytest.raises(RuntimeError):
+        server.start()
+    assert (tmp_path / "server.log.1").stat().st_size == _TemporaryServer.LOG_KEEP_BYTES + 1
+    assert log.stat().st_size < 10_000
 
 
 PARENT = """

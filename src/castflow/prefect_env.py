@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import BinaryIO
 
 from castflow.datadir import check_data_dir
 
@@ -76,6 +77,7 @@ def ensure_prefect_api() -> str | None:
     server = _TemporaryServer(
         env={**env, **settings.to_environment_variables(exclude_unset=True)},
         timeout_s=float(settings.server.ephemeral.startup_timeout_seconds),
+        log_path=os.path.join(settings.home, "server.log"),
     )
     url = server.start()
     os.environ["PREFECT_API_URL"] = url
@@ -93,12 +95,19 @@ def _refresh_prefect_settings() -> None:
 
 class _TemporaryServer:
     """Prefect's server in a child process on a free loopback port, as Prefect's ephemeral mode runs it
-    (``prefect.server.api.server.SubprocessASGIServer``: same command, environment and health check)."""
+    (``prefect.server.api.server.SubprocessASGIServer``: same command, environment and health check).
+
+    Its output goes to ``log_path`` (under Prefect's home), not to the user's terminal: the server's
+    shutdown can print tracebacks of its own (a batch flush cancelled at exit) that say nothing about
+    the user's run. When it fails to start, the end of that log is in the error."""
 
     STARTUP_FAILED = 3  # uvicorn's exit status when the app could not start (e.g. the port was taken)
     LAUNCHES = 3
 
-    def __init__(self, env: dict[str, str], timeout_s: float) -> None:
+    LOG_TAIL_CHARS = 4000
+    LOG_KEEP_BYTES = 1_000_000  # beyond this the log moves to server.log.1 (one older log kept)
+
+    def __init__(self, env: dict[str, str], timeout_s: float, log_path: str) -> None:
         self.env = {
             **env,
             "PREFECT_UI_ENABLED": "0",
@@ -106,13 +115,29 @@ class _TemporaryServer:
             "PREFECT__SERVER_FINAL": "1",
         }
         self.timeout_s = timeout_s
+        self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     def _launch(self) -> str:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        self.process = subprocess.Popen(
+        self._rotate_log()
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} port {port}\n".encode())
+            log.flush()
+            self.process = self._popen(port, log)
+        return f"http://127.0.0.1:{port}/api"
+
+    def _rotate_log(self) -> None:
+        try:
+            if os.path.getsize(self.log_path) > self.LOG_KEEP_BYTES:
+                os.replace(self.log_path, self.log_path + ".1")
+        except OSError:
+            pass  # no log yet (or another process just moved it)
+
+    def _popen(self, port: int, log: BinaryIO) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 *self._launcher(),
                 "--factory",
@@ -127,11 +152,13 @@ class _TemporaryServer:
                 "on",
             ],
             env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             # Its own session: the terminal's Ctrl-C goes to castflow only, and the server outlives the
             # flow's last events and logs (it stops at exit, and with this process: castflow._server_launcher).
             start_new_session=True,
         )
-        return f"http://127.0.0.1:{port}/api"
 
     @staticmethod
     def _launcher() -> list[str]:
@@ -161,7 +188,8 @@ class _TemporaryServer:
                 if status is not None:
                     self.stop()
                     raise RuntimeError(
-                        f"Prefect's temporary server exited with status {status} (its errors are above)"
+                        f"Prefect's temporary server exited with status {status}; "
+                        f"the end of its log ({self.log_path}):\n{self._log_tail()}"
                     )
                 try:
                     if client.get(f"{url}/health").status_code == 200:
@@ -172,8 +200,18 @@ class _TemporaryServer:
         self.stop()
         raise RuntimeError(
             f"Prefect's temporary server did not answer within {self.timeout_s:.0f} s "
-            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+            f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); the end of its log "
+            f"({self.log_path}):\n{self._log_tail()}"
         )
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - self.LOG_TAIL_CHARS))
+                return log.read().decode("utf-8", "replace").strip() or "(empty)"
+        except OSError as exc:
+            return f"(unreadable: {exc.strerror})"
 
     def stop(self) -> None:
         atexit.unregister(self.stop)
