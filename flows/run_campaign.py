@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, cast
 
 from prefect import flow
@@ -34,7 +35,7 @@ from castflow.campaigns import RowResult
 from castflow.db import queries
 from castflow.db.retry import DatabaseUnavailable
 from castflow.estimates import RowEstimate, budget_total, real_total
-from castflow.inputs import PathRefused, SheetSource, sheet_source
+from castflow.inputs import PathRefused, SheetSource, flow_path, sheet_source
 from castflow.runtime import get_runtime
 from castflow.sheets import SheetInvalid, SheetRow
 from castflow.storage import put_bytes
@@ -76,6 +77,7 @@ def run_campaign(
     budget_usd: Annotated[float, label("Budget (USD)", ge=0)] = 0.0,
     skip_invalid: Annotated[bool, label("Run the valid rows")] = False,
     row_concurrency: Annotated[int, label("Rows at once", ge=0, le=512)] = 0,
+    brand: Annotated[str, label("Brand kit")] = "",
 ) -> CampaignResult:
     """Run a campaign sheet: validate every row first, then make the videos (or only estimate them).
 
@@ -90,14 +92,19 @@ def run_campaign(
         skip_invalid: Run the valid rows and report the others; off, a sheet with any problem runs nothing.
         row_concurrency: Rows in flight at once. 0: the worker's setting
             (CASTFLOW_CAMPAIGN__ROW_CONCURRENCY, default 16).
+        brand: A brand kit (YAML) for the rows whose brand column is empty: brand.yaml for the file in
+            the worker's sheets folder, or a path inside CASTFLOW_CAMPAIGN__INPUT_ROOTS. Empty: none.
     """
     rt = get_runtime()
     redact.install(rt.settings)
-    params = _Options(name, dry_run, budget_usd or None, skip_invalid, row_concurrency or None)
     try:  # from a deployment, only a sheet inside the parameter roots (an API caller's choice otherwise)
         source = sheet_source(rt.settings, rt.storage, sheet)
+        kit = (
+            flow_path(rt.settings, "run-campaign", brand.strip(), what="brand kit") if brand.strip() else None
+        )
     except PathRefused as exc:
         raise pipeline.UserError(str(exc)) from None
+    params = _Options(name, dry_run, budget_usd or None, skip_invalid, row_concurrency or None, kit)
     return _run(rt, source, params)
 
 
@@ -110,10 +117,11 @@ class _Options:
     budget_usd: float | None
     skip_invalid: bool
     row_concurrency: int | None
+    brand: Path | None = None
 
 
 def _run(rt: Any, source: SheetSource, params: _Options) -> CampaignResult:
-    sheet = campaigns.load_sheet(rt, source.path)
+    sheet = campaigns.load_sheet(rt, source.path, brand=params.brand)
     name = params.name or source.default_name
     if sheet.sheet_errors or (sheet.errors and not params.skip_invalid):
         # Refused before anything ran: one readable message and a table of every problem, no traceback.
@@ -355,7 +363,7 @@ def _gallery(rt: Any, name: str, report: Any) -> str:
     local storage folder, whose file:// URLs a browser will not load into a web page."""
     import html
 
-    from castflow.reports import data_url
+    from castflow.reports import data_url, outputs_of
 
     videos = report.tables["videos"]
     done = [v for v in videos.iter_rows(named=True) if v["status"] == "succeeded" and v["video_key"]]
@@ -377,9 +385,15 @@ def _gallery(rt: Any, name: str, report: Any) -> str:
             picture = f'<img src="{html.escape(src)}" alt="{html.escape(v["row_id"] or "")}" width="120">'
         scene = _cell(v.get("scene") or "portrait", 60)
         script = _cell(v.get("script") or "", 90)
+        formats = "".join(
+            f" · [{_cell(o['format'], 20)}]({rt.storage.url(o['key'])})"
+            if o.get("status") == "succeeded" and o.get("key")
+            else f" · {_cell(o.get('format', ''), 20)} (failed)"
+            for o in outputs_of(v)
+        )
         lines.append(
             f"| {picture} | **{_cell(v['row_id'] or '', 40)}** {_cell(v['actor'], 40)} · {scene}"
-            f"<br>{script}<br>[open the video]({rt.storage.url(key)}) |"
+            f"<br>{script}<br>[open the video]({rt.storage.url(key)}){formats} |"
         )
     if len(done) > GALLERY_LIMIT:
         lines += ["", f"{len(done) - GALLERY_LIMIT} more in the report and the videos table."]

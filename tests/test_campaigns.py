@@ -50,7 +50,7 @@ def test_a_campaign_runs_shares_stages_resumes_and_writes_a_manifest(
     result = run_campaign(sheet=str(sheet), name="Spring promo")
     assert (result.succeeded, result.failed, result.skipped, result.rows) == (3, 0, 0, 3), result.results
     # a and b share one scene variant and one speech; the lip-syncs differ (resolution)
-    assert counts(rt) == {"scene_variant": 1, "speech": 2, "lipsync": 3}
+    assert counts(rt) == {"scene_variant": 1, "speech": 2, "lipsync": 3, "timing": 2}
     assert result.warnings  # the formula-like cells were flagged
     with rt.session() as s:
         videos = {v.row_id: v for v in s.scalars(sa.select(Video).where(Video.campaign_id.is_not(None)))}
@@ -202,9 +202,9 @@ def test_dry_run_counts_a_stage_shared_by_rows_once(
     a, b, c = run_campaign(sheet=str(sheet), dry_run=True).estimates
     assert a.image_usd > 0
     assert a.speech_usd > 0
-    assert (b.image_usd, b.speech_usd, b.reused_stages) == (0, 0, 2)
+    assert (b.image_usd, b.speech_usd, b.reused_stages) == (0, 0, 3)  # variant, speech, their timing
     assert b.lipsync_usd == pytest.approx(2 * a.lipsync_usd)  # 720p costs twice 480p
-    assert (c.total_usd, c.reused_stages) == (0, 3)
+    assert (c.total_usd, c.reused_stages) == (0, 4)
 
 
 def test_sheet_text_in_the_artifacts_stays_text() -> None:

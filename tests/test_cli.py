@@ -45,9 +45,11 @@ def garbage_audio(tmp_path: Path) -> Path:
     ("args", "message"),
     [
         (["video", "nobody", "--script", "hi"], "unknown actor 'nobody' (known: ava, leo, maya)"),
-        (["video", "maya", "--script", "   "], "exactly one of script and audio"),
-        (["video", "maya"], "exactly one of script and audio"),
-        (["video", "maya", "--script", "hi", "--audio", "x.wav"], "exactly one of script and audio"),
+        (["video", "maya", "--script", "   "], "give a script, or an audio file"),
+        (["video", "maya"], "give a script, or an audio file"),
+        (["video", "maya", "--script", "hi", "--audio", "x.wav"], "audio file x.wav does not exist"),
+        (["video", "maya", "--script", "hi", "--caption-style", "wavy"], "captions"),
+        (["video", "maya", "--script", "ok ᚠ", "--captions"], "no caption font draws 'ᚠ' (U+16A0 RUNIC"),
         (
             ["video", "maya", "--script", "word " * 600],
             "script is 2999 characters long; espeak-ng takes at most 2000",
@@ -160,9 +162,9 @@ def test_variant_list_unknown_actor(actors: Runtime) -> None:
 def test_db_commands(data_dir: Path) -> None:
     code, out, _ = _invoke("db", "upgrade")
     assert code == 0
-    assert "database at revision 0004" in out
+    assert "database at revision 0005" in out
     code, out, _ = _invoke("db", "current")
-    assert out.strip() == "0004 (head: 0004)"
+    assert out.strip() == "0005 (head: 0005)"
     code, out, _ = _invoke("db", "downgrade", "base")
     assert "database at revision base" in out
 

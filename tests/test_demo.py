@@ -35,3 +35,9 @@ def test_demo_renders_the_sample_videos_quietly(tmp_path: Path) -> None:
         assert info.has_audio
         assert info.duration > 2.0
     assert f"videos are in {tmp_path / '.castflow' / 'storage'} under videos/" in done.stdout
+    # The first video wears the sample brand kit: a TikTok output that meets its profile.
+    (tiktok,) = [line for line in out_lines if line.strip().startswith("tiktok ")]
+    found = re.search(r"file://\S+_tiktok\.mp4", tiktok)
+    assert found is not None, tiktok
+    info = media.probe(Path(found.group(0).removeprefix("file://")))
+    assert (info.width, info.height) == (1080, 1920)

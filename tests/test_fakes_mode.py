@@ -49,7 +49,8 @@ def test_video_on_fakes_without_keys(
     assert fakes["wavespeed"].calls["submit"] - calls_before["wavespeed"]["submit"] == 1
     with rt.session() as s:
         providers = {r.stage: r.provider for r in s.scalars(sa.select(StageRun))}
-    assert providers == {"scene_variant": "fal", "speech": "fal", "lipsync": "wavespeed"}
+    # the word timing is free and local (the fal speech brought its own timestamps, read from the stage)
+    assert providers == {"scene_variant": "fal", "speech": "fal", "lipsync": "wavespeed", "timing": "local"}
     assert result.cost_usd > 0
 
 
@@ -147,7 +148,7 @@ def test_faults_everywhere_give_the_same_correct_video_as_the_embedded_defaults(
         assert abs(info.duration - result.audio_seconds) < 0.1
         with runtime.session() as s:
             runs = list(s.scalars(sa.select(StageRun)))
-        assert sorted(r.stage for r in runs) == ["lipsync", "scene_variant", "speech"]
+        assert sorted(r.stage for r in runs) == ["lipsync", "scene_variant", "speech", "timing"]
         assert all(r.status.value == "succeeded" for r in runs)
     # submits seen: the stages (fal 2, WaveSpeed 1) + answers refused with 429/503 (fal 2, WaveSpeed 1)
     # + one resubmit after each failed job. Nothing else was submitted twice.

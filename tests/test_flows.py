@@ -91,6 +91,7 @@ def test_script_video_end_to_end_then_fully_reused(rt: Runtime, counted: dict[st
         ("lipsync", StageStatus.succeeded, 1),
         ("scene_variant", StageStatus.succeeded, 1),
         ("speech", StageStatus.succeeded, 1),
+        ("timing", StageStatus.succeeded, 1),
     ]
     assert all(r.output_key and rt.storage.exists(r.output_key) for r in rows)
     with rt.session() as s:
@@ -103,7 +104,7 @@ def test_script_video_end_to_end_then_fully_reused(rt: Runtime, counted: dict[st
     again = generate_video(request)
     assert again.status == "succeeded"
     assert again.video_key == result.video_key
-    assert again.reused_stages == 3
+    assert again.reused_stages == 4  # the word timing too
     assert _calls(counted) == {"image": 1, "speech": 1, "lipsync": 1}  # nothing paid twice
     with rt.session() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Video)) == 1
@@ -116,7 +117,7 @@ def test_database_alone_prevents_repeat_calls(rt: Runtime, counted: dict[str, Co
     with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
         again = generate_video(request)
     assert again.status == "succeeded"
-    assert again.reused_stages == 3
+    assert again.reused_stages == 4  # the word timing too
     assert _calls(counted) == {"image": 1, "speech": 1, "lipsync": 1}
 
 
@@ -221,14 +222,14 @@ def test_video_end_to_end_on_postgres(pg_rt: Runtime) -> None:
     first = generate_video(request)
     again = generate_video(request)
     assert first.status == again.status == "succeeded"
-    assert again.reused_stages == 3
+    assert again.reused_stages == 4  # the word timing too
     with pg_rt.session() as s:
         video = s.scalars(sa.select(Video)).one()
         assert video.status is VideoStatus.succeeded
         assert video.finished_at is not None
         assert video.finished_at.tzinfo is not None
         runs = s.scalars(sa.select(StageRun)).all()
-        assert sorted(r.stage for r in runs) == ["lipsync", "scene_variant", "speech"]
+        assert sorted(r.stage for r in runs) == ["lipsync", "scene_variant", "speech", "timing"]
         assert all(r.attempts == 1 for r in runs)
 
 

@@ -28,13 +28,14 @@ def _names(units: list[Unit]) -> list[str]:
 def test_each_kind_of_video_gets_its_plan(rt: Runtime, tmp_path: Path) -> None:
     ensure_sample_actors(rt)
     scene = pipeline.prepare_video(rt, VideoRequest(actor="maya", script="Hi there.", scene="a beach"))
-    assert _names(plan(scene)) == ["scene_variant", "speech", "lipsync", "qc", "publish", "words"]
+    assert _names(plan(scene)) == ["scene_variant", "speech", "lipsync", "qc", "timing", "publish", "words"]
     captioned = pipeline.prepare_video(rt, VideoRequest(actor="maya", script="Hi there.", captions=True))
     assert _names(plan(captioned)) == [
         "portrait",
         "speech",
         "lipsync",
         "qc",
+        "timing",
         "captions",
         "publish",
         "words",
@@ -42,8 +43,24 @@ def test_each_kind_of_video_gets_its_plan(rt: Runtime, tmp_path: Path) -> None:
     voice = Voice(provider="local", model="espeak-ng", voice_id="en-us")
     made = rt.speech["local"].synthesize("An uploaded voice.", voice, workdir=tmp_path)  # type: ignore[union-attr]
     uploaded = pipeline.prepare_video(rt, VideoRequest(actor="leo", audio=str(made.path), captions=True))
-    # captions need a script: an audio row gets none
+    # captions need the words: an audio row without its script gets none
     assert _names(plan(uploaded)) == ["portrait", "audio_ingest", "lipsync", "qc", "publish"]
+    told = pipeline.prepare_video(
+        rt, VideoRequest(actor="leo", audio=str(made.path), script="An uploaded voice.", captions="karaoke")
+    )
+    assert told.script is None  # played, not spoken
+    assert told.transcript == "An uploaded voice."
+    assert _names(plan(told)) == [
+        "portrait",
+        "audio_ingest",
+        "lipsync",
+        "qc",
+        "timing",
+        "captions",
+        "publish",
+        "words",
+    ]
+    assert told.request_key != uploaded.request_key
 
 
 def test_a_graph_whose_unit_reads_a_role_nobody_makes_is_refused() -> None:
@@ -107,7 +124,7 @@ def test_a_new_unit_runs_in_process_and_on_prefect_tasks(rt: Runtime, prefect_se
     result = pipeline.run_video(rt, first, graph=graph)
     assert result.status == "succeeded"
     assert calls == [first.request_key]
-    assert _links(rt, first.request_key) == ["lipsync", "speech", "stamp"]
+    assert _links(rt, first.request_key) == ["lipsync", "speech", "stamp", "timing"]
 
     from prefect import flow
 
@@ -120,7 +137,7 @@ def test_a_new_unit_runs_in_process_and_on_prefect_tasks(rt: Runtime, prefect_se
 
     assert on_tasks().status == "succeeded"
     assert calls == [first.request_key, second.request_key]
-    assert _links(rt, second.request_key) == ["lipsync", "speech", "stamp"]
+    assert _links(rt, second.request_key) == ["lipsync", "speech", "stamp", "timing"]
     with rt.session() as s:
         stamps = s.scalars(sa.select(StageRun).where(StageRun.stage == "stamp")).all()
         assert len(stamps) == 2

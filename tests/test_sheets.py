@@ -56,12 +56,12 @@ def test_a_valid_sheet_with_bom_quoted_newlines_and_passthrough_columns(tmp_path
         "a beach",
         "720p",
         7,
-        True,
+        "clean",
     )
     assert first.extra == {"campaign tag": "spring", "utm_source": "tiktok"}
     assert second.request.audio_path == tmp_path / "vo.wav"
     assert second.audio_seconds == pytest.approx(1.5, abs=0.01)
-    assert (second.request.resolution, second.request.seed, second.request.captions) == ("480p", 0, False)
+    assert (second.request.resolution, second.request.seed, second.request.captions) == ("480p", 0, "no")
     assert third.row_id == "row-4"  # generated from the spreadsheet row
     assert len(s.content_hash) == 64
 
@@ -79,7 +79,7 @@ def test_every_error_of_a_sheet_comes_at_once_with_row_and_column(tmp_path: Path
         'r1,maya,"A line\nthat spans two lines in the cell",,,,,\n'  # row 2, valid
         "r2,mallory,Hi.,,,,,\n"  # row 3: unknown actor
         "r3,maya,,,,,,\n"  # row 4: neither
-        "r4,maya,Hi.,x.wav,,,,\n"  # row 5: both
+        "r4,maya,Hi.,x.wav,,,,\n"  # row 5: a script with a missing audio file (the script is its words)
         f"r5,maya,{'word ' * 500},,,,,\n"  # row 6: too long for espeak-ng (2000)
         "r6,maya,,broken.wav,,,,\n"  # row 7: unreadable audio
         "r1,maya,Hi again.,,,,,\n"  # row 8: duplicate id
@@ -93,7 +93,7 @@ def test_every_error_of_a_sheet_comes_at_once_with_row_and_column(tmp_path: Path
     assert found == {
         (3, "actor"),
         (4, "script"),
-        (5, "script"),
+        (5, "audio"),
         (6, "script"),
         (7, "audio"),
         (8, "row_id"),
@@ -165,7 +165,7 @@ def test_a_rows_fields_are_declared_once_by_the_request_model() -> None:
     req = VideoRequest(actor="maya", script="Hi.", scene="a pier", seed=3, captions=True)
     cells = request_cells(req)
     assert list(cells) == list(VideoRequest.model_fields)  # every field, in the sheet's order
-    assert (cells["scene"], cells["audio"], cells["seed"], cells["captions"]) == ("a pier", "", 3, "yes")
+    assert (cells["scene"], cells["audio"], cells["seed"], cells["captions"]) == ("a pier", "", 3, "clean")
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "CR"])
@@ -239,10 +239,13 @@ def test_flags_that_do_nothing_are_said_the_same_way(tmp_path: Path) -> None:
     s = sheet(tmp_path, "actor,audio,captions\nmaya,vo.wav,yes\n")
     ((warning),) = [p for p in s.warnings if p.column == "captions"]
     assert (
-        str(warning) == "row 2, column captions: captions need a script; this audio row gets none (warning)"
+        str(warning)
+        == "row 2, column captions: captions need the words: give the audio's script too; this row gets none (warning)"
     )
     request = VideoRequest(actor="maya", audio=str(tmp_path / "vo.wav"), captions=True)
-    assert request.ignored() == [("captions", "captions need a script; this audio video gets none")]
+    assert request.ignored() == [
+        ("captions", "captions need the words: give the audio's script too; this video gets none")
+    ]
     assert VideoRequest(actor="maya", script="Hi.", captions=True).ignored() == []
 
 
@@ -321,3 +324,29 @@ def test_sheets_are_bounded_before_and_while_they_are_read(tmp_path: Path) -> No
     s = sheet(tmp_path, "actor,scene,script\nmaya," + "sunny " * 400 + ",Hi.\n")
     assert [(p.row, p.column) for p in s.errors] == [(2, "scene")]
     assert "the image edit takes at most 2000" in str(s.errors[0])
+
+
+def test_caption_styles_and_an_audio_with_its_script(tmp_path: Path) -> None:
+    wav(tmp_path / "vo.wav", 1.0)
+    s = sheet(
+        tmp_path,
+        "row_id,actor,script,audio,captions\n"
+        "a,maya,Hi there.,,bold\n"
+        "b,maya,Hi there.,,KARAOKE\n"
+        "c,maya,What the voice-over says.,vo.wav,clean\n"
+        "d,maya,Hi.,,Yes\n",
+    )
+    assert s.errors == []
+    assert [r.request.captions for r in s.rows] == ["bold", "karaoke", "clean", "clean"]
+    told = s.rows[2].request
+    assert told.audio is not None
+    assert told.script == "What the voice-over says."  # its words, for captions: not spoken
+    bad = sheet(
+        tmp_path,
+        "row_id,actor,script,captions\na,maya,Hi.,wavy\nb,maya,Runes ᚠᚢ here.,bold\n",
+    )
+    assert [str(p) for p in bad.errors] == [
+        "row 2, column captions: 'wavy' is not a caption style (clean, bold, karaoke, yes or no)",
+        "row 3, column captions: no caption font draws 'ᚠ' (U+16A0 RUNIC LETTER FEHU FEOH FE F), "
+        "'ᚢ' (U+16A2 RUNIC LETTER URUZ UR U)",
+    ]

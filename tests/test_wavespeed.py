@@ -399,7 +399,7 @@ def test_video_flow_on_wavespeed_with_faults(
     assert fake.calls["submit"] == 3  # one 429 retried at HTTP level, one failed job resubmitted by the task
     assert result.cost_usd == pytest.approx(billed_seconds(result.audio_seconds) * 0.03)
     again = generate_video(req)
-    assert (again.status, again.cost_usd, again.reused_stages) == ("succeeded", 0, 3)
+    assert (again.status, again.cost_usd, again.reused_stages) == ("succeeded", 0, 4)
     assert fake.calls["submit"] == 3
 
 

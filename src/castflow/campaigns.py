@@ -40,8 +40,9 @@ def slug(text: str, limit: int = 40) -> str:
     return words[:limit].rstrip("-") or "x"
 
 
-def load_sheet(rt: Runtime, path: Path) -> Sheet:
-    """Read and validate a sheet against the actor library and the image variants in the database."""
+def load_sheet(rt: Runtime, path: Path, brand: Path | None = None) -> Sheet:
+    """Read and validate a sheet against the actor library and the image variants in the database
+    (``brand``: the campaign's brand kit, for rows that name none)."""
     actors = rt.db_session(
         lambda s: {a.key: ActorInfo(a.key, a.voice_model, a.voice_provider) for a in queries.list_actors(s)},
         what="reading the actors",
@@ -64,7 +65,7 @@ def load_sheet(rt: Runtime, path: Path) -> Sheet:
 
         return rt.db_session(read, what="reading an image variant")
 
-    return read_sheet(path, settings=rt.settings, actors=actors, variant_owner=variant_owner)
+    return read_sheet(path, settings=rt.settings, actors=actors, variant_owner=variant_owner, brand=brand)
 
 
 def videos_prefix(campaign: str) -> str:

@@ -149,15 +149,30 @@ def video(
     actor: Annotated[str, typer.Argument(help="Actor key.")],
     script: Annotated[str | None, typer.Option("--script", "-s", help="What the actor says.")] = None,
     audio: Annotated[
-        Path | None, typer.Option("--audio", "-a", help="Audio file to lip-sync instead.")
+        Path | None,
+        typer.Option(
+            "--audio",
+            "-a",
+            help="Audio file to lip-sync instead (--script then gives its words, for captions).",
+        ),
     ] = None,
     scene: Annotated[str | None, typer.Option("--scene", help="Scene prompt for the image edit.")] = None,
     variant: Annotated[str | None, typer.Option("--variant", help="Reuse this image variant id.")] = None,
     resolution: Annotated[str, typer.Option("--resolution", "-r", help="480p or 720p.")] = "480p",
     seed: Annotated[int, typer.Option("--seed", help="Seed for the edit and lip-sync.")] = 0,
     captions: Annotated[
-        bool, typer.Option("--captions", help="Burn the script in as captions and write an SRT.")
+        bool,
+        typer.Option(
+            "--captions", help="Burn the script in as captions (clean style); writes .srt and .ass."
+        ),
     ] = False,
+    caption_style: Annotated[
+        str | None,
+        typer.Option(
+            "--caption-style",
+            help="Captions in this style: clean, bold (a few big words at a time) or karaoke (the spoken word lit).",
+        ),
+    ] = None,
 ) -> None:
     """Make one video of ACTOR saying --script (or playing --audio)."""
     from castflow.models import VideoRequest
@@ -172,7 +187,7 @@ def video(
                 image_variant_id=variant,
                 resolution=resolution,
                 seed=seed,
-                captions=captions,
+                captions=caption_style or captions,
             )
         except ValidationError as exc:
             raise CliError(_validation_message(exc)) from exc
@@ -229,6 +244,11 @@ def _print_result(result: VideoResult) -> None:
             f"ok   {result.actor:<8} {result.video_seconds or 0:5.2f} s  ${result.cost_usd:.4f}{reused}  "
             f"{result.video_url}"
         )
+        for output in result.outputs:  # the export profiles (castflow.finish)
+            if output.status == "succeeded":
+                typer.echo(f"     {output.format:<8} {output.seconds or 0:5.2f} s  {output.url}")
+            else:
+                typer.echo(redact(f"     {output.format:<8} FAILED: {output.error}"))
     else:
         typer.echo(redact(f"FAIL {result.actor:<8} at {result.failed_stage}: {result.error}"))
 
@@ -260,7 +280,12 @@ def demo() -> None:
         rt = _runtime()
         ensure_sample_actors(rt)
         audio = _demo_audio(rt)
+        from castflow.brand import make_sample_kit
+
+        # The first video also wears the sample brand kit: a TikTok-ready output with bold captions.
+        kit = make_sample_kit(rt.settings.data_dir / "samples" / "brand")
         requests = [VideoRequest(actor=a, script=s, scene=sc) for a, s, sc in DEMO_SCRIPTS]
+        requests[0] = requests[0].model_copy(update={"brand": str(kit), "captions": "bold"})
         requests.append(VideoRequest(actor="ava", audio=str(audio), scene="in a modern office with plants"))
         typer.echo(f"castflow demo: {len(requests)} videos, data in {rt.settings.data_dir}")
         failed = 0
@@ -579,12 +604,22 @@ def webhooks_serve(
 SheetArg = Annotated[Path, typer.Argument(help="The campaign sheet (CSV).", show_default=False)]
 
 
-def _load_sheet(path: Path) -> Any:
+BrandOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--brand", help="Brand kit (YAML) for the rows whose brand column is empty: logo, colours, music..."
+    ),
+]
+
+
+def _load_sheet(path: Path, brand: Path | None = None) -> Any:
     from castflow import campaigns
 
     if not path.is_file():
         raise CliError(f"sheet {path} does not exist")
-    return campaigns.load_sheet(_runtime(), path)
+    if brand is not None and not brand.is_file():
+        raise CliError(f"brand kit {brand} does not exist")
+    return campaigns.load_sheet(_runtime(), path, brand=brand)
 
 
 def _print_problems(sheet: Any, *, skip_invalid: bool) -> None:
@@ -606,11 +641,11 @@ def _print_problems(sheet: Any, *, skip_invalid: bool) -> None:
 
 
 @campaign_app.command("validate")
-def campaign_validate(sheet: SheetArg) -> None:
+def campaign_validate(sheet: SheetArg, brand: BrandOption = None) -> None:
     """Check every row of a sheet (actors, scripts, audio files, ids, limits) without running anything."""
 
     def go() -> None:
-        loaded = _load_sheet(sheet)
+        loaded = _load_sheet(sheet, brand)
         _print_problems(loaded, skip_invalid=False)
         typer.echo(f"{loaded.name}: {len(loaded.rows)} row(s) ok")
 
@@ -631,6 +666,7 @@ def campaign_run(
         bool, typer.Option("--skip-invalid", help="Run the valid rows, report the others.")
     ] = False,
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Rows in flight.")] = None,
+    brand: BrandOption = None,
 ) -> None:
     """Run a campaign sheet: every row becomes a video (resumes a sheet run before)."""
 
@@ -639,7 +675,7 @@ def campaign_run(
         from castflow.estimates import RealPrices, budget_total, configured, real_total
 
         rt = _runtime()
-        loaded = _load_sheet(sheet)
+        loaded = _load_sheet(sheet, brand)
         _print_problems(loaded, skip_invalid=skip_invalid)
         if dry_run:
             rows, totals, reals = 0, [], []
@@ -664,7 +700,9 @@ def campaign_run(
                 + ("; --budget applies to the first figure" if budget is not None else "")
             )
             return
-        _run_campaign_flow(sheet, name, budget, skip_invalid, concurrency, total=loaded.total_rows)
+        _run_campaign_flow(
+            sheet, name, budget, skip_invalid, concurrency, total=loaded.total_rows, brand=brand
+        )
 
     _run(go)
 
@@ -676,13 +714,18 @@ def _run_campaign_flow(
     skip_invalid: bool,
     concurrency: int | None,
     total: int,
+    brand: Path | None = None,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from castflow import campaigns, interrupt
 
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
-    resume = f"castflow campaign run {sheet}" + (f" --name {name}" if name else "")
+    resume = (
+        f"castflow campaign run {sheet}"
+        + (f" --name {name}" if name else "")
+        + (f" --brand {brand}" if brand else "")
+    )
 
     def first() -> None:
         sys.stderr.write(
@@ -722,6 +765,7 @@ def _run_campaign_flow(
                 budget_usd=budget or 0.0,
                 skip_invalid=skip_invalid,
                 row_concurrency=concurrency or 0,
+                brand=str(brand.resolve()) if brand else "",
                 return_state=True,
             )
         finally:

@@ -1,4 +1,5 @@
-"""A campaign's manifest: one record per sheet row with its inputs, passthrough columns and outcome."""
+"""A campaign's manifest: one record per output of each sheet row (the render as it came, ``source``, and
+each export profile's file) with the row's inputs, passthrough columns and outcome."""
 
 from __future__ import annotations
 
@@ -38,17 +39,20 @@ def manifest_rows(
         }
         record.update(_outcome(video))
         records.append(record)
+        for output in (video.outputs or []) if video is not None else []:
+            records.append({**record, **_output(output)})
     for line in sorted(sheet.invalid_rows):
         video = videos.get(f"row-{line}")
         records.append({"row": line, "row_id": f"row-{line}", **_outcome(video)})
-    records.sort(key=lambda r: int(r["row"]))
+    records.sort(key=lambda r: int(r["row"]))  # stable: a row's outputs stay after its source
     return BASE_COLUMNS + extras + RESULT_COLUMNS, records
 
 
 def _outcome(video: Video | None) -> dict[str, Any]:
     if video is None:
-        return {"status": "pending"}
+        return {"format": "source", "status": "pending"}
     return {
+        "format": "source",
         "status": video.status.value,
         "failed_stage": video.failed_stage or "",
         "error": video.error or "",
@@ -57,6 +61,23 @@ def _outcome(video: Video | None) -> dict[str, Any]:
         "audio_seconds": "" if video.audio_seconds is None else round(video.audio_seconds, 3),
         "video_seconds": "" if video.video_seconds is None else round(video.video_seconds, 3),
         "cost_usd": round(video.cost_usd, 6),
+    }
+
+
+def _output(output: dict[str, Any]) -> dict[str, Any]:
+    """An export profile's record: its file, or why it failed its check (the row's cost stays on the
+    source record: finishing is free)."""
+    seconds = output.get("seconds")
+    return {
+        "format": output.get("format", ""),
+        "status": output.get("status", ""),
+        "failed_stage": "finish" if output.get("status") == "failed" else "",
+        "error": output.get("error") or "",
+        "video_key": output.get("key") or "",
+        "video_url": output.get("url") or "",
+        "video_seconds": "" if seconds is None else round(float(seconds), 3),
+        "cost_usd": 0.0,
+        "music_licence": output.get("music_licence") or "",
     }
 
 

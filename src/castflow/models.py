@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from castflow.settings import Resolution
 
@@ -51,13 +51,22 @@ class ActorRef(Frozen):
     mouth: Mouth | None = None
 
 
+CaptionStyle = Literal["no", "clean", "bold", "karaoke"]  # castflow.captions.STYLES
+FormatName = Literal["tiktok", "reels", "feed-4x5", "square", "landscape"]  # castflow.finish.PROFILES
+YES = frozenset({"1", "true", "yes", "y", "on", "x"})
+NO = frozenset({"", "0", "false", "no", "n", "off", "none"})
+
+
 class VideoRequest(Frozen):
     """One video to make: an actor saying a script (or playing an audio file) in a scene."""
 
     actor: str = Field(min_length=1, description="Actor key from the actor library.")
-    script: str | None = Field(default=None, description="Text the actor says (or give audio).")
+    script: str | None = Field(
+        default=None,
+        description="Text the actor says; with an audio file, what that audio says (for its captions).",
+    )
     audio: str | None = Field(
-        default=None, description="Path of an audio file to lip-sync instead of a script."
+        default=None, description="Path of an audio file to lip-sync instead of speaking the script."
     )
     scene: str | None = Field(
         default=None, description="Scene prompt for the image edit; none keeps the portrait."
@@ -65,28 +74,89 @@ class VideoRequest(Frozen):
     image_variant_id: str | None = Field(default=None, description="Reuse an existing image variant.")
     resolution: Resolution = "480p"
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    captions: bool = Field(default=False, description="Burn the script in as captions, and write an SRT.")
+    captions: CaptionStyle = Field(
+        default="no",
+        description="Captions burned in, with .srt and .ass files beside the video: no, clean (or yes), "
+        "bold (a few big words at a time) or karaoke (the spoken word lit).",
+    )
+
+    formats: tuple[FormatName, ...] = Field(
+        default=(),
+        description="More outputs, each finished for a platform: tiktok, reels, feed-4x5, square, landscape "
+        "(joined by |); the render as it came (source) is always kept. Default: the setting "
+        "CASTFLOW_PIPELINE__DEFAULT_FORMATS.",
+    )
+
+    brand: str | None = Field(
+        default=None,
+        description="Path of a brand kit (YAML: logo, caption colours and font, hook, end card, music) "
+        "for the export profiles.",
+    )
+    hook_text: str | None = Field(
+        default=None, max_length=120, description="A line shown at the top for the first seconds."
+    )
+    cta: str | None = Field(default=None, max_length=80, description="The end card's call to action.")
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _format_names(cls, value: object) -> object:
+        """``tiktok|square`` (a sheet's cell) as names, each once, in order; ``source`` is implied."""
+        if isinstance(value, str):
+            value = value.replace(",", "|").split("|")
+        if isinstance(value, list | tuple):
+            names = [str(v).strip().lower() for v in value]
+            return tuple(dict.fromkeys(n for n in names if n and n != "source"))
+        return value
+
+    @field_validator("captions", mode="before")
+    @classmethod
+    def _caption_style(cls, value: object) -> object:
+        """yes/no and true/false still work: yes is the clean style."""
+        if value is None or isinstance(value, bool):
+            return "clean" if value else "no"
+        if isinstance(value, str):
+            word = value.strip().lower()
+            return "clean" if word in YES else "no" if word in NO else word
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> VideoRequest:
         has_script = bool(self.script and self.script.strip())
         has_audio = bool(self.audio and self.audio.strip())
-        if has_script == has_audio:
-            raise ValueError("give exactly one of script and audio")
+        if not has_script and not has_audio:
+            raise ValueError("give a script, or an audio file (with its script for captions)")
         if self.scene is not None and self.image_variant_id is not None:
             raise ValueError("give a scene or an image variant, not both")
         return self
 
     @property
     def audio_path(self) -> Path | None:
-        return Path(self.audio).expanduser() if self.audio else None
+        return Path(self.audio).expanduser() if self.audio and self.audio.strip() else None
+
+    @property
+    def captioned(self) -> bool:
+        return self.captions != "no"
 
     def ignored(self) -> list[tuple[str, str]]:
         """(field, why) of each option this request asks for that will do nothing: said the same way
         by the CLI, sheets and the generate-video flow."""
-        if self.captions and not (self.script and self.script.strip()):
-            return [("captions", "captions need a script; this audio video gets none")]
+        if self.captioned and not (self.script and self.script.strip()):
+            return [
+                ("captions", "captions need the words: give the audio's script too; this video gets none")
+            ]
         return []
+
+
+class Output(Frozen):
+    """One finished output of a video: an export profile's file, or why it failed its profile's check."""
+
+    format: str
+    status: Literal["succeeded", "failed"]
+    key: str | None = None
+    url: str | None = None
+    seconds: float | None = None
+    error: str | None = None
+    music_licence: str | None = None  # the brand kit's note for its music bed, when one plays
 
 
 StageName = str  # a unit of castflow.pipeline.graph.GRAPH (scene_variant, speech, lipsync, ...)
@@ -103,6 +173,7 @@ class StageOutcome(Frozen):
     produced: bool = False  # this call fetched the output (ran the stage, or re-attached to its job)
     url: str | None = None  # where the output can be fetched (the publish unit's)
     files: dict[str, str] = Field(default_factory=dict)  # files stored beside it, by kind (captions: srt)
+    outputs: tuple[Output, ...] = ()  # the finishing unit's: one per export profile
 
 
 class VideoResult(Frozen):
@@ -119,3 +190,4 @@ class VideoResult(Frozen):
     reused_stages: int = 0
     failed_stage: str | None = None
     error: str | None = None
+    outputs: tuple[Output, ...] = ()  # the export profiles' files (the video itself is the source)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import json
 import os
 import posixpath
 import uuid
@@ -117,6 +118,8 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
                 "cost_usd": v.cost_usd,
                 "video_key": v.video_key,
                 "video_url": v.video_url,
+                # The export profiles' files (castflow.finish): JSON, one object per format.
+                "outputs": json.dumps(v.outputs, ensure_ascii=False) if v.outputs else None,
                 **{k: _text((v.extra or {}).get(k)) for k in passthrough},
             }
             for v in rows
@@ -145,6 +148,7 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
         "cost_usd": pl.Float64,
         "video_key": pl.String,
         "video_url": pl.String,
+        "outputs": pl.String,
         **dict.fromkeys(passthrough, pl.String),
     }
     stage_schema = {
@@ -239,7 +243,7 @@ def build(
     campaign = _campaign(rt, name_or_id)
     videos, stages = load(rt, campaign.id)
     known = {"row_id", *stored_request_fields(), "status", "failed_stage", "error", "audio_seconds"}
-    known |= {"video_seconds", "cost_usd", "video_key", "video_url"}
+    known |= {"video_seconds", "cost_usd", "video_key", "video_url", "outputs"}
     report = Report(
         str(campaign.id),
         campaign.name,
@@ -605,6 +609,7 @@ def _card(report: Report, v: dict[str, Any], links: Links, thumbs: dict[str, str
         f"{html.escape(v.get('scene') or 'portrait')} · {v['resolution']}{seconds} · ${v['cost_usd']:.3f}"
         + (f"<q>{html.escape(short(v.get('script')))}</q>" if v.get("script") else "")
         + (f"<dl>{extra}</dl>" if extra else "")
+        + _formats(v, links)
         + (
             ""  # an inlined video is in the page once: its player offers the download
             if target.startswith("data:")
@@ -612,6 +617,25 @@ def _card(report: Report, v: dict[str, Any], links: Links, thumbs: dict[str, str
         )
         + "</figcaption></figure>"
     )
+
+
+def outputs_of(v: dict[str, Any]) -> list[dict[str, Any]]:
+    """A video row's export profiles (the report's ``outputs`` column, JSON)."""
+    found = json.loads(v["outputs"]) if v.get("outputs") else []
+    return [o for o in found if isinstance(o, dict)]
+
+
+def _formats(v: dict[str, Any], links: Links) -> str:
+    """A link to each export profile's file, and the reason of each that failed its check."""
+    parts = []
+    for output in outputs_of(v):
+        name = html.escape(str(output.get("format", "")))
+        if output.get("status") == "succeeded" and output.get("key"):
+            parts.append(f'<a href="{html.escape(links.href(output["key"]))}" target="_blank">{name}</a>')
+        else:
+            why = html.escape(short(str(output.get("error") or "failed")))
+            parts.append(f'<span title="{why}">{name} (failed)</span>')
+    return f"<p>formats: {' · '.join(parts)}</p>" if parts else ""
 
 
 def markdown(report: Report) -> str:

@@ -139,6 +139,21 @@ class PipelineSettings(Section):
     prompt_limits: dict[str, int] = {LOCAL_IMAGE_MODEL: 2_000}
     script_limits: dict[str, int] = {"espeak-ng": 2_000}
     max_audio_seconds: float = Field(default=600.0, gt=0)
+    default_formats: list[str] = Field(
+        default_factory=list,
+        description="Export profiles made for rows that name none (castflow.finish.PROFILES), e.g. "
+        '["tiktok"]; the render as it came is always kept.',
+    )
+    format_seconds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Shortest and longest duration each export profile accepts, in seconds, where a "
+        'platform changed its limits: {"reels": [3, 90]} (defaults in castflow.finish.PROFILES).',
+    )
+    fill: Literal["blur", "crop"] = Field(
+        default="blur",
+        description="How an export profile of another shape than the render is filled: blur (the render "
+        "whole over a blurred copy of itself: no face cropped) or crop (the centre).",
+    )
     qc_duration_tolerance_s: float = Field(default=0.1, gt=0)
     task_retries: int = Field(default=3, ge=0)
     retry_backoff_s: float = Field(default=2.0, ge=0)

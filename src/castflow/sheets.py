@@ -27,7 +27,8 @@ from typing import Any, BinaryIO, TextIO
 
 from pydantic import ValidationError
 
-from castflow import media
+from castflow import captions as captions_module
+from castflow import finish, media
 from castflow.hints import unknown_actor
 from castflow.inputs import confined_file_problem, file_problem
 from castflow.models import VideoRequest
@@ -46,6 +47,7 @@ _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 # these names would be overwritten there, so it is refused.
 OUTPUT_COLUMNS = (
     "row",
+    "format",  # one manifest record per output: source (the render), or an export profile
     "status",
     "failed_stage",
     "error",
@@ -54,6 +56,7 @@ OUTPUT_COLUMNS = (
     "audio_seconds",
     "video_seconds",
     "cost_usd",
+    "music_licence",  # an output's brand music: where it comes from and what allows its use
 )
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TRUE = {"1", "true", "yes", "y", "on", "x"}
@@ -112,6 +115,8 @@ def request_cells(request: VideoRequest) -> dict[str, str | int]:
             cells[name] = ""
         elif isinstance(value, bool):
             cells[name] = "yes" if value else "no"
+        elif isinstance(value, list | tuple):
+            cells[name] = "|".join(str(v) for v in value)
         else:
             cells[name] = value
     return cells
@@ -350,16 +355,37 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class _Kits:
+    """The brand kits a sheet's rows name, each read and checked once."""
+
+    def __init__(self, default: Path | None) -> None:
+        self.default = default.resolve() if default is not None else None
+        self._found: dict[Path, str | None] = {}
+
+    def problem(self, path: Path) -> str | None:
+        if path not in self._found:
+            from castflow.brand import BrandError, load_brand
+
+            try:
+                load_brand(path)
+                self._found[path] = None
+            except BrandError as exc:
+                self._found[path] = str(exc)
+        return self._found[path]
+
+
 def read_sheet(
     path: Path,
     *,
     settings: Settings,
     actors: Mapping[str, ActorInfo],
     variant_owner: Callable[[str], str | None] | None = None,
+    brand: Path | None = None,
 ) -> Sheet:
     """Read and validate a sheet. Never raises for bad content: every problem is in ``Sheet.problems``.
 
     ``variant_owner(id)`` returns the actor key an image variant belongs to (None: unknown variant).
+    ``brand``: the campaign's brand kit, worn by the rows whose ``brand`` cell is empty.
     """
     limits = settings.campaign
     why = file_problem(path)
@@ -404,9 +430,12 @@ def read_sheet(
             for c in clashing
         ]
         return Sheet(path.name, digest, columns, [], problems, frame.height)
+    kits = _Kits(brand)
     for line, cells in frame.rows:
         record = dict(zip(columns, cells, strict=True))
-        row, row_problems = _validate_row(line, record, extras, path.parent, settings, actors, variant_owner)
+        row, row_problems = _validate_row(
+            line, record, extras, path.parent, settings, actors, variant_owner, kits
+        )
         row_id = (record.get("row_id") or "").strip() or f"row-{line}"
         first = ids.setdefault(row_id, line)
         if first != line:
@@ -427,6 +456,7 @@ def _validate_row(
     settings: Settings,
     actors: Mapping[str, ActorInfo],
     variant_owner: Callable[[str], str | None] | None,
+    kits: _Kits,
 ) -> tuple[SheetRow | None, list[SheetProblem]]:
     problems: list[SheetProblem] = []
 
@@ -470,16 +500,14 @@ def _validate_row(
     audio_text = cell("audio") or None
     audio: Path | None = None
     audio_seconds: float | None = None
-    if script and audio_text:
-        error("script", "give a script or an audio file, not both")
-    elif not script and not audio_text:
+    if not script and not audio_text:
         error("script", "give a script or an audio file (both are empty)")
     elif script and not speakable(script):
         error(
             "script",
             "has nothing to say (no letter or digit: only spaces, punctuation or invisible characters)",
         )
-    elif script:
+    elif script and not audio_text:  # spoken (with an audio file, the script is what it says)
         limit = settings.script_limit(actor.voice_model if actor else None)
         if len(script) > limit:
             model = actor.voice_model if actor else "the voice"
@@ -532,9 +560,34 @@ def _validate_row(
                 error("seed", f"{seed} is out of range (0 to 2147483647)")
 
     captions_text = cell("captions").lower()
-    captions = captions_text in TRUE
-    if captions_text not in TRUE | FALSE:
-        error("captions", f"{cell('captions')!r} is not yes/no")
+    captions = "clean" if captions_text in TRUE else "no" if captions_text in FALSE else captions_text
+    if captions not in ("no", *captions_module.STYLE_NAMES):
+        styles = ", ".join(captions_module.STYLE_NAMES)
+        error("captions", f"{cell('captions')!r} is not a caption style ({styles}, yes or no)")
+    elif captions != "no" and script and (lacking := captions_module.missing_glyphs(script, captions)):
+        error("captions", lacking)
+
+    kit_path: Path | None = None
+    if brand_text := cell("brand"):
+        given = Path(brand_text).expanduser()
+        kit_path = given if given.is_absolute() else base / given
+        why = confined_file_problem(kit_path, [base, *settings.campaign.input_roots])
+        if why is not None:
+            error("brand", f"file {brand_text!r} {why} (paths are relative to the sheet)")
+            kit_path = None
+        else:
+            kit_path = kit_path.resolve()
+    else:
+        kit_path = kits.default
+    if kit_path is not None and (why := kits.problem(kit_path)):
+        error("brand", why)
+
+    formats, unknown_formats = finish.parse_formats(cell("formats"))
+    if unknown_formats:
+        error(
+            "formats",
+            f"{unknown_formats[0]!r} is not an export profile ({', '.join(finish.NAMES)}; join several with |)",
+        )
 
     if any(p.severity == "error" for p in problems):
         return None, problems
@@ -547,6 +600,8 @@ def _validate_row(
         "resolution": resolution,
         "seed": seed,
         "captions": captions,
+        "formats": tuple(formats),
+        "brand": str(kit_path) if kit_path else None,
     }
     # Any other field of the request is parsed and validated by the model itself: a new column is a new
     # field of VideoRequest (with its validator), nothing here.

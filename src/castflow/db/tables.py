@@ -175,6 +175,8 @@ class Video(TimestampMixin, Base):
     video_seconds: Mapped[float | None]
     cost_usd: Mapped[float] = mapped_column(default=0.0)
     extra: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # The export profiles' files (castflow.models.Output, as dicts): format, status, key, url, seconds, error.
+    outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     finished_at: Mapped[datetime | None]
 
 

@@ -29,8 +29,10 @@ GRAPH: tuple[Unit, ...] = (
     steps.AUDIO_INGEST,
     steps.LIPSYNC,
     steps.QUALITY_CHECK,
+    steps.TIMING,
     steps.CAPTIONS,
     steps.PUBLISH,
+    steps.FINISH,
     steps.WORDS,
 )
 

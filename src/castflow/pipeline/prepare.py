@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from castflow import media
+from castflow import brand, captions, finish, media
+from castflow.brand import Brand
 from castflow.db import queries
 from castflow.hints import unknown_actor
 from castflow.inputs import file_problem
@@ -60,12 +61,15 @@ class PreparedVideo:
     request: VideoRequest
     request_key: str
     actor: ActorRef
-    script: str | None
+    script: str | None  # what the actor speaks (None: an audio file is played)
     audio_path: Path | None
     audio_sha256: str | None
     audio_seconds: float | None  # the given audio's length (a script's is known once spoken)
     variant: MediaRef | None  # an existing image variant to reuse
     output_key: str  # where the finished video is published (deterministic: reruns overwrite it)
+    transcript: str | None = None  # the words heard: the script, or what the audio file says (captions)
+    formats: tuple[str, ...] = ()  # export profiles to finish (castflow.finish.PROFILES), besides the source
+    brand: Brand | None = None  # the brand kit the export profiles wear
 
 
 def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = None) -> PreparedVideo:
@@ -78,15 +82,20 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
     audio_path = None
     audio_sha = None
     audio_seconds = None
-    if req.script is not None and req.script.strip():
+    transcript = None
+    if req.script is not None and req.script.strip():  # spoken, or the words of the audio file
         bad = control_characters(req.script, allow="\n\r\t")
         if bad:
             raise UserError(f"script contains control characters ({', '.join(bad[:5])}); remove them")
-        script = normalise_text(req.script)
+        script = transcript = normalise_text(req.script)
         if not speakable(script):
             raise UserError(
                 "script has nothing to say (no letter or digit: only spaces, punctuation or invisible characters)"
             )
+        if req.captioned and (lacking := captions.missing_glyphs(script, req.captions)):
+            raise UserError(f"captions: {lacking}")
+    if req.audio_path is None:
+        assert script is not None  # the model guarantees a source
         limit = rt.settings.script_limit(actor.voice.model)
         if len(script) > limit:
             raise UserError(
@@ -98,8 +107,8 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
                 f"(configured: {', '.join(sorted(rt.speech))})"
             )
     else:
+        script = None  # the audio file is played; the script, if any, is what it says
         audio_path = req.audio_path
-        assert audio_path is not None  # the model guarantees one source
         why = file_problem(audio_path)
         if why is not None:
             raise UserError(f"audio file {audio_path} {why}")
@@ -128,11 +137,36 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
             raise UserError(f"image variant {req.image_variant_id} belongs to another actor")
         variant = MediaRef(key=row.image_key, sha256=row.image_hash, content_type=_image_type(row.image_key))
     request_key = "video:" + stage_key(
-        "video", provider="-", model="-", **_identity(req, actor, script, audio_sha)
+        "video", provider="-", model="-", **_identity(req, actor, transcript, audio_sha)
     )
     output_key = video_key(actor.key, request_key, req.resolution)
+    kit = None
+    if req.brand:
+        try:
+            kit = brand.load_brand(Path(req.brand).expanduser())
+        except brand.BrandError as exc:
+            raise UserError(str(exc)) from exc
+    formats: tuple[str, ...] = (
+        req.formats or (kit.formats if kit else ()) or tuple(f for f in cfg.default_formats if f != "source")
+    )
+    if unknown := [f for f in formats if f not in finish.PROFILES]:
+        raise UserError(
+            f"CASTFLOW_PIPELINE__DEFAULT_FORMATS: unknown export profile {unknown[0]!r} "
+            f"(known: {', '.join(finish.NAMES)})"
+        )
     return PreparedVideo(
-        req, request_key, actor, script, audio_path, audio_sha, audio_seconds, variant, output_key
+        req,
+        request_key,
+        actor,
+        script,
+        audio_path,
+        audio_sha,
+        audio_seconds,
+        variant,
+        output_key,
+        transcript,
+        formats,
+        kit,
     )
 
 
@@ -148,7 +182,7 @@ def _identity(
     from their default, so the keys of videos made before a field existed stay as they were (captions)."""
     identity: dict[str, Any] = {
         "actor": actor.key,
-        "script": script,
+        "script": script if audio_sha is None else None,
         "audio": audio_sha,
         "scene": normalise_text(req.scene) if req.scene else None,
         "variant": req.image_variant_id,
@@ -161,6 +195,10 @@ def _identity(
         value = getattr(req, name)
         if value != field.default:
             identity[name] = value
+    if audio_sha is not None and script is not None:
+        identity["transcript"] = script  # an audio file's words (its captions)
+    if identity.get("captions") == "clean":
+        identity["captions"] = True  # its form when captions were yes/no: those videos keep their keys
     return identity
 
 

@@ -86,6 +86,7 @@ def record_start(rt: Runtime, prepared: PreparedVideo, **extra_values: object) -
         "status": VideoStatus.running,
         "failed_stage": None,
         "error": None,
+        "outputs": None,
     }
     video_id = rt.db(
         functools.partial(queries.upsert_video, request_key=prepared.request_key, values=values),
@@ -111,6 +112,7 @@ def record_success(
     given = image.stage_key not in {o.stage_key for o in ledger}
     reused = sum(1 for o in ledger if o.reused) + (1 if given else 0)
     captions = done["video"].files.get("srt")
+    outputs = done["outputs"].outputs if "outputs" in done else ()
     video_id = _finish(
         rt,
         prepared,
@@ -124,6 +126,7 @@ def record_success(
         video_seconds=video_seconds,
         cost_usd=cost,
         captions_key=captions,
+        outputs=[o.model_dump() for o in outputs] or None,
         failed_stage=None,
         error=None,
     )
@@ -137,6 +140,7 @@ def record_success(
         video_seconds=video_seconds,
         cost_usd=cost,
         reused_stages=reused,
+        outputs=outputs,
     )
 
 

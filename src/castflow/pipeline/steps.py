@@ -15,6 +15,7 @@ from castflow.models import (
     ActorRef,
     MediaRef,
     Mouth,
+    Output,
     StageOutcome,
     Voice,
 )
@@ -209,40 +210,217 @@ def lipsync(
     )
 
 
-CAPTIONS_MODEL = "captions-v1"  # bump when the look or the timing rules change
+TIMING_MODEL = "timing-v1"  # bump when the way words are timed changes
 
 
-def captions_key(video: MediaRef, text: str) -> str:
+def timing_key(audio: MediaRef, text: str) -> str:
+    from castflow.align import ALIGN_MODEL
+
     return stage_key(
-        "captions", provider="local", model=CAPTIONS_MODEL, video=video.sha256, text=normalise_text(text)
+        "timing",
+        provider="local",
+        model=f"{TIMING_MODEL}+{ALIGN_MODEL}",
+        audio=audio.sha256,
+        text=normalise_text(text),
+    )
+
+
+def word_timing(rt: Runtime, audio: StageOutcome, text: str) -> StageOutcome:
+    """When each word of ``text`` is heard in ``audio``, as a JSON file (``audio_seconds``, ``source``,
+    ``words``: each word with its start and end in seconds). The speech engine's own timings when its
+    stage recorded them (eSpeak's word events, a TTS's timestamps); otherwise the script aligned to the
+    audio (castflow.align: an uploaded audio, a TTS without timestamps). Free, and kept as a stage."""
+
+    def call(workdir: Path) -> ProviderResult:
+        run = rt.db(
+            lambda c: queries.stage_run_state(c, stage_key=audio.stage_key), what="reading word timings"
+        )
+        words = (run.meta or {}).get("words") if run is not None else None
+        source = "speech"
+        if not words:
+            from castflow import align
+
+            sound = media.decode_audio(rt.storage.local_path(audio.output.key))
+            words, source = align.align_words(text, sound), "aligned"
+        out = workdir / "words.json"
+        body = {"audio_seconds": audio.output.seconds, "source": source, "words": words}
+        out.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+        return ProviderResult(out, "application/json", Billing(0, "words"), meta={"source": source})
+
+    return run_stage(
+        rt,
+        stage="timing",
+        key=timing_key(audio.output, text),
+        provider="local",
+        model=TIMING_MODEL,
+        call=call,
+    )
+
+
+def read_words(rt: Runtime, words: StageOutcome) -> list[dict[str, object]]:
+    body = json.loads(rt.storage.local_path(words.output.key).read_text(encoding="utf-8"))
+    return list(body.get("words") or [])
+
+
+CAPTIONS_MODEL = "captions-v2"  # bump when the look or the timing rules change
+
+
+def captions_key(video: MediaRef, text: str, style: str = "clean", words: MediaRef | None = None) -> str:
+    extra: dict[str, object] = (
+        {}
+        if style == "clean" and words is None
+        else {"style": style, "words": words.sha256 if words else None}
+    )
+    return stage_key(
+        "captions",
+        provider="local",
+        model=CAPTIONS_MODEL,
+        video=video.sha256,
+        text=normalise_text(text),
+        **extra,
     )
 
 
 def add_captions(
-    rt: Runtime, video: StageOutcome, audio: StageOutcome, script: str, key: str
+    rt: Runtime,
+    video: StageOutcome,
+    audio: StageOutcome,
+    script: str,
+    key: str,
+    *,
+    style: str = "clean",
+    words: StageOutcome | None = None,
 ) -> StageOutcome:
-    """The video with the script burned in as captions timed to the speech; the matching SRT is stored
-    beside the video's ``key`` (named in the outcome's ``files``)."""
+    """The video with the script burned in as captions in ``style``, timed by the ``words`` stage (or by
+    the audio's voiced span); the matching ``.srt`` and ``.ass`` are stored beside the video's ``key``
+    (named in the outcome's ``files``)."""
     from castflow import captions
 
     sound = media.decode_audio(rt.storage.local_path(audio.output.key))
-    cues = captions.timed_cues(script, sound)
+    source = rt.storage.local_path(video.output.key)
+    info = media.probe(source)
+    if not info.width or not info.height:
+        raise StageFailed("captions", f"{source.name} has no video stream to caption")
+    size = (info.width, info.height)
+    layout, cues = captions.build(style, script, read_words(rt, words) if words else [], sound, size)
 
     def call(workdir: Path) -> ProviderResult:
-        out = captions.burn(rt.storage.local_path(video.output.key), sound, cues, workdir / "captioned.mp4")
+        out = captions.burn(source, sound, layout, cues, workdir / "captioned.mp4")
         return ProviderResult(out, "video/mp4", Billing(0, "videos"), seconds=media.probe(out).duration)
 
     outcome = run_stage(
         rt,
         stage="captions",
-        key=captions_key(video.output, script),
+        key=captions_key(video.output, script, style, words.output if words else None),
         provider="local",
         model=CAPTIONS_MODEL,
         call=call,
-        meta={"cues": len(cues)},
+        meta={"cues": len(cues), "style": style},
     )
-    srt_key = _publish_text(rt, key.removesuffix(".mp4") + ".srt", captions.srt(cues), "application/x-subrip")
-    return outcome.model_copy(update={"files": {"srt": srt_key}})
+    stem = key.removesuffix(".mp4")
+    srt_key = _publish_text(rt, stem + ".srt", captions.srt(cues), "application/x-subrip")
+    ass_key = _publish_text(rt, stem + ".ass", captions.ass(layout, cues, size), "text/x-ssa")
+    return outcome.model_copy(update={"files": {"srt": srt_key, "ass": ass_key}})
+
+
+FINISH_MODEL = "finish-v1"  # bump when a profile's encoding or the fill changes
+
+
+def finish_key(
+    video: MediaRef,
+    profile: str,
+    fill: str,
+    style: str,
+    text: str | None,
+    words: MediaRef | None,
+    dressing: dict[str, str | None] | None = None,
+) -> str:
+    extra = {k: v for k, v in (dressing or {}).items() if v}  # a brand's fingerprint, the hook, the CTA
+    return stage_key(
+        "finish",
+        provider="local",
+        model=FINISH_MODEL,
+        video=video.sha256,
+        profile=profile,
+        fill=fill,
+        captions=style,
+        text=normalise_text(text) if text and style != "no" else None,
+        words=words.sha256 if words and style != "no" else None,
+        **extra,
+    )
+
+
+def finish_outputs(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcome:
+    """The checked render finished for each of the video's export profiles (castflow.finish), each
+    checked against its profile's spec and published as ``<name>_<profile>.mp4`` beside the video. An
+    output that fails its check is recorded failed with the reason; the row and its paid stages stand."""
+    from castflow import finish
+
+    checked, audio, words = done["checked"], done["audio"], done.get("words")
+    style = video.request.captions if video.transcript else "no"
+    word_list = read_words(rt, words) if words is not None and style != "no" else []
+    kit = video.brand
+    fill = kit.fill if kit is not None else rt.settings.pipeline.fill
+    hook, cta = video.request.hook_text, video.request.cta
+    dressing = {"brand": kit.fingerprint if kit else None, "hook": hook, "cta": cta}
+    licence = kit.music.licence if kit is not None and kit.music is not None else None
+    stem = video.output_key.removesuffix(".mp4")
+    outputs: list[Output] = []
+    for name in video.formats:
+        profile = finish.profile(name, rt.settings.pipeline.format_seconds)
+        key = finish_key(
+            checked.output, name, fill, style, video.transcript, words.output if words else None, dressing
+        )
+        spec = finish.Finish(profile, video.transcript, style, word_list, fill, kit, hook, cta)
+
+        def call(workdir: Path, spec: finish.Finish = spec) -> ProviderResult:
+            out = finish.render(
+                rt.storage.local_path(checked.output.key),
+                rt.storage.local_path(audio.output.key),
+                spec,
+                workdir / "finished.mp4",
+            )
+            return ProviderResult(out, "video/mp4", Billing(0, "videos"), seconds=media.probe(out).duration)
+
+        try:
+            made = run_stage(
+                rt,
+                stage="finish",
+                key=key,
+                provider="local",
+                model=FINISH_MODEL,
+                call=call,
+                meta={"format": name},
+            )
+        except (media.MediaError, OSError) as exc:
+            outputs.append(Output(format=name, status="failed", error=f"finishing failed: {exc}"))
+            continue
+        problems = finish.check(
+            rt.storage.local_path(made.output.key),
+            profile,
+            audio_seconds=_audio_seconds(done) + spec.end_seconds,
+            tolerance=rt.settings.pipeline.qc_duration_tolerance_s,
+        )
+        if problems:
+            error = f"{name} check failed: {'; '.join(problems)}"
+            rt.finished_stages.forget(
+                key
+            )  # free and deterministic: a rerun (with other settings) tries again
+            rt.db(functools.partial(queries.fail_stage_run, stage_key=key, error=error))
+            outputs.append(Output(format=name, status="failed", error=error))
+            continue
+        published = publish(rt, made, f"{stem}_{name}.mp4")
+        outputs.append(
+            Output(
+                format=name,
+                status="succeeded",
+                key=published.output.key,
+                url=published.url,
+                seconds=made.output.seconds,
+                music_licence=licence,
+            )
+        )
+    return checked.model_copy(update={"outputs": tuple(outputs)})
 
 
 def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, resolution: str) -> None:
@@ -321,7 +499,12 @@ def _audio_seconds(done: Done) -> float:
 
 
 def _captioned(video: PreparedVideo) -> bool:
-    return video.request.captions and video.script is not None
+    return video.request.captioned and video.transcript is not None
+
+
+def _transcript(video: PreparedVideo) -> str:
+    assert video.transcript is not None  # the unit applies only then
+    return video.transcript
 
 
 SCENE_VARIANT = Unit(
@@ -399,40 +582,57 @@ QUALITY_CHECK = Unit(
     name="qc", makes="checked", task="quality-check", needs=("video", "audio"), run=_check, ledger=False
 )
 
+TIMING = Unit(
+    name="timing",
+    makes="words",
+    task="timing",
+    needs=("audio",),
+    applies=lambda v: v.transcript is not None,
+    key=lambda _rt, v, d: timing_key(d["audio"].output, _transcript(v)),
+    run=lambda rt, v, d: word_timing(rt, d["audio"], _transcript(v)),
+)
+
 CAPTIONS = Unit(
     name="captions",
     makes="video",
     task="captions",
-    needs=("checked", "audio"),
+    needs=("checked", "audio", "words"),
     applies=_captioned,
-    # No Prefect cache key: the run also writes this video's SRT beside its output key, which a cache hit
-    # (keyed by the stage alone) would skip; the stage itself is reused through its stage_run row.
-    run=lambda rt, v, d: add_captions(rt, d["checked"], d["audio"], _script(v), v.output_key),
+    # No Prefect cache key: the run also writes this video's SRT and ASS beside its output key, which a
+    # cache hit (keyed by the stage alone) would skip; the stage itself is reused through its stage_run row.
+    run=lambda rt, v, d: add_captions(
+        rt, d["checked"], d["audio"], _transcript(v), v.output_key, style=v.request.captions, words=d["words"]
+    ),
 )
 
 
 def export_words(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcome:
-    """The speech's word timings, recorded with its stage by an engine that gives them (eSpeak NG's word
-    events), as ``<name>.words.json`` beside the video: each word with its start and end in seconds. A
-    speech recorded without them gets no file."""
-    audio = done["audio"]
-    run = rt.db(lambda c: queries.stage_run_state(c, stage_key=audio.stage_key), what="reading word timings")
-    words = (run.meta or {}).get("words") if run is not None else None
-    if not words:
-        return audio
+    """The timing stage's words as ``<name>.words.json`` beside the video: each word with its start and
+    end in seconds, and where they came from (``speech``: the engine's own; ``aligned``)."""
+    words = done["words"]
     key = video.output_key.removesuffix(".mp4") + ".words.json"
-    body = {"audio_seconds": audio.output.seconds, "words": words}
-    _publish_text(rt, key, json.dumps(body, ensure_ascii=False), "application/json")
-    return audio.model_copy(update={"files": {"words": key}})
+    if not (rt.storage.exists(key) and sha256_file(rt.storage.local_path(key)) == words.output.sha256):
+        rt.storage.put_file(key, rt.storage.local_path(words.output.key), "application/json")
+    return words.model_copy(update={"files": {"words": key}})
 
 
 WORDS = Unit(
     name="words",
     makes="words",
-    needs=("audio",),  # written beside the video's output key; last in the graph, after publish
-    applies=lambda v: v.script is not None,
+    needs=("words",),  # written beside the video's output key; last in the graph, after publish
+    applies=lambda v: v.transcript is not None,
     run=export_words,
     ledger=False,
+)
+
+FINISH = Unit(
+    name="finish",
+    makes="outputs",
+    task="finish",
+    needs=("checked", "audio", "words"),  # words: when the video has a transcript (its captions)
+    applies=lambda v: bool(v.formats),
+    run=finish_outputs,
+    ledger=False,  # one stage per profile, each in the ledger as stage "finish" (free)
 )
 
 PUBLISH = Unit(

@@ -46,7 +46,11 @@ def build(settings: Settings, engine: sa.Engine, roles: Roles) -> None:
         **webhook_options(settings, engine, NAME),
     )
     roles.speech[NAME] = FalSpeech(
-        client, prices=cfg.tts_prices_per_1k_chars, deadline_s=cfg.speech_deadline_s
+        client,
+        prices=cfg.tts_prices_per_1k_chars,
+        deadline_s=cfg.speech_deadline_s,
+        timestamps=cfg.speech_timestamps,
+        timestamps_min_match=cfg.speech_timestamps_min_match,
     )
     if settings.providers.image == NAME:
         roles.image = FalImageEditor(

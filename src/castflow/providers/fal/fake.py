@@ -4,6 +4,12 @@ It returns real media made by the embedded providers, so QC runs on its outputs.
 run times and inject faults (429/5xx answers, failed jobs, lost submit answers, latency), scripted or
 drawn at random (see :class:`castflow.providers.loopback.FaultKnobs`), for the tests and benchmarks.
 
+ElevenLabs speech asked for ``timestamps`` carries them, from the eSpeak word events of the audio it
+returns (``Knobs.timestamps_shape``): by default as word objects ``{"text", "start", "end", "type"}`` with
+``"spacing"`` entries between them, the shape of fal's own ElevenLabs word type (``TranscriptionWord`` of
+``fal-ai/elevenlabs/speech-to-text``; fal types the TTS field only as a list), or as ElevenLabs' character
+alignment (``{"characters", "character_start_times_seconds", "character_end_times_seconds"}``, in a list).
+
 Webhooks (spec §1.10): each fake has its own Ed25519 key, published at ``/.well-known/jwks.json``. A
 submit with ``?fal_webhook=<url>`` gets the signed ``{request_id, gateway_request_id, status, payload,
 error?}`` POSTed to that URL when the job completes, retried on non-2xx; knobs corrupt the signature,
@@ -16,6 +22,7 @@ import collections
 import heapq
 import io
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -35,6 +42,7 @@ from PIL import Image, ImageDraw
 
 from castflow.models import Voice
 from castflow.providers.fal.jwks import public_jwk
+from castflow.providers.fal.timestamps import WORD
 from castflow.providers.fal.webhook import sign_fal
 from castflow.providers.local import EspeakSpeech, LocalImageEditor
 from castflow.providers.loopback import (
@@ -52,8 +60,10 @@ EDIT_MODELS = ("fal-ai/nano-banana/edit",)
 TTS_MODELS = (
     "fal-ai/elevenlabs/tts/multilingual-v2",
     "fal-ai/elevenlabs/tts/turbo-v2.5",
+    "fal-ai/elevenlabs/tts/eleven-v3",
     "fal-ai/minimax/speech-2.8-hd",
 )
+TIMESTAMP_SHAPES = ("words", "alignment", "none")
 # fal voice names → eSpeak NG voices, so different fal voices sound different in the fake.
 VOICES = {"Rachel": "en-us+f3", "Aria": "en-us+f4", "Roger": "en+m3", "Wise_Woman": "en-us+f2"}
 
@@ -81,6 +91,8 @@ class Knobs(FaultKnobs):
     status_error_codes: Codes = field(default_factory=lambda: [500, 503])
     # How a job failed by fail_job_rate ends: (error, error_type); this type is one fal retries.
     fail_job_error: tuple[str, str] = ("Runner disconnected", "runner_disconnected")
+    # How ElevenLabs speech asked for ``timestamps`` carries them (TIMESTAMP_SHAPES; "none": not at all).
+    timestamps_shape: str = "words"
 
 
 class _InputUnavailable(Exception):
@@ -337,6 +349,10 @@ class FakeFal(LoopbackServer):
             job.output = {"audio": {"url": url, "content_type": "audio/wav", "file_name": "speech.wav"}}
             if "minimax" in job.model:
                 job.output["duration_ms"] = int((out.seconds or 0) * 1000)
+            elif job.payload.get("timestamps") is True:
+                stamps = timestamps(text, out.meta.get("words") or [], self.knobs.timestamps_shape)
+                if stamps is not None:
+                    job.output["timestamps"] = stamps
         shutil.rmtree(work, ignore_errors=True)
 
     def _finish_synthetic(self, job: Job) -> None:
@@ -396,6 +412,52 @@ class FakeFal(LoopbackServer):
         return self.url + path
 
 
+def timestamps(text: str, words: list[dict[str, Any]], shape: str) -> list[dict[str, Any]] | None:
+    """The ``timestamps`` of an ElevenLabs output saying ``text``, from eSpeak's ``words`` (``{"word",
+    "start", "end"}`` of each word of ``text``, in order), in ``shape`` (TIMESTAMP_SHAPES)."""
+    spans = [(m.start(), m.end()) for m in WORD.finditer(text)]
+    if shape == "none" or not words or len(spans) != len(words):
+        return None
+    times = [(float(w["start"]), float(w["end"])) for w in words]
+    if shape == "alignment":
+        starts: list[float] = []
+        ends: list[float] = []
+        n = 0  # the word at or after the character
+        for i in range(len(text)):
+            while n < len(spans) and spans[n][1] <= i:
+                n += 1
+            if n < len(spans) and spans[n][0] <= i:
+                (a, b), (t0, t1) = spans[n], times[n]
+                starts.append(round(t0 + (t1 - t0) * (i - a) / (b - a), 3))
+                ends.append(round(t0 + (t1 - t0) * (i + 1 - a) / (b - a), 3))
+            else:  # between words: the gap from the word before to the next
+                before = times[n - 1][1] if n > 0 else 0.0
+                after = times[n][0] if n < len(times) else before
+                starts.append(round(before, 3))
+                ends.append(round(max(before, after), 3))
+        return [
+            {
+                "characters": list(text),
+                "character_start_times_seconds": starts,
+                "character_end_times_seconds": ends,
+            }
+        ]
+    # Words as ElevenLabs' speech-to-text writes them: punctuation kept, spacing entries between.
+    entries: list[dict[str, Any]] = []
+    n = 0
+    for chunk in re.finditer(r"\S+", text):
+        inside = [k for k in range(n, len(spans)) if spans[k][0] < chunk.end()]
+        if not inside:
+            continue
+        n = inside[-1] + 1
+        start, end = times[inside[0]][0], times[inside[-1]][1]
+        if entries:
+            gap = entries[-1]["end"]
+            entries.append({"text": " ", "start": gap, "end": max(gap, start), "type": "spacing"})
+        entries.append({"text": chunk.group(), "start": start, "end": end, "type": "word"})
+    return entries
+
+
 def _validate(model: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
 
@@ -422,6 +484,15 @@ def _validate(model: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
             missing("prompt")
     elif not payload.get("text"):
         missing("text")
+    if "elevenlabs" in model and not isinstance(payload.get("timestamps", False), bool):
+        errors.append(
+            {
+                "loc": ["body", "timestamps"],
+                "msg": "Input should be a valid boolean",
+                "type": "bool_type",
+                "input": payload["timestamps"],
+            }
+        )
     return errors
 
 

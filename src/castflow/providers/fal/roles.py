@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ from castflow.providers.fal.client import (
     FalClient,
     FalStatus,
 )
+from castflow.providers.fal.timestamps import (
+    DEFAULT_MIN_MATCH,
+    describe,
+    is_elevenlabs_tts,
+    words_from_output,
+)
 from castflow.providers.loop import run_sync
+
+log = logging.getLogger(__name__)
 
 
 class FalImageEditor:
@@ -80,21 +89,40 @@ class FalImageEditor:
 
 
 class FalSpeech:
-    """Text to speech on fal, in the actor's voice: ElevenLabs (``voice``) and MiniMax (``voice_setting``)."""
+    """Text to speech on fal, in the actor's voice: ElevenLabs (``voice``) and MiniMax (``voice_setting``).
+
+    ElevenLabs models are asked for word timestamps (``timestamps``, unless turned off); those that fit
+    the script are recorded as the stage's ``meta["words"]``, as the embedded eSpeak engine records its
+    own. Timestamps missing or not understood never fail the stage: it records no words (and, when they
+    were there but unreadable, their structure as ``meta["timestamps_unread"]``)."""
 
     name = PROVIDER
 
-    def __init__(self, client: FalClient, *, prices: dict[str, float], deadline_s: float) -> None:
+    def __init__(
+        self,
+        client: FalClient,
+        *,
+        prices: dict[str, float],
+        deadline_s: float,
+        timestamps: bool = True,
+        timestamps_min_match: float = DEFAULT_MIN_MATCH,
+    ) -> None:
         self.client = client
         self.prices = prices
         self.deadline_s = deadline_s
+        self.timestamps = timestamps
+        self.timestamps_min_match = timestamps_min_match
 
     @staticmethod
-    def payload(model: str, text: str, voice_id: str) -> dict[str, Any]:
+    def payload(model: str, text: str, voice_id: str, *, timestamps: bool = False) -> dict[str, Any]:
+        """The model's input; ``timestamps`` asks an ElevenLabs model for word timestamps."""
         if "/minimax/" in model:
             key = "text" if "speech-02" in model else "prompt"
             return {key: text, "voice_setting": {"voice_id": voice_id}, "output_format": "url"}
-        return {"text": text, "voice": voice_id}
+        body: dict[str, Any] = {"text": text, "voice": voice_id}
+        if timestamps and is_elevenlabs_tts(model):
+            body["timestamps"] = True
+        return body
 
     def price(self, voice: Voice, characters: int) -> float:
         """The price of speaking ``characters`` in ``voice`` (fal bills TTS per 1,000 characters)."""
@@ -103,13 +131,16 @@ class FalSpeech:
     def submit_speech(self, text: str, voice: Voice) -> str:
         async def go() -> str:
             return (
-                await self.client.submit(voice.model, self.payload(voice.model, text, voice.voice_id))
+                await self.client.submit(
+                    voice.model,
+                    self.payload(voice.model, text, voice.voice_id, timestamps=self.timestamps),
+                )
             ).request_id
 
         return run_sync(go())
 
     def collect(self, request_id: str, text: str, voice: Voice, *, workdir: Path) -> ProviderResult:
-        async def go() -> tuple[Path, str, FalStatus]:
+        async def go() -> tuple[Path, str, FalStatus, dict[str, Any]]:
             handle = self.client.handle_for(voice.model, request_id)
             output, _headers, status = await self.client.wait(handle, deadline_s=self.deadline_s)
             audio = output.get("audio") or {}
@@ -119,9 +150,10 @@ class FalSpeech:
                 )
             ctype = audio.get("content_type") or "audio/mpeg"
             suffix = AUDIO_SUFFIXES.get(ctype) or mimetypes.guess_extension(ctype) or ".mp3"
-            return await self.client.download(audio["url"], workdir / f"speech{suffix}"), ctype, status
+            path = await self.client.download(audio["url"], workdir / f"speech{suffix}")
+            return path, ctype, status, output
 
-        path, ctype, status = run_sync(go())
+        path, ctype, status, output = run_sync(go())
         try:  # decoding is CPU work: here, not on the providers' event loop
             seconds = media.audio_seconds(path)
         except media.MediaError as exc:
@@ -129,11 +161,31 @@ class FalSpeech:
                 f"fal: speech output unreadable: {exc}", provider=PROVIDER, request_id=request_id
             ) from exc
         cost = self.price(voice, len(text))
+        meta: dict[str, Any] = {"inference_time": status.inference_time}
+        meta.update(self.word_timings(output, text, voice, seconds))
         return ProviderResult(
             path,
             ctype,
             Billing(len(text), "characters", cost),
             request_id=request_id,
             seconds=seconds,
-            meta={"inference_time": status.inference_time},
+            meta=meta,
         )
+
+    def word_timings(self, output: dict[str, Any], text: str, voice: Voice, seconds: float) -> dict[str, Any]:
+        """``{"words": [...]}`` from an ElevenLabs output's timestamps that fit ``text`` and the audio;
+        ``{"timestamps_unread": <their structure>}`` when they were there but did not; else nothing."""
+        if not self.timestamps or not is_elevenlabs_tts(voice.model):
+            return {}
+        try:
+            words = words_from_output(
+                output, text, audio_seconds=seconds, min_match=self.timestamps_min_match
+            )
+            if words:
+                return {"words": words}
+            keys = ("timestamps", "alignment", "normalized_alignment")
+            present = {k: output[k] for k in keys if output.get(k) is not None}
+            return {"timestamps_unread": describe(present)} if present else {}
+        except Exception:  # the speech is paid for and good: its timings are a bonus
+            log.warning("fal: ignoring the speech's timestamps", exc_info=True)
+            return {}

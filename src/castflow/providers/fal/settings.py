@@ -26,6 +26,20 @@ class FalSettings(VendorSection):
     aspect_ratio: str = "9:16"
     image_deadline_s: float = Field(default=600, gt=0)
     speech_deadline_s: float = Field(default=600, gt=0)
+    speech_timestamps: bool = Field(
+        default=True,
+        description="Ask the ElevenLabs TTS models for word timestamps (``timestamps: true``) and record "
+        "those that fit the script as the speech stage's word timings. fal does not type their shape "
+        "(fal.md section 3.1 and section 7, point 7): a shape not understood records no words and the stage "
+        "succeeds all the same.",
+    )
+    speech_timestamps_min_match: float = Field(
+        default=0.75,
+        ge=0,
+        le=1,
+        description="The share of the script's words that must be found, in order, in the timestamps for "
+        "them to be recorded (the rest are placed between their neighbours).",
+    )
     poll_first_s: float = Field(default=1.0, gt=0, description="First status poll delay; doubles each time.")
     poll_cap_s: float = Field(default=16.0, gt=0, description="Longest delay between status polls.")
     jwks_url: str = Field(

@@ -1,0 +1,175 @@
+"""Export profiles (issue 15, item 4): each platform's output rendered, checked against its spec with
+FFmpeg's own reading of the file, filled without cropping the face, and carried into the manifest."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from castflow import finish, media
+from castflow.actors import ensure_sample_actors
+from castflow.db.tables import StageRun, Video
+from castflow.providers import local
+from castflow.runtime import Runtime
+from tests.conftest import make_runtime
+
+SCRIPT = "Honestly, this cream changed my mornings. Try it today!"
+
+
+@pytest.fixture(scope="module")
+def render(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict[str, object]]]:
+    """A 480x854, 25 fps render of eSpeak speech: a dark wall with a bright 'face' near the top."""
+    folder = tmp_path_factory.mktemp("render")
+    engine = local._espeak()
+    pcm, events = engine.speak_words(SCRIPT, "en-us+f3", 165)
+    words = local.word_timings(SCRIPT, events, pcm, engine.rate)
+    wav = folder / "speech.wav"
+    media.write_wav(wav, pcm, engine.rate)
+    sound = media.decode_audio(wav)
+
+    def frames():  # type: ignore[no-untyped-def]
+        for n in range(media.frame_count(sound.seconds, 25)):
+            frame = np.full((854, 480, 3), (40, 30, 90 + n % 50), dtype=np.uint8)
+            frame[150:350, 140:340] = (235, 200, 170)
+            yield frame
+
+    video = folder / "render.mp4"
+    media.encode_video(video, frames(), size=(480, 854), fps=25, audio=sound)
+    return video, wav, words
+
+
+@pytest.mark.parametrize("name", ["tiktok", "feed-4x5", "landscape"])
+def test_each_profile_meets_its_own_spec(
+    name: str, render: tuple[Path, Path, list[dict[str, object]]], tmp_path: Path
+) -> None:
+    video, wav, words = render
+    profile = finish.PROFILES[name]
+    out = finish.render(video, wav, finish.Finish(profile, SCRIPT, "bold", words), tmp_path / f"{name}.mp4")
+    seconds = media.decode_audio(wav).seconds
+    assert finish.check(out, profile, audio_seconds=seconds) == []
+    streams = finish.read_streams(out)  # what FFmpeg reads back, not what we asked for
+    assert (streams.width, streams.height) == profile.size
+    assert streams.fps == 30
+    assert (streams.video_codec, streams.video_profile) == ("h264", "High")
+    assert (streams.audio_codec, streams.audio_rate, streams.audio_channels) == ("aac", 48_000, 2)
+    assert streams.audio_bitrate is not None
+    assert streams.audio_bitrate >= 128_000
+    assert streams.video_bitrate is not None
+    assert streams.video_bitrate >= profile.min_video_bitrate  # constant bitrate: even a plain wall
+
+
+def test_the_check_names_every_way_a_file_breaks_a_profile(
+    render: tuple[Path, Path, list[dict[str, object]]],
+) -> None:
+    video, wav, _words = render
+    problems = finish.check(video, finish.PROFILES["tiktok"], audio_seconds=media.decode_audio(wav).seconds)
+    text = "; ".join(problems)
+    assert "frame size 480x854, tiktok needs 1080x1920" in text
+    assert "frame rate 25.0, tiktok needs 30" in text
+    assert "tiktok needs 48000 Hz stereo" in text
+    short = finish.profile("reels", {"reels": (30.0, 90.0)})
+    assert any("reels takes 30 to 90 s" in p for p in finish.check(video, short, audio_seconds=0))
+
+
+def test_another_shape_is_filled_without_cropping_unless_asked(
+    render: tuple[Path, Path, list[dict[str, object]]],
+) -> None:
+    video, _wav, _words = render
+    frame = next(media.decode_video_frames(video))
+    from PIL import Image
+
+    source = Image.fromarray(frame)
+    blurred = np.asarray(finish.fill_frame(source, (1080, 1080), "blur")).astype(int)
+    # The whole render is there, scaled to the full height (1080/854) and centred: its 'face' and its
+    # top and bottom rows; the sides are a darker, blurred copy.
+    scale = 1080 / 854
+    width = round(480 * scale)
+    left = (1080 - width) // 2
+    face = blurred[round(250 * scale), left + round(240 * scale)]
+    assert abs(face - np.array([235, 200, 170])).max() < 20
+    assert abs(blurred[2, 540] - frame[1, 240].astype(int)).max() < 20  # its top row: not cut
+    assert blurred[540, 20].sum() < frame[400, 20].astype(int).sum()  # the sides: darkened
+    cropped = np.asarray(finish.fill_frame(source, (1080, 1080), "crop")).astype(int)
+    assert abs(cropped[540, 20] - frame[427, 5].astype(int)).max() < 20  # no band: the picture itself
+    assert finish.fill_frame(source, (1080, 1920)).size == (1080, 1920)  # the same shape: scaled only
+
+
+def test_formats_cells_are_read_with_clear_errors(tmp_path: Path, rt: Runtime) -> None:
+    from castflow.campaigns import load_sheet
+
+    ensure_sample_actors(rt)
+    path = tmp_path / "sheet.csv"
+    path.write_text(
+        "row_id,actor,script,formats\n"
+        "a,maya,Hi.,TikTok | square\n"
+        "b,maya,Hi.,source\n"
+        "c,maya,Hi.,tiktok|vertical\n",
+        encoding="utf-8",
+    )
+    sheet = load_sheet(rt, path)
+    assert [str(p) for p in sheet.errors] == [
+        "row 4, column formats: 'vertical' is not an export profile "
+        "(tiktok, reels, feed-4x5, square, landscape, source; join several with |)"
+    ]
+    assert [r.request.formats for r in sheet.rows] == [("tiktok", "square"), ()]
+
+
+@pytest.mark.timeout(600)
+def test_a_campaign_row_gets_one_output_per_profile_and_a_failing_one_stands_alone(
+    tmp_path: Path, prefect_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tiktok and square for one row: two more files, each checked; a profile whose limits the file
+    breaks (square set to 30-60 s here) fails alone, with its reason; the row and its paid stages
+    stand. The manifest has a record per output."""
+    from flows.run_campaign import run_campaign
+
+    monkeypatch.setenv("CASTFLOW_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CASTFLOW_PIPELINE__FORMAT_SECONDS", json.dumps({"square": [30, 60]}))
+    rt = make_runtime(tmp_path / "data")
+    ensure_sample_actors(rt)
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(
+        f"row_id,actor,script,captions,formats\na,maya,{SCRIPT.replace(',', '')},karaoke,tiktok|square\n",
+        encoding="utf-8",
+    )
+    result = run_campaign(sheet=str(sheet), name="Formats")
+    assert (result.succeeded, result.failed) == (1, 0), result.results
+    with rt.session() as s:
+        video = s.scalars(sa.select(Video).where(Video.row_id == "a")).one()
+        finishes = s.scalars(sa.select(StageRun).where(StageRun.stage == "finish")).all()
+    assert video.outputs is not None
+    outputs = {o["format"]: o for o in video.outputs}
+    assert outputs["tiktok"]["status"] == "succeeded"
+    assert outputs["tiktok"]["key"] == "campaigns/formats/a_maya_portrait_480p_tiktok.mp4"
+    tiktok = rt.storage.local_path(outputs["tiktok"]["key"])
+    seconds = video.audio_seconds or 0
+    assert finish.check(tiktok, finish.PROFILES["tiktok"], audio_seconds=seconds) == []
+    assert outputs["square"]["status"] == "failed"
+    assert "square takes 30 to 60 s" in outputs["square"]["error"]
+    assert not rt.storage.exists("campaigns/formats/a_maya_portrait_480p_square.mp4")
+    assert sorted(r.status.value for r in finishes) == ["failed", "succeeded"]
+    assert result.manifest_path is not None
+    with open(result.manifest_path, encoding="utf-8", newline="") as fh:
+        manifest = list(csv.DictReader(fh))
+    assert [(m["row_id"], m["format"], m["status"]) for m in manifest] == [
+        ("a", "source", "succeeded"),
+        ("a", "tiktok", "succeeded"),
+        ("a", "square", "failed"),
+    ]
+    assert manifest[0]["formats"] == "tiktok|square"
+    assert "square takes 30 to 60 s" in manifest[2]["error"]
+
+    from castflow import reports
+
+    built = reports.build(rt, "Formats", tmp_path / "report", thumbnails=False)
+    made = reports.outputs_of(built.tables["videos"].row(0, named=True))
+    assert [(o["format"], o["status"]) for o in made] == [("tiktok", "succeeded"), ("square", "failed")]
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "formats: <a href=" in page
+    assert "a_maya_portrait_480p_tiktok.mp4" in page
+    assert "square (failed)" in page
