@@ -35,9 +35,29 @@ def test_demo_renders_the_sample_videos_quietly(tmp_path: Path) -> None:
         assert info.has_audio
         assert info.duration > 2.0
     assert f"videos are in {tmp_path / '.castflow' / 'storage'} under videos/" in done.stdout
-    # The first video wears the sample brand kit: a TikTok output that meets its profile.
-    (tiktok,) = [line for line in out_lines if line.strip().startswith("tiktok ")]
-    found = re.search(r"file://\S+_tiktok\.mp4", tiktok)
-    assert found is not None, tiktok
-    info = media.probe(Path(found.group(0).removeprefix("file://")))
-    assert (info.width, info.height) == (1080, 1920)
+    # Every caption style (bold, karaoke, clean: each video has its .ass), and the first video in the
+    # sample brand kit as two export profiles, each meeting its profile (loudness included).
+    styles = []
+    for line in ok_lines:
+        path = Path(re.search(r"file://(\S+)\.mp4", line).group(1))  # type: ignore[union-attr]
+        ass = path.with_suffix(".ass").read_text(encoding="utf-8")
+        styles.append(re.search(r"^Style: (\w+),", ass, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    assert styles == ["bold", "karaoke", "clean"]
+    from castflow import finish
+
+    for name, size in (("tiktok", (1080, 1920)), ("square", (1080, 1080))):
+        (line,) = [line for line in out_lines if line.strip().startswith(f"{name} ")]
+        found = re.search(rf"file://(\S+_{name}\.mp4)", line)
+        assert found is not None, line
+        output = Path(found.group(1))
+        assert finish.read_streams(output).width == size[0]
+        seconds = media.probe(output).duration
+        assert finish.check(output, finish.PROFILES[name], audio_seconds=seconds) == []
+    # Run again: everything is reused, nothing is encoded again.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / ".castflow" / "storage").rglob("*.mp4")}
+    again = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert again.returncode == 0, again.stderr
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / ".castflow" / "storage").rglob("*.mp4")}
+    assert after == before

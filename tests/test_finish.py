@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from castflow import finish, media
+from castflow import captions, finish, media
 from castflow.actors import ensure_sample_actors
 from castflow.db.tables import StageRun, Video
 from castflow.providers import local
@@ -61,6 +61,43 @@ def test_each_profile_meets_its_own_spec(
     assert streams.audio_bitrate >= 128_000
     assert streams.video_bitrate is not None
     assert streams.video_bitrate >= profile.min_video_bitrate  # constant bitrate: even a plain wall
+
+
+THIRTY_WORDS = (
+    "Okay so I was honestly skeptical, but after two weeks of this tiny bottle every single "
+    "morning my skin looks brighter, my makeup sits better, and people ask what changed."
+)
+
+
+def test_thirty_words_in_bold_at_tiktok_stay_inside_the_safe_band(tmp_path: Path) -> None:
+    """The finished file, not the layout: frames with and without the captions differ only inside the
+    safe band (the render is a plain wall, so the difference is the captions' ink)."""
+    assert len(THIRTY_WORDS.split()) == 30
+    engine = local._espeak()
+    pcm, events = engine.speak_words(THIRTY_WORDS, "en-us+m3", 175)
+    words = local.word_timings(THIRTY_WORDS, events, pcm, engine.rate)
+    wav = tmp_path / "speech.wav"
+    media.write_wav(wav, pcm, engine.rate)
+    sound = media.decode_audio(wav)
+    wall = np.full((854, 480, 3), (90, 110, 140), dtype=np.uint8)
+    video = tmp_path / "wall.mp4"
+    media.encode_video(
+        video, iter([wall] * media.frame_count(sound.seconds, 25)), size=(480, 854), fps=25, audio=sound
+    )
+    profile = finish.PROFILES["tiktok"]
+    plain = finish.render(video, wav, finish.Finish(profile), tmp_path / "plain.mp4")
+    bold = finish.render(
+        video, wav, finish.Finish(profile, THIRTY_WORDS, "bold", words), tmp_path / "bold.mp4"
+    )
+    band = captions.safe_band(*profile.size)
+    inside = np.zeros((1920, 1080), dtype=bool)
+    inside[band.top : band.bottom, band.left : band.right] = True
+    shown = 0
+    for a, b in zip(media.decode_video_frames(plain), media.decode_video_frames(bold), strict=True):
+        ink = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 48
+        assert not (ink & ~inside).any(), np.argwhere(ink & ~inside)[:5]
+        shown += int(ink.any())
+    assert shown > 0.8 * media.frame_count(sound.seconds, 30)  # captions on (nearly) every frame
 
 
 def test_the_check_names_every_way_a_file_breaks_a_profile(
@@ -173,3 +210,17 @@ def test_a_campaign_row_gets_one_output_per_profile_and_a_failing_one_stands_alo
     assert "formats: <a href=" in page
     assert "a_maya_portrait_480p_tiktok.mp4" in page
     assert "square (failed)" in page
+
+    # A rerun re-encodes nothing: every stage is reused and the published files stay as they are.
+    published = rt.storage.local_path(outputs["tiktok"]["key"])
+    stamp = published.stat().st_mtime_ns
+    with rt.session() as s:
+        stages_before = s.scalar(sa.select(sa.func.count()).select_from(StageRun))
+    again = run_campaign(sheet=str(sheet), name="Formats")
+    assert again.resumed
+    assert (again.succeeded, again.cost_usd) == (1, 0)
+    with rt.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(StageRun)) == stages_before
+        redone = s.scalars(sa.select(StageRun).where(StageRun.stage == "finish")).all()
+    assert sorted(r.status.value for r in redone) == ["failed", "succeeded"]
+    assert published.stat().st_mtime_ns == stamp

@@ -275,18 +275,34 @@ def demo() -> None:
 
     def go() -> None:
         from castflow.actors import ensure_sample_actors
+        from castflow.brand import make_sample_kit
         from castflow.models import VideoRequest
 
         rt = _runtime()
         ensure_sample_actors(rt)
         audio = _demo_audio(rt)
-        from castflow.brand import make_sample_kit
-
-        # The first video also wears the sample brand kit: a TikTok-ready output with bold captions.
         kit = make_sample_kit(rt.settings.data_dir / "samples" / "brand")
-        requests = [VideoRequest(actor=a, script=s, scene=sc) for a, s, sc in DEMO_SCRIPTS]
-        requests[0] = requests[0].model_copy(update={"brand": str(kit), "captions": "bold"})
-        requests.append(VideoRequest(actor="ava", audio=str(audio), scene="in a modern office with plants"))
+        (maya, maya_says, beach), (leo, leo_says, kitchen) = DEMO_SCRIPTS
+        requests = [
+            # Every caption style; the first wears the sample brand kit in two export profiles.
+            VideoRequest(
+                actor=maya,
+                script=maya_says,
+                scene=beach,
+                captions="bold",
+                brand=str(kit),
+                formats=("tiktok", "square"),
+            ),
+            VideoRequest(actor=leo, script=leo_says, scene=kitchen, captions="karaoke"),
+            # An uploaded voice-over with its script: its words are aligned to it for the captions.
+            VideoRequest(
+                actor="ava",
+                audio=str(audio),
+                script=DEMO_VOICEOVER,
+                scene="in a modern office with plants",
+                captions="clean",
+            ),
+        ]
         typer.echo(f"castflow demo: {len(requests)} videos, data in {rt.settings.data_dir}")
         failed = 0
         for req in requests:
@@ -298,6 +314,9 @@ def demo() -> None:
             raise typer.Exit(1)
 
     _run(go)
+
+
+DEMO_VOICEOVER = "This is an uploaded voice-over. Castflow lip-syncs any audio you give it."
 
 
 def _demo_audio(rt: Runtime) -> Path:
@@ -315,7 +334,7 @@ def _demo_audio(rt: Runtime) -> Path:
             local = rt.speech["local"]
             assert isinstance(local, EspeakSpeech)
             made = local.synthesize(
-                "This is an uploaded voice-over. Castflow lip-syncs any audio you give it.",
+                DEMO_VOICEOVER,
                 Voice(provider="local", model="espeak-ng", voice_id="en-us+f2"),
                 workdir=Path(tmp),
             )
