@@ -223,7 +223,8 @@ def caption_face(font: str, base: Path | None = None) -> typeset.Face:
     return typeset.Face(path, str(family))
 
 
-def _faces(style: Style) -> tuple[typeset.Face, ...]:
+def faces(style: Style) -> tuple[typeset.Face, ...]:
+    """The style's font and the fallbacks after it."""
     return typeset.chain(caption_face(style.font))
 
 
@@ -255,7 +256,7 @@ def missing_glyphs(script: str, style_name: str) -> str | None:
     message (the row must not run: its captions would show empty boxes); None when all are drawn."""
     style = STYLES[style_name]
     text = script.upper() if style.upper else script
-    lacking = typeset.missing(text, _faces(style))
+    lacking = typeset.missing(text, faces(style))
     if not lacking:
         return None
     hint = FONT_HINT if any(_unspaced(c) for c in lacking) else ""
@@ -319,7 +320,7 @@ class Layout:
     def __init__(self, style: Style, width: int, height: int) -> None:
         self.style = style
         self.band = safe_band(width, height)
-        self.faces = _faces(style)
+        self.faces = faces(style)
         # Sized from the band's width on upright and square frames; on a wide frame from what that
         # width would be on the frame's short side (the text stays the size a viewer expects).
         measure = min(self.band.width, round(min(width, height) * 720 / 1080))

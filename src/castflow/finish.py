@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
-from castflow import captions, loudness, media
+from castflow import captions, loudness, media, typeset
 from castflow.brand import Brand, music_bed
 
 Fill = Literal["blur", "crop"]
@@ -229,6 +229,27 @@ class Dressing:
             picture = picture.copy()
             picture.paste(self.logo[0], self.logo[1], self.logo[0])
         return picture
+
+
+def dressing_problem(
+    brand: Brand | None, hook_text: str | None, cta: str | None, formats: Sequence[str]
+) -> str | None:
+    """Why a row's hook line or call to action cannot be drawn on one of its profiles (a character no
+    font has, or too long to fit even at half size): told before anything is paid."""
+    hook = hook_text or (brand.hook.text if brand and brand.hook else None)
+    card = brand.end_card if brand is not None else None
+    action = (cta or card.text) if card is not None and card.seconds > 0 else None
+    for text, base, what in ((hook, HOOK, "hook_text"), (action, CTA, "cta")):
+        if not text:
+            continue
+        style = _dressed(base, brand) if brand is not None else base
+        if lacking := typeset.missing(text, captions.faces(style)):
+            return f"{what}: no font draws {typeset.describe(lacking[:5])}"
+        for name in formats:
+            profile = PROFILES[name]
+            if captions.block(style, text, profile.size, 0.0, 1.0) is None:
+                return f"{what}: {text!r} does not fit a {name} frame in three lines; shorten it"
+    return None
 
 
 def _hex(value: str) -> tuple[int, int, int]:

@@ -154,6 +154,8 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
             f"CASTFLOW_PIPELINE__DEFAULT_FORMATS: unknown export profile {unknown[0]!r} "
             f"(known: {', '.join(finish.NAMES)})"
         )
+    if formats and (why := finish.dressing_problem(kit, req.hook_text, req.cta, formats)):
+        raise UserError(why)
     return PreparedVideo(
         req,
         request_key,
