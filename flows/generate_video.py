@@ -77,6 +77,12 @@ def _generate(rt: Any, request: VideoRequest, budget_usd: float | None) -> Video
         except PathRefused as exc:
             raise pipeline.UserError(str(exc)) from None
         request = request.model_copy(update={"audio": str(audio)})
+    if request.brand:  # likewise the brand kit (whose own files must lie in its folder)
+        try:
+            kit = flow_path(rt.settings, "generate-video", request.brand, what="brand kit")
+        except PathRefused as exc:
+            raise pipeline.UserError(str(exc)) from None
+        request = request.model_copy(update={"brand": str(kit)})
     video = pipeline.prepare_video(rt, request)  # bad input fails here, before any spend
     for option, why in request.ignored():
         get_run_logger().warning("%s: %s", option, why)

@@ -16,6 +16,7 @@ from castflow import brand, captions, finish, loudness, media
 from castflow.actors import ensure_sample_actors
 from castflow.db.tables import Video
 from castflow.providers import local
+from castflow.runtime import Runtime
 from castflow.sheets import SheetInvalid
 from tests.conftest import make_runtime
 
@@ -151,12 +152,10 @@ def test_a_branded_output_wears_the_kit_and_meets_its_profile(
 
 @pytest.mark.timeout(600)
 def test_a_campaign_wears_its_kit_and_the_manifest_carries_the_music_licence(
-    tmp_path: Path, prefect_server: None, monkeypatch: pytest.MonkeyPatch
+    rt: Runtime, tmp_path: Path, prefect_server: None
 ) -> None:
     from flows.run_campaign import run_campaign
 
-    monkeypatch.setenv("CASTFLOW_DATA_DIR", str(tmp_path / "data"))
-    rt = make_runtime(tmp_path / "data")
     ensure_sample_actors(rt)
     folder = tmp_path / "sheets"
     folder.mkdir()
@@ -201,3 +200,84 @@ def test_a_hook_no_font_draws_is_refused_before_anything_runs(tmp_path: Path) ->
     fine = pipeline.prepare_video(rt, request.model_copy(update={"hook_text": "Wait for it 👀"}))
     assert fine.formats == ("tiktok",)  # the kit's
     assert fine.brand is not None
+
+
+def test_a_kit_cannot_reach_outside_its_folder_nor_echo_a_file(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.png"
+    shutil.copy(SAMPLE.parent / "logo.png", outside)
+    folder = tmp_path / "kit"
+    folder.mkdir()
+    with pytest.raises(brand.BrandError) as refused:
+        brand.load_brand(kit(folder, "name: x\nlogo: {file: ../secret.png}\n"))
+    assert "logo.file: '../secret.png' is outside the kit's folder" in str(refused.value)
+    (folder / "brand.yaml").write_text('DB_PASSWORD: "hunter2\n', encoding="utf-8")
+    with pytest.raises(brand.BrandError) as broken:
+        brand.load_brand(folder / "brand.yaml")
+    assert "not valid YAML at line" in str(broken.value)
+    assert "hunter2" not in str(broken.value)
+    assert str(tmp_path) not in str(broken.value)  # the file's name, not where it lives
+
+
+def test_a_kit_moved_elsewhere_keeps_its_fingerprint(tmp_path: Path) -> None:
+    """Outputs are keyed by what they look and sound like: a kit copied to another folder (another
+    worker's mount) makes nothing again; a changed logo does."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    text = SAMPLE.read_text(encoding="utf-8")
+    one, two = (
+        brand.load_brand(kit(first, text)),
+        brand.load_brand(kit(second, text.replace("Glow sample", "Other"))),
+    )
+    assert one.fingerprint == two.fingerprint
+    from PIL import Image
+
+    Image.new("RGBA", (40, 20), (255, 0, 0, 255)).save(second / "logo.png")
+    assert brand.load_brand(second / "brand.yaml").fingerprint != one.fingerprint  # re-read: the file changed
+
+
+def test_a_hook_too_long_is_refused_with_the_sheet(rt: Runtime, tmp_path: Path) -> None:
+    from castflow.campaigns import load_sheet
+
+    ensure_sample_actors(rt)
+    kit(tmp_path, SAMPLE.read_text(encoding="utf-8"))
+    sheet = tmp_path / "sheet.csv"
+    long = " ".join(["Unbelievably"] * 10)  # 129 characters
+    runes = "ᚠᚢ runes"
+    sheet.write_text(
+        f"actor,script,brand,hook_text\nmaya,Hi there.,brand.yaml,{long}\nmaya,Hi.,brand.yaml,{runes}\n",
+        encoding="utf-8",
+    )
+    loaded = load_sheet(rt, sheet)
+    errors = [str(p) for p in loaded.errors]
+    assert errors[0].startswith("row 2, column hook_text: 'Unbelievably Unbelievably")
+    assert errors[0].endswith("does not fit a tiktok frame in three lines; shorten it")
+    assert errors[
+        1
+    ] == "row 3, column hook_text: no font draws 'ᚠ' (U+16A0 RUNIC LETTER FEHU FEOH FE F), " + (
+        "'ᚢ' (U+16A2 RUNIC LETTER URUZ UR U)"
+    )
+
+
+def test_a_logo_in_a_bottom_corner_lifts_the_captions_above_it(
+    render: tuple[Path, Path, list[dict[str, object]], float], tmp_path: Path
+) -> None:
+    _video, wav, words, _seconds = render
+    bottom = brand.load_brand(
+        kit(
+            tmp_path,
+            SAMPLE.read_text(encoding="utf-8").replace("position: top-right", "position: bottom-right"),
+        )
+    )
+    profile = finish.PROFILES["tiktok"]
+    dressing = finish.Dressing(finish.Finish(profile, brand=bottom), profile.size)
+    assert dressing.logo is not None
+    logo_top = dressing.logo[1][1]
+    assert dressing.caption_band.bottom < logo_top
+    layout, cues = captions.build(
+        "clean", SCRIPT, words, media.decode_audio(wav), profile.size, dressing.caption_band
+    )
+    for cue in cues:
+        box = layout.overlay(cue, profile.size).getbbox()
+        assert box is not None
+        assert box[3] < logo_top

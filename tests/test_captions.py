@@ -207,3 +207,16 @@ def test_a_captioned_video_is_burned_in_with_an_srt_and_passes_qc(rt: Runtime, p
 def _frame_at(path: Path, fraction: float) -> np.ndarray:
     frames = list(media.decode_video_frames(path))
     return frames[int(len(frames) * fraction)]
+
+
+def test_a_latin_brand_name_keeps_its_order_inside_an_arabic_line() -> None:
+    """Right to left, word by word from the right, but 'Glow Serum' still reads Glow then Serum."""
+    assert captions.visual_order(["جرب", "Glow", "Serum", "الآن"], rtl=True) == [3, 1, 2, 0]
+    assert captions.visual_order(["Try", "it", "now"], rtl=False) == [0, 1, 2]
+    audio = media.Audio(np.zeros(16_000 * 4, dtype=np.float32), 16_000)
+    script = "جرب Glow Serum الآن"
+    _layout, (cue,) = captions.build(
+        "clean", script, captions.spread_words(script, (0.2, 3.0)), audio, (1080, 1920)
+    )
+    x = {p.token.text: p.x for p in cue.lines[0]}
+    assert x["الآن"] < x["Glow"] < x["Serum"] < x["جرب"]

@@ -92,6 +92,10 @@ class EndCard(_Part):
         _rgb(value)
         return value
 
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        return _rgb(self.background)
+
 
 class Music(_Part):
     file: Path
@@ -114,12 +118,27 @@ class Brand(_Part):
 
     @cached_property
     def fingerprint(self) -> str:
-        """What the finished outputs depend on: the settings and the files' contents (stage keys)."""
-        digest = hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode())
-        for path in (self.logo.file if self.logo else None, self.music.file if self.music else None):
-            if path is not None:
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        """What the finished pictures and sound depend on (stage keys): the settings that change them and
+        the files' contents, not where the files are nor the kit's name: a kit moved or renamed, or seen
+        under another mount by another worker, makes nothing again."""
+        look = self.model_dump(mode="json", exclude={"name", "formats", "source"})
+        for part in ("logo", "music"):
+            if look.get(part):
+                look[part]["file"] = None
+        if self.font and self.font.lower().endswith(FONT_FILES):
+            look["font"] = None
+        digest = hashlib.sha256(json.dumps(look, sort_keys=True).encode())
+        for path in self.files:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
         return digest.hexdigest()[:32]
+
+    @property
+    def files(self) -> list[Path]:
+        """The files the kit names: its logo, music and font file."""
+        named = [part.file for part in (self.logo, self.music) if part is not None]
+        if self.font and self.font.lower().endswith(FONT_FILES):
+            named.append(Path(self.font))
+        return named
 
     def colour(self, which: str) -> tuple[int, int, int]:
         return _rgb(getattr(self.colours, which))
@@ -130,63 +149,101 @@ class Brand(_Part):
         return _logo(str(self.logo.file))
 
 
-_LOGOS: dict[str, Image.Image] = {}
+FONT_FILES = (".ttf", ".otf", ".ttc", ".woff", ".woff2")
+_LOGOS: dict[tuple[str, int, int], Image.Image] = {}
+_KITS: dict[tuple[str, int, int], tuple[Brand, list[tuple[str, int, int]]]] = {}
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    """A file's path with its size and modification time: a cache key that sees an edit."""
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns
 
 
 def _logo(path: str) -> Image.Image:
-    if path not in _LOGOS:
+    key = _stamp(Path(path))
+    if key not in _LOGOS:
         with Image.open(path) as image:
-            _LOGOS[path] = image.convert("RGBA")
-    return _LOGOS[path]
+            _LOGOS[key] = image.convert("RGBA")
+    return _LOGOS[key]
 
 
 def load_brand(path: Path) -> Brand:
-    """Read and check a brand kit; BrandError names the file, the field and the reason."""
+    """Read and check a brand kit (once per version of the file in a process); BrandError names the
+    file, the field and the reason. The files it names must lie in its own folder."""
+    try:
+        key = _stamp(path)
+        cached = _KITS.get(key)
+        if cached is not None and [_stamp(Path(f[0])) for f in cached[1]] == cached[1]:
+            return cached[0]  # neither the kit nor a file it names has changed
+    except OSError as exc:
+        raise BrandError(f"brand kit {path.name}: cannot be read ({exc.strerror})") from exc
+    kit = _load(path)
+    _KITS[key] = (kit, [_stamp(f) for f in kit.files])
+    return kit
+
+
+def _inside(base: Path, given: str, path: Path, field: str) -> Path:
+    found = (base / Path(given).expanduser()).resolve()
+    if not found.is_relative_to(base.resolve()):
+        raise BrandError(f"brand kit {path.name}: {field}: {given!r} is outside the kit's folder")
+    return found
+
+
+def _load(path: Path) -> Brand:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise BrandError(f"brand kit {path}: cannot be read ({exc})") from exc
-    except yaml.YAMLError as exc:
-        raise BrandError(f"brand kit {path}: not valid YAML ({exc})") from exc
+        raise BrandError(f"brand kit {path.name}: cannot be read ({exc})") from exc
+    except yaml.YAMLError as exc:  # where, not the text: the file could be anything
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise BrandError(f"brand kit {path.name}: not valid YAML{where}") from None
     if not isinstance(data, dict):
-        raise BrandError(f"brand kit {path}: expected a mapping of settings (name, logo, music, ...)")
+        raise BrandError(f"brand kit {path.name}: expected a mapping of settings (name, logo, music, ...)")
     base = path.parent
     for part in ("logo", "music"):
         section = data.get(part)
         if isinstance(section, dict) and isinstance(section.get("file"), str):
-            given = Path(section["file"]).expanduser()
-            data[part] = {**section, "file": given if given.is_absolute() else base / given}
+            data[part] = {**section, "file": _inside(base, section["file"], path, f"{part}.file")}
+    font = data.get("font")
+    if isinstance(font, str) and font.lower().endswith(FONT_FILES):
+        data["font"] = str(_inside(base, font, path, "font"))
     try:
         brand = Brand.model_validate({**data, "source": path})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "brand"
-        raise BrandError(f"brand kit {path}: {where}: {first['msg']}") from exc
+        raise BrandError(f"brand kit {path.name}: {where}: {first['msg']}") from None
     from castflow import captions, finish
 
     unknown = [f for f in brand.formats if f not in finish.PROFILES]
     if unknown:
-        raise BrandError(f"brand kit {path}: formats: unknown export profile {unknown[0]!r}")
+        raise BrandError(f"brand kit {path.name}: formats: unknown export profile {unknown[0]!r}")
     if brand.font:
         try:
             captions.caption_face(brand.font, base)
-        except (ValueError, OSError) as exc:
-            raise BrandError(f"brand kit {path}: font: {exc}") from exc
+        except OSError as exc:
+            raise BrandError(f"brand kit {path.name}: font: {Path(brand.font).name}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise BrandError(f"brand kit {path.name}: font: {exc}") from exc
     if brand.logo is not None:
         try:
             with Image.open(brand.logo.file) as image:
                 image.verify()
         except (OSError, SyntaxError) as exc:
             raise BrandError(
-                f"brand kit {path}: logo.file: {brand.logo.file.name} is not an image ({exc})"
+                f"brand kit {path.name}: logo.file: {brand.logo.file.name} is not an image"
             ) from exc
     if brand.music is not None:
         try:
             music = media.decode_audio(brand.music.file, max_seconds=900)
         except media.MediaError as exc:
-            raise BrandError(f"brand kit {path}: music.file: {exc}") from exc
+            raise BrandError(f"brand kit {path.name}: music.file: {exc}") from exc
         if music.seconds < 1.0:
-            raise BrandError(f"brand kit {path}: music.file: {brand.music.file.name} is shorter than 1 s")
+            raise BrandError(
+                f"brand kit {path.name}: music.file: {brand.music.file.name} is shorter than 1 s"
+            )
     return brand
 
 

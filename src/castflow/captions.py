@@ -288,6 +288,23 @@ def _split_wide(setter: typeset.Setter, token: Token, width: float) -> list[Toke
     return out
 
 
+def visual_order(texts: Sequence[str], rtl: bool) -> list[int]:
+    """The order in which a line's words appear from left to right. Left to right for a left-to-right
+    script; for a right-to-left one the words run from the right, except runs of left-to-right words
+    (a brand name, an English phrase in an Arabic script), which keep their own order (as the Unicode
+    bidirectional algorithm places them; each word itself is shaped and ordered by libraqm)."""
+    if not rtl:
+        return list(range(len(texts)))
+    runs: list[tuple[bool, list[int]]] = []
+    for i, text in enumerate(texts):
+        latin = not typeset.rtl(text) and any(unicodedata.bidirectional(c) == "L" for c in text)
+        if latin and runs and runs[-1][0]:
+            runs[-1][1].append(i)
+        else:
+            runs.append((latin, [i]))
+    return [i for _latin, run in reversed(runs) for i in run]
+
+
 def _unspaced(text: str) -> bool:
     """Whether ``text`` is of a script written without spaces (Han, kana, Hangul: wide letters), which
     may be broken between any two characters."""
@@ -317,9 +334,9 @@ def _wrap(
 class Layout:
     """Cue building for one style on one frame size."""
 
-    def __init__(self, style: Style, width: int, height: int) -> None:
+    def __init__(self, style: Style, width: int, height: int, band: Band | None = None) -> None:
         self.style = style
-        self.band = safe_band(width, height)
+        self.band = band or safe_band(width, height)
         self.faces = faces(style)
         # Sized from the band's width on upright and square frames; on a wide frame from what that
         # width would be on the frame's short side (the text stays the size a viewer expects).
@@ -367,9 +384,12 @@ class Layout:
                 out.extend(_split_wide(full, replace(token, text=shown), self.room(self.full)))
         return out
 
+    rtl = False  # the script reads right to left (set by cues() from the whole script)
+
     def cues(self, script_tokens: Sequence[Token]) -> list[Cue]:
         """The tokens grouped into cues: each fits the band, ends at a sentence end (a clause end for
         bold and karaoke), a pause, the style's word limit or its longest time on screen."""
+        self.rtl = typeset.rtl(" ".join(t.text for t in script_tokens))
         groups: list[list[Token]] = []
         current: list[Token] = []
         for token in self.pieces(script_tokens):
@@ -412,12 +432,12 @@ class Layout:
             shown = [_shown(self.style, t.text) for t in line]
             sizes = [setter.width(text) for text in shown]
             total = sum(sizes) + space * (len(shown) - 1)
-            right_to_left = typeset.rtl(" ".join(shown))
-            x, row = 0.0, []
-            for token, text, width in zip(line, shown, sizes, strict=True):  # in reading order
-                row.append(Placed(token, total - x - width if right_to_left else x, text))
-                x += width + space
-            placed_lines.append(tuple(row))
+            xs = [0.0] * len(shown)
+            x = 0.0
+            for i in visual_order(shown, self.rtl):  # left to right on the screen
+                xs[i] = x
+                x += sizes[i] + space
+            placed_lines.append(tuple(Placed(t, xs[i], shown[i]) for i, t in enumerate(line)))
             widths.append(total)
         return [Cue(group[0].start, group[-1].end, tuple(placed_lines), size, tuple(widths))]
 
@@ -494,10 +514,12 @@ def build(
     words: Sequence[dict[str, object]],
     audio: media.Audio,
     size: tuple[int, int],
+    band: Band | None = None,
 ) -> tuple[Layout, list[Cue]]:
     """The cues of ``script`` in a style (by name, or a brand's version of one) for a frame of ``size``,
-    timed by ``words`` (or by the audio's voiced span when there are none)."""
-    layout = Layout(style_name if isinstance(style_name, Style) else STYLES[style_name], *size)
+    timed by ``words`` (or by the audio's voiced span when there are none); ``band``: a smaller one than
+    the platform's safe band (a logo in a bottom corner takes its bottom)."""
+    layout = Layout(style_name if isinstance(style_name, Style) else STYLES[style_name], *size, band=band)
     if not words:
         words = spread_words(script, voiced_span(audio))
     return layout, layout.cues(tokens(script, words, audio.seconds))

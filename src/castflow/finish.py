@@ -13,6 +13,7 @@ purpose and each is a setting (``CASTFLOW_PIPELINE__FORMAT_SECONDS``) since plat
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -168,6 +169,7 @@ class Dressing:
         brand = spec.brand
         band = captions.safe_band(*size)
         self.logo: tuple[Image.Image, tuple[int, int]] | None = None
+        self.caption_band = band  # where captions may go: above a logo in a bottom corner
         if brand is not None and brand.logo is not None and (image := brand.logo_image()) is not None:
             width = max(8, round(band.width * brand.logo.width))
             height = max(1, round(image.height * width / image.width))
@@ -178,6 +180,8 @@ class Dressing:
             x = band.left if brand.logo.position.endswith("left") else band.right - width
             y = band.top if brand.logo.position.startswith("top") else band.bottom - height
             self.logo = (logo, (x, y))
+            if not brand.logo.position.startswith("top"):
+                self.caption_band = replace(band, bottom=y - max(4, band.top // 8))
         hook_text = spec.hook_text or (brand.hook.text if brand and brand.hook else None)
         self.hook: captions.Overlays | None = None
         self.hook_seconds = brand.hook.seconds if brand and brand.hook else 2.5
@@ -197,7 +201,7 @@ class Dressing:
 
     def _card(self, brand: Brand, text: str | None, band: captions.Band) -> Image.Image:
         assert brand.end_card is not None
-        card = Image.new("RGB", self.size, _hex(brand.end_card.background))
+        card = Image.new("RGB", self.size, brand.end_card.rgb)
         image = brand.logo_image() if brand.end_card.logo else None
         if image is not None:
             width = round(band.width * 0.6)
@@ -231,11 +235,35 @@ class Dressing:
         return picture
 
 
+def length_problem(
+    formats: Sequence[str], seconds: float, end_seconds: float, limits: dict[str, tuple[float, float]] | None
+) -> str | None:
+    """Why a video of ``seconds`` of sound (plus its end card) cannot be one of its profiles: too short
+    or too long for the platform. Asked before the lip-sync is paid."""
+    total = seconds + end_seconds
+    for name in formats:
+        found = profile(name, limits)
+        if not found.min_seconds <= total <= found.max_seconds:
+            return (
+                f"{name} takes {found.min_seconds:g} to {found.max_seconds:g} s; this video would last "
+                f"{total:.1f} s" + (f" (with its {end_seconds:g} s end card)" if end_seconds else "")
+            )
+    return None
+
+
 def dressing_problem(
     brand: Brand | None, hook_text: str | None, cta: str | None, formats: Sequence[str]
 ) -> str | None:
     """Why a row's hook line or call to action cannot be drawn on one of its profiles (a character no
-    font has, or too long to fit even at half size): told before anything is paid."""
+    font has, or too long to fit even at half size): told before anything is paid. Asked once per
+    combination (a sheet's rows share their kit and most of their texts)."""
+    return _dressing_problem(brand, hook_text, cta, tuple(formats))
+
+
+@functools.lru_cache(maxsize=4096)
+def _dressing_problem(
+    brand: Brand | None, hook_text: str | None, cta: str | None, formats: tuple[str, ...]
+) -> str | None:
     hook = hook_text or (brand.hook.text if brand and brand.hook else None)
     card = brand.end_card if brand is not None else None
     action = (cta or card.text) if card is not None and card.seconds > 0 else None
@@ -248,13 +276,9 @@ def dressing_problem(
         for name in formats:
             profile = PROFILES[name]
             if captions.block(style, text, profile.size, 0.0, 1.0) is None:
-                return f"{what}: {text!r} does not fit a {name} frame in three lines; shorten it"
+                shown = text if len(text) <= 40 else text[:39] + "…"
+                return f"{what}: {shown!r} does not fit a {name} frame in three lines; shorten it"
     return None
-
-
-def _hex(value: str) -> tuple[int, int, int]:
-    text = value.lstrip("#")
-    return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
 
 
 def _dressed(style: captions.Style, brand: Brand) -> captions.Style:
@@ -280,14 +304,19 @@ def mix(spec: Finish, audio_file: Path, rate: int) -> npt.NDArray[np.float32]:
     return loudness.normalise(np.stack([sound, sound]), rate)
 
 
-def render(video: Path, audio_file: Path, spec: Finish, dest: Path) -> Path:
-    """The lip-sync render ``video`` (with its speech ``audio_file``) finished for ``spec.profile``."""
+def render(
+    video: Path, audio_file: Path, spec: Finish, dest: Path, sound: npt.NDArray[np.float32] | None = None
+) -> Path:
+    """The lip-sync render ``video`` (with its speech ``audio_file``) finished for ``spec.profile``;
+    ``sound``: the mix when already made (it is the same for every profile of a video)."""
     profile = spec.profile
     info = media.probe(video)
     if not info.width or not info.height or not info.fps:
         raise media.MediaError(f"{video.name} has no video stream to finish")
-    sound = mix(spec, audio_file, profile.audio_rate)
+    if sound is None:
+        sound = mix(spec, audio_file, profile.audio_rate)
     speech_seconds = sound.shape[1] / profile.audio_rate - spec.end_seconds
+    dressing = Dressing(spec, profile.size) if spec.brand is not None or spec.hook_text else None
     overlays = None
     if spec.caption_style and spec.caption_style != "no" and spec.script:
         style: str | captions.Style = spec.caption_style
@@ -296,9 +325,9 @@ def render(video: Path, audio_file: Path, spec: Finish, dest: Path) -> Path:
             colours = {k: brand.colour(k) for k in ("text", "outline", "highlight")}
             style = captions.branded(spec.caption_style, brand.font, colours)
         voice = media.Audio(sound[0], profile.audio_rate)
-        layout, cues = captions.build(style, spec.script, spec.words, voice, profile.size)
+        band = dressing.caption_band if dressing is not None else None
+        layout, cues = captions.build(style, spec.script, spec.words, voice, profile.size, band)
         overlays = captions.Overlays(layout, cues, profile.size)
-    dressing = Dressing(spec, profile.size) if spec.brand is not None or spec.hook_text else None
     total = media.frame_count(sound.shape[1] / profile.audio_rate, profile.fps)
     source_fps = info.fps
 

@@ -76,21 +76,29 @@ def _limit(samples: Samples, rate: int, ceiling: float) -> Samples:
 def normalise(
     samples: Samples, rate: int, *, target: float = TARGET_LUFS, ceiling_dbtp: float = CEILING_DBTP
 ) -> Samples:
-    """``samples`` at ``target`` LUFS integrated with the true peak at most ``ceiling_dbtp``. Silence
-    is returned as it is. The limiter's threshold is lowered until libebur128 reads the ceiling kept
-    (inter-sample peaks sit above the samples); a few tenths of a dB of limiting, on speech."""
+    """``samples`` at ``target`` LUFS integrated (within 0.1 LU) with the true peak at most
+    ``ceiling_dbtp``. Silence is returned as it is. Each round sets the gain from the last measure, limits
+    the peaks and measures again (libebur128): limiting lowers the loudness a little, which the next
+    round's gain gives back, and a true peak still over the ceiling (inter-sample peaks sit above the
+    samples) lowers the limiter's threshold; three rounds suffice on speech and music."""
     before = measure(samples, rate)
     if not math.isfinite(before.lufs):
         return samples
-    gained = (samples * 10 ** ((target - before.lufs) / 20)).astype(np.float32)
-    threshold = ceiling_dbtp - 0.3
-    out = gained
-    for _ in range(6):
+    gain_db = target - before.lufs
+    threshold = ceiling_dbtp - 0.2
+    out = samples
+    for _ in range(8):
+        gained = (samples * 10 ** (gain_db / 20)).astype(np.float32)
         out = _limit(gained, rate, 10 ** (threshold / 20))
         found = measure(out, rate)
-        if found.true_peak_dbtp <= ceiling_dbtp:
+        loud_ok = abs(found.lufs - target) <= 0.1
+        peak_ok = found.true_peak_dbtp <= ceiling_dbtp
+        if loud_ok and peak_ok:
             break
-        threshold -= found.true_peak_dbtp - ceiling_dbtp + 0.1
+        if not peak_ok:
+            threshold -= found.true_peak_dbtp - ceiling_dbtp + 0.05
+        if not loud_ok:
+            gain_db += target - found.lufs
     return out
 
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from pydantic import ValidationError
 
@@ -355,23 +355,34 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+if TYPE_CHECKING:
+    from castflow.brand import Brand
+
+
 class _Kits:
     """The brand kits a sheet's rows name, each read and checked once."""
 
     def __init__(self, default: Path | None) -> None:
         self.default = default.resolve() if default is not None else None
-        self._found: dict[Path, str | None] = {}
+        self._found: dict[Path, Brand | str] = {}
 
-    def problem(self, path: Path) -> str | None:
+    def _read(self, path: Path) -> Brand | str:
         if path not in self._found:
             from castflow.brand import BrandError, load_brand
 
             try:
-                load_brand(path)
-                self._found[path] = None
+                self._found[path] = load_brand(path)
             except BrandError as exc:
                 self._found[path] = str(exc)
         return self._found[path]
+
+    def problem(self, path: Path) -> str | None:
+        found = self._read(path)
+        return found if isinstance(found, str) else None
+
+    def kit(self, path: Path | None) -> Brand | None:
+        found = self._read(path) if path is not None else None
+        return None if found is None or isinstance(found, str) else found
 
 
 def read_sheet(
@@ -588,6 +599,17 @@ def _validate_row(
             "formats",
             f"{unknown_formats[0]!r} is not an export profile ({', '.join(finish.NAMES)}; join several with |)",
         )
+    else:  # the hook line and call to action must be drawable on every profile the row makes
+        kit = kits.kit(kit_path)
+        made = [f for f in formats if f != "source"] or list(
+            kit.formats if kit else settings.pipeline.default_formats
+        )
+        made = [f for f in made if f in finish.PROFILES]
+        if made and (
+            why := finish.dressing_problem(kit, cell("hook_text") or None, cell("cta") or None, made)
+        ):
+            column, _, reason = why.partition(": ")
+            error(column, reason)
 
     if any(p.severity == "error" for p in problems):
         return None, problems

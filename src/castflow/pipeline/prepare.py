@@ -156,6 +156,11 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
         )
     if formats and (why := finish.dressing_problem(kit, req.hook_text, req.cta, formats)):
         raise UserError(why)
+    end_seconds = kit.end_card.seconds if kit is not None and kit.end_card is not None else 0.0
+    # An uploaded audio's length is known before any spend: a profile it cannot make is refused now.
+    known = audio_seconds if formats and audio_seconds is not None else None
+    if known is not None and (too := finish.length_problem(formats, known, end_seconds, cfg.format_seconds)):
+        raise UserError(f"formats: {too}")
     return PreparedVideo(
         req,
         request_key,

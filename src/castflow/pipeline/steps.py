@@ -6,6 +6,7 @@ import functools
 import json
 import mimetypes
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -353,7 +354,8 @@ def finish_key(
 def finish_outputs(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcome:
     """The checked render finished for each of the video's export profiles (castflow.finish), each
     checked against its profile's spec and published as ``<name>_<profile>.mp4`` beside the video. An
-    output that fails its check is recorded failed with the reason; the row and its paid stages stand."""
+    output that fails its check is recorded failed with the reason; the row and its paid stages stand.
+    A finish found done was checked when it was made: a rerun neither encodes nor reads it again."""
     from castflow import finish
 
     checked, audio, words = done["checked"], done["audio"], done.get("words")
@@ -362,27 +364,31 @@ def finish_outputs(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcom
     kit = video.brand
     fill = kit.fill if kit is not None else rt.settings.pipeline.fill
     hook, cta = video.request.hook_text, video.request.cta
-    dressing = {"brand": kit.fingerprint if kit else None, "hook": hook, "cta": cta}
-    licence = kit.music.licence if kit is not None and kit.music is not None else None
     stem = video.output_key.removesuffix(".mp4")
+    mixed: dict[int, Any] = {}  # the sound, made once for all the profiles (the same for each)
     outputs: list[Output] = []
     for name in video.formats:
         profile = finish.profile(name, rt.settings.pipeline.format_seconds)
-        key = finish_key(
-            checked.output, name, fill, style, video.transcript, words.output if words else None, dressing
-        )
         spec = finish.Finish(profile, video.transcript, style, word_list, fill, kit, hook, cta)
+        limits = rt.settings.pipeline.format_seconds
+        if too := finish.length_problem([name], _audio_seconds(done), spec.end_seconds, limits):
+            outputs.append(Output(format=name, status="failed", error=too))  # nothing encoded for it
+            continue
 
         def call(workdir: Path, spec: finish.Finish = spec) -> ProviderResult:
-            out = finish.render(
-                rt.storage.local_path(checked.output.key),
-                rt.storage.local_path(audio.output.key),
-                spec,
-                workdir / "finished.mp4",
-            )
+            speech = rt.storage.local_path(audio.output.key)
+            rate = spec.profile.audio_rate
+            if rate not in mixed:
+                mixed[rate] = finish.mix(spec, speech, rate)
+            source = rt.storage.local_path(checked.output.key)
+            out = finish.render(source, speech, spec, workdir / "finished.mp4", sound=mixed[rate])
             return ProviderResult(out, "video/mp4", Billing(0, "videos"), seconds=media.probe(out).duration)
 
         try:
+            dressing = {"brand": kit.fingerprint if kit else None, "hook": hook, "cta": cta}
+            key = finish_key(
+                checked.output, name, fill, style, video.transcript, words.output if words else None, dressing
+            )
             made = run_stage(
                 rt,
                 stage="finish",
@@ -392,24 +398,25 @@ def finish_outputs(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcom
                 call=call,
                 meta={"format": name},
             )
-        except (media.MediaError, OSError) as exc:
+            problems = []
+            if made.produced:
+                problems = finish.check(
+                    rt.storage.local_path(made.output.key),
+                    profile,
+                    audio_seconds=_audio_seconds(done) + spec.end_seconds,
+                    tolerance=rt.settings.pipeline.qc_duration_tolerance_s,
+                )
+        except (media.MediaError, OSError, ValueError) as exc:
             outputs.append(Output(format=name, status="failed", error=f"finishing failed: {exc}"))
             continue
-        problems = finish.check(
-            rt.storage.local_path(made.output.key),
-            profile,
-            audio_seconds=_audio_seconds(done) + spec.end_seconds,
-            tolerance=rt.settings.pipeline.qc_duration_tolerance_s,
-        )
         if problems:
             error = f"{name} check failed: {'; '.join(problems)}"
-            rt.finished_stages.forget(
-                key
-            )  # free and deterministic: a rerun (with other settings) tries again
+            rt.finished_stages.forget(key)  # free and deterministic: a rerun (other settings) tries again
             rt.db(functools.partial(queries.fail_stage_run, stage_key=key, error=error))
             outputs.append(Output(format=name, status="failed", error=error))
             continue
         published = publish(rt, made, f"{stem}_{name}.mp4")
+        licence = kit.music.licence if kit is not None and kit.music is not None else None
         outputs.append(
             Output(
                 format=name,
