@@ -65,7 +65,7 @@ STYLES: dict[str, Style] = {
         max_words=3,
         upper=True,
         outline=0.14,
-        anchor=0.72,
+        anchor=0.84,  # low in the band: clear of the mouth also when a 9:16 render is fitted into a square
         max_seconds=2.0,
         break_at_clauses=True,
     ),
