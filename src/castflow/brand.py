@@ -35,6 +35,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from castflow import media
+from castflow.captions import FONT_FILES
 
 _COLOUR = re.compile(r"^#?([0-9a-fA-F]{6})$")
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
@@ -149,7 +150,6 @@ class Brand(_Part):
         return _logo(str(self.logo.file))
 
 
-FONT_FILES = (".ttf", ".otf", ".ttc", ".woff", ".woff2")
 _LOGOS: dict[tuple[str, int, int], Image.Image] = {}
 _KITS: dict[tuple[str, int, int], tuple[Brand, list[tuple[str, int, int]]]] = {}
 
