@@ -30,6 +30,7 @@ def test_the_short_chaos_suite_meets_every_target() -> None:
         name: {
             k: s[k]
             for k in ("rows", "jobs_per_unique_stage", "unrecorded_jobs", "stuck_claims", "secrets_found")
+            + ("interrupts",) * ("interrupts" in s)  # each Ctrl-C: its exit status and the CLI's last words
         }
         for name, s in report["scenarios"].items()
         if "rows" in s

@@ -979,6 +979,9 @@ def main() -> None:
     """The console script; a crash prints its traceback redacted (pretty exceptions are off)."""
     global _OWN_PROCESS
     _OWN_PROCESS = True
+    from castflow import interrupt
+
+    interrupt.ignore_at_the_very_end()
     try:
         status = app()
     except Exception as exc:

@@ -11,6 +11,7 @@ provider waits and the campaign flow ask :func:`check`; the CLI installs :func:`
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -79,3 +80,13 @@ def handling_signals(
             for sig, old in previous.items():
                 signal.signal(sig, old)
             reset()
+
+
+def ignore_at_the_very_end() -> None:
+    """From the last exit handler on, a Ctrl-C is ignored. Python resets its handlers to the default
+    before it tears the interpreter down, so a Ctrl-C in that last moment (a user pressing it twice as a
+    campaign ends) killed the process by the signal instead of letting it exit with its status. Exit
+    handlers run last-registered first: call this before anything else registers one (the console
+    script does, first thing), so Prefect's own exit work (shipping logs and events) stays
+    interruptible."""
+    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
