@@ -425,6 +425,20 @@ def test_an_elevenlabs_speech_stage_records_its_words(
     assert pipeline.speech(rt, pipeline.actor_ref(rt, "nia"), SCRIPT).reused
 
 
+@pytest.mark.parametrize("shape", ["words", "alignment"])
+def test_the_synthetic_fake_answers_with_timestamps_too(
+    fake: FakeFal, data_dir: Path, monkeypatch: pytest.MonkeyPatch, shape: str
+) -> None:
+    """The benchmarks' cheap fake speaks the same protocol: words spread over its tone, so a campaign on
+    it times words as on ElevenLabs (from the speech), not by aligning a tone."""
+    rt = fal_runtime(fake, monkeypatch, "fal-ai/elevenlabs/tts/multilingual-v2")
+    fake.knobs.synthetic = True
+    fake.knobs.timestamps_shape = shape
+    outcome = pipeline.speech(rt, pipeline.actor_ref(rt, "nia"), SCRIPT)
+    seconds = media.decode_audio(rt.storage.local_path(outcome.output.key)).seconds
+    check_words(speech_meta(rt)["words"], SCRIPT, seconds)
+
+
 def test_no_timestamps_in_the_output_records_no_words(
     fake: FakeFal, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
