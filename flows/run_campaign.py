@@ -122,7 +122,7 @@ class _Options:
 
 def _run(rt: Any, source: SheetSource, params: _Options) -> CampaignResult:
     sheet = campaigns.load_sheet(rt, source.path, brand=params.brand)
-    name = params.name or source.default_name
+    name = params.name or sheet.default_name or source.default_name
     if sheet.sheet_errors or (sheet.errors and not params.skip_invalid):
         # Refused before anything ran: one readable message and a table of every problem, no traceback.
         return cast("CampaignResult", _refused(sheet.name, name, sheet.problems))

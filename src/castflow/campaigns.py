@@ -74,7 +74,11 @@ def videos_prefix(campaign: str) -> str:
 
 
 def output_key(campaign: str, row: SheetRow) -> str:
-    """``campaigns/{campaign}/{row_id}_{actor}_{scene-slug}_{resolution}.mp4``: stable across reruns."""
+    """``campaigns/{campaign}/{name}.mp4`` for a row with a ``name`` (a matrix row's, or the sheet's own
+    column), else ``campaigns/{campaign}/{row_id}_{actor}_{scene-slug}_{resolution}.mp4``: stable across
+    reruns."""
+    if named := (row.extra.get("name") or "").strip():
+        return f"{videos_prefix(campaign)}{named}.mp4"
     req = row.request
     scene = slug(req.scene) if req.scene else ("variant" if req.image_variant_id else "portrait")
     return f"{videos_prefix(campaign)}{row.row_id}_{req.actor}_{scene}_{req.resolution}.mp4"

@@ -620,7 +620,9 @@ def webhooks_serve(
 
 # ---- campaigns ----------------------------------------------------------------------------------------
 
-SheetArg = Annotated[Path, typer.Argument(help="The campaign sheet (CSV).", show_default=False)]
+SheetArg = Annotated[
+    Path, typer.Argument(help="The campaign sheet (CSV) or matrix file (YAML).", show_default=False)
+]
 
 
 BrandOption = Annotated[
@@ -671,6 +673,46 @@ def campaign_validate(sheet: SheetArg, brand: BrandOption = None) -> None:
     _run(go)
 
 
+@campaign_app.command("expand")
+def campaign_expand(
+    matrix_file: Annotated[Path, typer.Argument(help="The matrix file (YAML).", show_default=False)],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the sheet here (default: print it).")
+    ] = None,
+) -> None:
+    """Expand a matrix file (hooks x bodies x actors x scenes ...) into the equivalent sheet, checked as
+    a run would check it: review or edit it, then run either."""
+
+    def go() -> None:
+        from castflow import matrix
+
+        if not matrix_file.is_file():
+            raise CliError(f"matrix file {matrix_file} does not exist")
+        loaded = _load_sheet(matrix_file)  # every row checked as a run checks it
+        _print_problems(loaded, skip_invalid=False)
+        expansion = matrix.expand(matrix_file, max_rows=_runtime().settings.campaign.max_rows)
+        if expansion.matrix.brand and out is not None:  # the kit stays where it is: its path from the sheet
+            column = expansion.columns.index("brand")
+            kit = os.path.relpath(
+                (matrix_file.parent / expansion.matrix.brand).resolve(), out.resolve().parent
+            )
+            for row in expansion.rows:
+                row[column] = kit
+        text = expansion.csv_text()
+        if out is None:
+            typer.echo(text, nl=False)
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        typer.echo(
+            f"{matrix_file.name}: {len(expansion.rows)} row(s) of {expansion.combinations} combination(s) "
+            f"-> {out}",
+            err=True,
+        )
+
+    _run(go)
+
+
 @campaign_app.command("run")
 def campaign_run(
     sheet: SheetArg,
@@ -697,6 +739,8 @@ def campaign_run(
         loaded = _load_sheet(sheet, brand)
         _print_problems(loaded, skip_invalid=skip_invalid)
         if dry_run:
+            if loaded.default_name is not None:  # a matrix file
+                typer.echo(f"{loaded.name}: expands to {len(loaded.rows)} row(s)")
             rows, totals, reals = 0, [], []
             for part in campaigns.iter_estimates(rt, loaded.rows):  # printed as they come: none kept
                 typer.echo(

@@ -21,14 +21,14 @@ import hashlib
 import io
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from pydantic import ValidationError
 
 from castflow import captions as captions_module
-from castflow import finish, media
+from castflow import finish, matrix, media
 from castflow.hints import unknown_actor
 from castflow.inputs import confined_file_problem, file_problem
 from castflow.models import VideoRequest
@@ -133,6 +133,7 @@ class Sheet:
     problems: list[SheetProblem]
     total_rows: int
     unreadable: bool = False  # reading stopped (a limit, broken quoting): every error is the sheet's
+    default_name: str | None = None  # a matrix file's campaign name
 
     @property
     def errors(self) -> list[SheetProblem]:
@@ -399,6 +400,8 @@ def read_sheet(
     ``brand``: the campaign's brand kit, worn by the rows whose ``brand`` cell is empty.
     """
     limits = settings.campaign
+    if path.suffix.lower() in matrix.SUFFIXES:  # a matrix file: its rows, then the same checks as a CSV's
+        return _read_matrix(path, settings=settings, actors=actors, variant_owner=variant_owner, brand=brand)
     why = file_problem(path)
     if why is None and path.stat().st_size > limits.max_sheet_bytes:
         why = (
@@ -419,6 +422,50 @@ def read_sheet(
         )
     if frame is None:
         return Sheet(path.name, digest, [], [], problems, 0, unreadable=True)
+    return _validate(path, digest, frame, problems, settings, actors, variant_owner, brand)
+
+
+def _read_matrix(
+    path: Path,
+    *,
+    settings: Settings,
+    actors: Mapping[str, ActorInfo],
+    variant_owner: Callable[[str], str | None] | None,
+    brand: Path | None,
+) -> Sheet:
+    """A matrix file's rows as a sheet (castflow.matrix), validated as a CSV's; a row's problems also
+    name its variant."""
+    why = file_problem(path)
+    if why is None and path.stat().st_size > settings.campaign.max_sheet_bytes:
+        why = f"is larger than {settings.campaign.max_sheet_bytes / 2**20:.1f} MiB"
+    if why is not None:
+        return Sheet(path.name, "", [], [], [SheetProblem(None, None, f"the matrix file {why}")], 0)
+    digest = content_hash(path.read_bytes())
+    try:
+        expansion = matrix.expand(path, actors=actors, max_rows=settings.campaign.max_rows)
+    except matrix.MatrixError as exc:
+        return Sheet(path.name, digest, [], [], [SheetProblem(None, None, str(exc))], 0, unreadable=True)
+    frame = Records(expansion.columns, [(n, cells) for n, cells in enumerate(expansion.rows, start=2)])
+    sheet = _validate(path, digest, frame, [], settings, actors, variant_owner, brand)
+    names = {n: v.name for n, v in enumerate(expansion.variants, start=2)}
+    sheet.problems = [
+        replace(p, reason=f"{p.reason} (variant {names[p.row]})") if p.row in names else p
+        for p in sheet.problems
+    ]
+    sheet.default_name = expansion.campaign
+    return sheet
+
+
+def _validate(
+    path: Path,
+    digest: str,
+    frame: Records,
+    problems: list[SheetProblem],
+    settings: Settings,
+    actors: Mapping[str, ActorInfo],
+    variant_owner: Callable[[str], str | None] | None,
+    brand: Path | None,
+) -> Sheet:
     columns = frame.columns
     if "actor" not in columns:
         problems.append(SheetProblem(1, "actor", "the sheet has no actor column"))
@@ -431,6 +478,7 @@ def read_sheet(
 
     rows: list[SheetRow] = []
     ids: dict[str, int] = {}
+    names: dict[str, int] = {}
     extras = [c for c in columns if c not in KNOWN_COLUMNS]
     clashing = [c for c in extras if c in OUTPUT_COLUMNS]
     if clashing:  # their values would be overwritten by the outcome in the manifest
@@ -453,6 +501,22 @@ def read_sheet(
             row_problems.append(
                 SheetProblem(line, "row_id", f"duplicate row id {row_id!r} (first used in row {first})")
             )
+        if named := (record.get("name") or "").strip():  # the output's file name: unique, any letter case
+            first = names.setdefault(named.lower(), line)
+            if not matrix.NAME.match(named):
+                row_problems.append(
+                    SheetProblem(
+                        line,
+                        "name",
+                        f"{named!r} is not a file name (letters, digits, '.', '_', '-'; at most 120)",
+                    )
+                )
+            elif first != line:
+                row_problems.append(
+                    SheetProblem(
+                        line, "name", f"{named!r} is the name of row {first} too (letter case aside)"
+                    )
+                )
         problems.extend(row_problems)
         if row is not None and not any(p.severity == "error" for p in row_problems):
             rows.append(row)
