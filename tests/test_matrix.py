@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -284,3 +286,109 @@ def test_a_matrix_runs_with_its_names_and_expands_to_the_sheet_that_runs_the_sam
     with rt.session() as s:  # the sheet is a new campaign of the same videos: nothing made again
         assert s.scalar(sa.select(sa.func.count()).where(StageRun.stage == "speech")) == speeches
         assert s.scalar(sa.select(sa.func.count()).where(StageRun.stage == "lipsync")) == 2
+
+
+@pytest.fixture
+def fal_rt(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    """fal speech (ElevenLabs, with timestamps) and WaveSpeed lip-sync, on the in-process fakes."""
+    from castflow.actors import ActorSpec, import_actors
+    from castflow.models import Voice
+    from castflow.runtime import get_runtime
+    from castflow.settings import reset_settings
+
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+    reset_settings()
+    rt = get_runtime()
+    ensure_sample_actors(rt)
+    voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Aria")
+    import_actors(
+        rt, [ActorSpec(key="nia", name="Nia", portrait="drawn:ava", voice=voice)], base_dir=Path.cwd()
+    )
+    return rt
+
+
+PARTS = """
+campaign: parts
+hooks: [{id: h1, text: "Okay, real talk."}, {id: h2, text: "Stop scrolling."}, {id: h3, text: "Listen."}]
+bodies: [{id: b1, text: "Fresh coffee every morning."}, {id: b2, text: "Two drops and I glow."}]
+actors: [nia]
+captions: karaoke
+speech: parts
+"""
+
+
+@pytest.mark.flow
+def test_speech_in_parts_pays_each_hook_and_body_once_per_voice(
+    fal_rt: Runtime, tmp_path: Path, prefect_server: None
+) -> None:
+    from castflow import media
+    from castflow.fakes import running_fakes
+
+    fal = running_fakes()["fal"]
+    path = write(tmp_path, PARTS)
+    runner = CliRunner()
+    dry = runner.invoke(app, ["campaign", "run", str(path), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "matrix.yaml: expands to 6 row(s)" in dry.output
+    lines = [line for line in dry.output.splitlines() if line.startswith("speech: ")]
+    assert lines[0].startswith("speech: whole 6 speech job(s), $")  # 3 hooks x 2 bodies
+    assert lines[1].startswith("speech: parts 5 speech job(s), $")  # 3 hooks + 2 bodies
+    assert lines[1].endswith("(this matrix)")
+    whole_usd, parts_usd = (float(line.split("$")[1].split()[0].rstrip(",")) for line in lines)
+    assert parts_usd < whole_usd  # priced by the character: each part said once
+    before = fal.calls["submit"]
+    done = runner.invoke(app, ["campaign", "run", str(path)])
+    assert done.exit_code == 0, done.output
+    assert "parts: 6 succeeded" in done.output
+    assert fal.calls["submit"] - before == 5  # the provider's own count of speech jobs
+    with fal_rt.session() as s:
+        stages = dict(s.execute(sa.select(StageRun.stage, sa.func.count()).group_by(StageRun.stage)).all())
+        video = s.scalars(sa.select(Video).where(Video.row_id.is_not(None)).order_by(Video.row_id)).first()
+    assert (stages["speech"], stages["speech_join"], stages["lipsync"]) == (5, 6, 6)
+    assert video is not None
+    assert video.video_key is not None
+    words = fal_rt.storage.local_path(video.video_key.removesuffix(".mp4") + ".words.json").read_text()
+    body = json.loads(words)
+    assert body["source"] == "speech"  # the parts' own timestamps, the second moved past the first
+    starts = [w["start"] for w in body["words"]]
+    assert starts == sorted(starts)
+    said = [w["word"] for w in body["words"]]
+    assert said == re.findall(r"[\w']+", video.script or "")  # every word of both parts, in order
+    first_part = next(
+        line.text for line in matrix.read_matrix(path).hooks if (video.script or "").startswith(line.text)
+    )
+    last_of_hook = len(re.findall(r"[\w']+", first_part)) - 1
+    gap = body["words"][last_of_hook + 1]["start"] - body["words"][last_of_hook]["end"]
+    assert gap >= 0.25  # the pause between the parts, at least
+    heard = media.decode_audio(fal_rt.storage.local_path(video.video_key)).seconds
+    assert body["audio_seconds"] == pytest.approx(heard, abs=0.1)
+    assert body["words"][-1]["end"] <= body["audio_seconds"] + 0.01
+
+
+def test_a_part_with_a_bar_is_refused_when_parts_are_said_alone(tmp_path: Path) -> None:
+    text = PARTS.replace('"Listen."', '"Listen | now."').replace("[nia]", "[maya]")
+    assert "matrix.yaml: hooks[2].text: '|' cannot be in a part said on its own (speech: parts)" in refused(
+        tmp_path, text
+    )
+    whole = expand(tmp_path, text.replace("speech: parts", "speech: whole"))
+    assert "speech_parts" not in whole.columns
+    parts = rows(expand(tmp_path, PARTS.replace("[nia]", "[maya]")))
+    assert parts[0]["speech_parts"] == "Okay, real talk.|Fresh coffee every morning."
+    assert parts[0]["script"] == "Okay, real talk. Fresh coffee every morning."
+
+
+def test_a_sheets_speech_parts_must_be_its_script(tmp_path: Path) -> None:
+    path = tmp_path / "sheet.csv"
+    path.write_text(
+        "row_id,actor,script,speech_parts\n"
+        "a,maya,,Hi there.|Buy now.\n"
+        "b,maya,Hi there. Buy later.,Hi there.|Buy now.\n"
+        "c,maya,,One|two|three\n"
+    )
+    s = read_sheet(path, settings=Settings(data_dir=tmp_path / "data"), actors=ACTORS)
+    assert [r.request.script for r in s.rows] == ["Hi there. Buy now."]
+    assert [str(p) for p in s.errors] == [
+        "row 3, column speech_parts: the parts, one after the other, must be the script",
+        "row 4, column speech_parts: give two parts, a hook and a body, joined by |",
+    ]

@@ -40,7 +40,7 @@ def slug(text: str, limit: int = 40) -> str:
     return words[:limit].rstrip("-") or "x"
 
 
-def load_sheet(rt: Runtime, path: Path, brand: Path | None = None) -> Sheet:
+def load_sheet(rt: Runtime, path: Path, brand: Path | None = None, speech: str | None = None) -> Sheet:
     """Read and validate a sheet against the actor library and the image variants in the database
     (``brand``: the campaign's brand kit, for rows that name none)."""
     actors = rt.db_session(
@@ -65,7 +65,9 @@ def load_sheet(rt: Runtime, path: Path, brand: Path | None = None) -> Sheet:
 
         return rt.db_session(read, what="reading an image variant")
 
-    return read_sheet(path, settings=rt.settings, actors=actors, variant_owner=variant_owner, brand=brand)
+    return read_sheet(
+        path, settings=rt.settings, actors=actors, variant_owner=variant_owner, brand=brand, speech=speech
+    )
 
 
 def videos_prefix(campaign: str) -> str:

@@ -673,6 +673,30 @@ def campaign_validate(sheet: SheetArg, brand: BrandOption = None) -> None:
     _run(go)
 
 
+class _SpeechCost:
+    """The speech of a sheet's estimates: jobs on a first run, what they cost here and on the real
+    providers."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.here: list[float] = []
+        self.real: list[float] = []
+
+    def add(self, estimates: list[Any]) -> None:
+        for e in estimates:
+            self.jobs += sum(
+                1 for unit in e.first_stages if unit.startswith("speech") and unit != "speech_join"
+            )
+            self.here.append(e.speech_usd)
+            self.real += [usd for unit, usd in e.real_by_stage.items() if unit.startswith("speech")]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.jobs} speech job(s), ${math.fsum(self.here):.4f} here, "
+            f"${math.fsum(self.real):.4f} on the real providers"
+        )
+
+
 @campaign_app.command("expand")
 def campaign_expand(
     matrix_file: Annotated[Path, typer.Argument(help="The matrix file (YAML).", show_default=False)],
@@ -742,6 +766,7 @@ def campaign_run(
             if loaded.default_name is not None:  # a matrix file
                 typer.echo(f"{loaded.name}: expands to {len(loaded.rows)} row(s)")
             rows, totals, reals = 0, [], []
+            said = _SpeechCost()
             for part in campaigns.iter_estimates(rt, loaded.rows):  # printed as they come: none kept
                 typer.echo(
                     "\n".join(
@@ -755,6 +780,7 @@ def campaign_run(
                 rows += len(part)
                 totals.append(budget_total(part))
                 reals.append(real_total(part))
+                said.add(part)
             here, there = math.fsum(totals), math.fsum(reals)
             typer.echo(f"estimate: ${here:.2f} for {rows} row(s) here ({configured(rt)})")
             typer.echo(
@@ -762,6 +788,14 @@ def campaign_run(
                 "each shared stage paid once)"
                 + ("; --budget applies to the first figure" if budget is not None else "")
             )
+            if loaded.speech is not None:  # a matrix: what each way of speaking costs
+                other = "parts" if loaded.speech == "whole" else "whole"
+                alike = _SpeechCost()
+                for part in campaigns.iter_estimates(rt, campaigns.load_sheet(rt, sheet, brand, other).rows):
+                    alike.add(part)
+                for mode, cost in sorted({loaded.speech: said, other: alike}.items(), reverse=True):
+                    chosen = " (this matrix)" if mode == loaded.speech else ""
+                    typer.echo(f"speech: {mode:<5} {cost}{chosen}")
             return
         _run_campaign_flow(
             sheet, name, budget, skip_invalid, concurrency, total=loaded.total_rows, brand=brand

@@ -26,7 +26,13 @@ from castflow.providers.vendors import reference_prices, title
 from castflow.runtime import Runtime
 
 # The estimate's columns, by the role a unit fills (a unit that refines a role adds to its column).
-ROLE_COLUMNS = {"image": "image_usd", "audio": "speech_usd", "video": "lipsync_usd"}
+ROLE_COLUMNS = {
+    "image": "image_usd",
+    "audio": "speech_usd",
+    "audio_part1": "speech_usd",  # a script spoken in parts: each part is speech
+    "audio_part2": "speech_usd",
+    "video": "lipsync_usd",
+}
 
 
 class RowEstimate(BaseModel):
@@ -42,6 +48,8 @@ class RowEstimate(BaseModel):
     reused_stages: int = 0
     by_stage: dict[str, float] = {}  # each priced unit's estimate (a budget compares its true price)
     real_usd: float = 0.0  # the same row on the real providers (see RealPrices)
+    real_by_stage: dict[str, float] = {}  # each priced unit on the real providers
+    first_stages: list[str] = []  # the units whose stage this row is the first to need (jobs on a first run)
 
     @property
     def total_usd(self) -> float:
@@ -138,6 +146,8 @@ class _Row:
     columns: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ROLE_COLUMNS.values(), 0.0))
     reused: int = 0
     real: float = 0.0
+    real_by_stage: dict[str, float] = field(default_factory=dict)
+    first: list[str] = field(default_factory=list)
 
     def estimate(self) -> RowEstimate:
         audio = self.done.get("audio")
@@ -150,6 +160,8 @@ class _Row:
             reused_stages=self.reused,
             by_stage=self.by_stage,
             real_usd=round(self.real, 6),
+            real_by_stage=self.real_by_stage,
+            first_stages=self.first,
             **self.columns,
         )
 
@@ -190,7 +202,11 @@ def estimate_videos(
             shared = key in seen
             cost = unit.cost_now(rt, r.video, r.done) if output is None and not shared else 0.0
             if real is not None and unit.price is not None:  # a first run there: done here or not
-                r.real += 0.0 if shared else unit.cost_now(cast("Runtime", real), r.video, r.done)
+                there = 0.0 if shared else unit.cost_now(cast("Runtime", real), r.video, r.done)
+                r.real += there
+                r.real_by_stage[unit.name] = there
+            if not shared and unit.ledger:
+                r.first.append(unit.name)
             if unit.ledger and (output is not None or shared):
                 r.reused += 1
             seen.add(key)

@@ -120,6 +120,7 @@ class Matrix(_Part):
     formats: Annotated[list[str], BeforeValidator(_listed)] = Field(default_factory=list, max_length=100)
     resolution: Literal["480p", "720p"] | None = None
     brand: str | None = Field(default=None, min_length=1)
+    speech: Literal["whole", "parts"] = "whole"
     combine: Literal["product", "zip"] = "product"
     zip: list[list[Literal["hooks", "bodies", "actors", "scenes", "captions", "formats"]]] = Field(
         default_factory=list
@@ -230,6 +231,11 @@ def _check(path: Path, matrix: Matrix) -> None:
 
     if not matrix.hooks and not matrix.bodies:
         fail("hooks", "give hooks, bodies or both (a row says its hook then its body)")
+    if matrix.speech == "parts":
+        for axis in ("hooks", "bodies"):
+            for i, line in enumerate(getattr(matrix, axis)):
+                if "|" in line.text:
+                    fail(f"{axis}[{i}].text", "'|' cannot be in a part said on its own (speech: parts)")
     for axis in ("hooks", "bodies", "scenes", "actors", "captions", "formats"):
         ids = matrix.axes().get(axis, [])
         seen: dict[str, int] = {}
@@ -338,10 +344,16 @@ def render_name(template: str, fields: Mapping[str, str]) -> str:
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def expand(path: Path, *, actors: Mapping[str, Any] | None = None, max_rows: int = 100_000) -> Expansion:
+def expand(
+    path: Path, *, actors: Mapping[str, Any] | None = None, max_rows: int = 100_000, speech: str | None = None
+) -> Expansion:
     """The rows a matrix file declares (MatrixError: the file, the field and the reason). ``actors``: the
-    library's actor keys, checked here once rather than on every row."""
+    library's actor keys, checked here once rather than on every row. ``speech``: this speech mode
+    whatever the file says (what the other mode would cost)."""
     matrix = read_matrix(path)
+    if speech is not None and speech != matrix.speech:
+        matrix = matrix.model_copy(update={"speech": speech})
+        _check(path, matrix)
     if actors is not None:
         for i, key in enumerate(matrix.actors):
             if key not in actors:
@@ -438,7 +450,18 @@ def _sheet(
     matrix: Matrix, axes: dict[str, list[str]], variants: list[Variant], path: Path
 ) -> tuple[list[str], list[list[str]]]:
     """The sheet of the rows: what the pipeline reads, then one column per axis (the ids)."""
-    columns = ["row_id", "name", "actor", "script", "scene", "captions", "formats", "resolution", "brand"]
+    columns = [
+        "row_id",
+        "name",
+        "actor",
+        "script",
+        "speech_parts",
+        "scene",
+        "captions",
+        "formats",
+        "resolution",
+    ]
+    columns += ["brand"]
     columns += [f"{FIELD[a]}_id" for a in ("hooks", "bodies", "scenes") if a in axes]
     rows = []
     for v in variants:
@@ -455,6 +478,11 @@ def _sheet(
             "formats": matrix.formats[v.picks["formats"]] if "formats" in v.picks else "",
             "resolution": matrix.resolution or "",
             "brand": matrix.brand or "",
+            "speech_parts": (
+                f"{' '.join(hook.text.split())}|{' '.join(body.text.split())}"
+                if matrix.speech == "parts" and hook and body
+                else ""
+            ),
             "hook_id": hook.id if hook else "",
             "body_id": body.id if body else "",
             "scene_id": scene.id if scene else "",

@@ -96,6 +96,30 @@ class VideoRequest(Frozen):
         default=None, max_length=120, description="A line shown at the top for the first seconds."
     )
     cta: str | None = Field(default=None, max_length=80, description="The end card's call to action.")
+    speech_parts: tuple[str, ...] = Field(
+        default=(),
+        description="The script as two parts (a hook and a body, joined by | in a sheet), each spoken on its "
+        "own and joined with a short pause: a part shared by many videos is paid once per voice.",
+    )
+
+    @field_validator("speech_parts", mode="before")
+    @classmethod
+    def _parts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split("|")
+        if isinstance(value, list | tuple):
+            return tuple(" ".join(str(v).split()) for v in value)
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _script_of_parts(cls, data: object) -> object:
+        """Parts without a script: the script is the parts, said one after the other."""
+        if isinstance(data, dict) and data.get("speech_parts") and not data.get("script"):
+            parts = data["speech_parts"]
+            parts = parts.split("|") if isinstance(parts, str) else parts
+            return {**data, "script": " ".join(str(p).strip() for p in parts)}
+        return data
 
     @field_validator("formats", mode="before")
     @classmethod
@@ -127,6 +151,13 @@ class VideoRequest(Frozen):
             raise ValueError("give a script, or an audio file (with its script for captions)")
         if self.scene is not None and self.image_variant_id is not None:
             raise ValueError("give a scene or an image variant, not both")
+        if self.speech_parts:
+            if len(self.speech_parts) != 2 or not all(self.speech_parts):
+                raise ValueError("speech_parts: give two parts, a hook and a body, joined by |")
+            if has_audio:
+                raise ValueError("speech_parts: the parts are spoken; an audio file is played as it is")
+            if " ".join(" ".join(self.speech_parts).split()) != " ".join((self.script or "").split()):
+                raise ValueError("speech_parts: the parts, one after the other, must be the script")
         return self
 
     @property

@@ -134,6 +134,7 @@ class Sheet:
     total_rows: int
     unreadable: bool = False  # reading stopped (a limit, broken quoting): every error is the sheet's
     default_name: str | None = None  # a matrix file's campaign name
+    speech: str | None = None  # a matrix file's speech mode (whole or parts)
 
     @property
     def errors(self) -> list[SheetProblem]:
@@ -393,6 +394,7 @@ def read_sheet(
     actors: Mapping[str, ActorInfo],
     variant_owner: Callable[[str], str | None] | None = None,
     brand: Path | None = None,
+    speech: str | None = None,
 ) -> Sheet:
     """Read and validate a sheet. Never raises for bad content: every problem is in ``Sheet.problems``.
 
@@ -401,7 +403,9 @@ def read_sheet(
     """
     limits = settings.campaign
     if path.suffix.lower() in matrix.SUFFIXES:  # a matrix file: its rows, then the same checks as a CSV's
-        return _read_matrix(path, settings=settings, actors=actors, variant_owner=variant_owner, brand=brand)
+        return _read_matrix(
+            path, settings=settings, actors=actors, variant_owner=variant_owner, brand=brand, speech=speech
+        )
     why = file_problem(path)
     if why is None and path.stat().st_size > limits.max_sheet_bytes:
         why = (
@@ -432,9 +436,10 @@ def _read_matrix(
     actors: Mapping[str, ActorInfo],
     variant_owner: Callable[[str], str | None] | None,
     brand: Path | None,
+    speech: str | None = None,
 ) -> Sheet:
     """A matrix file's rows as a sheet (castflow.matrix), validated as a CSV's; a row's problems also
-    name its variant."""
+    name its variant. ``speech``: the matrix's speech mode as if it said so (the dry run's other cost)."""
     why = file_problem(path)
     if why is None and path.stat().st_size > settings.campaign.max_sheet_bytes:
         why = f"is larger than {settings.campaign.max_sheet_bytes / 2**20:.1f} MiB"
@@ -442,7 +447,7 @@ def _read_matrix(
         return Sheet(path.name, "", [], [], [SheetProblem(None, None, f"the matrix file {why}")], 0)
     digest = content_hash(path.read_bytes())
     try:
-        expansion = matrix.expand(path, actors=actors, max_rows=settings.campaign.max_rows)
+        expansion = matrix.expand(path, actors=actors, max_rows=settings.campaign.max_rows, speech=speech)
     except matrix.MatrixError as exc:
         return Sheet(path.name, digest, [], [], [SheetProblem(None, None, str(exc))], 0, unreadable=True)
     frame = Records(expansion.columns, [(n, cells) for n, cells in enumerate(expansion.rows, start=2)])
@@ -453,6 +458,7 @@ def _read_matrix(
         for p in sheet.problems
     ]
     sheet.default_name = expansion.campaign
+    sheet.speech = expansion.matrix.speech
     return sheet
 
 
@@ -572,6 +578,8 @@ def _validate_row(
         error("actor", unknown_actor(actor_key, actors))
 
     script = " ".join(cell("script").split()) or None
+    if not script and (parts := cell("speech_parts")):  # the parts said one after the other
+        script = " ".join(parts.replace("|", " ").split()) or None
     audio_text = cell("audio") or None
     audio: Path | None = None
     audio_seconds: float | None = None
@@ -699,7 +707,11 @@ def _validate_row(
     except ValidationError as exc:  # a rule of the request that the checks above do not know
         for err in exc.errors():
             where = str(err["loc"][0]) if err["loc"] else None
-            problems.append(SheetProblem(line, where, err["msg"]))
+            message = err["msg"].removeprefix("Value error, ")
+            named, _, reason = message.partition(": ")
+            if where is None and named in _FIELDS:  # a rule of the whole request that names its field
+                where, message = named, reason
+            problems.append(SheetProblem(line, where, message))
         return None, problems
     extra = {name: record.get(name) or "" for name in extras}
     return SheetRow.of(line, row_id, request, audio_seconds=audio_seconds, extra=extra), problems

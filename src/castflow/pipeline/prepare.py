@@ -70,6 +70,7 @@ class PreparedVideo:
     transcript: str | None = None  # the words heard: the script, or what the audio file says (captions)
     formats: tuple[str, ...] = ()  # export profiles to finish (castflow.finish.PROFILES), besides the source
     brand: Brand | None = None  # the brand kit the export profiles wear
+    parts: tuple[str, ...] = ()  # the script spoken in two parts, joined (castflow.pipeline.steps.JOIN)
 
 
 def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = None) -> PreparedVideo:
@@ -83,6 +84,7 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
     audio_sha = None
     audio_seconds = None
     transcript = None
+    parts: tuple[str, ...] = ()
     if req.script is not None and req.script.strip():  # spoken, or the words of the audio file
         bad = control_characters(req.script, allow="\n\r\t")
         if bad:
@@ -101,6 +103,9 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
             raise UserError(
                 f"script is {len(script)} characters long; {actor.voice.model} takes at most {limit}"
             )
+        parts = tuple(normalise_text(p) for p in req.speech_parts)
+        if any(not speakable(p) for p in parts):
+            raise UserError("speech_parts: a part has nothing to say (no letter or digit)")
         if actor.voice.provider not in rt.speech:
             raise UserError(
                 f"actor {actor.key!r} speaks with provider {actor.voice.provider!r}, which is not configured "
@@ -174,6 +179,7 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
         transcript,
         formats,
         kit,
+        parts,
     )
 
 

@@ -8,6 +8,7 @@ import mimetypes
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from castflow import media
@@ -536,11 +537,91 @@ SPEECH = Unit(
     name="speech",
     makes="audio",
     task="speech",
-    applies=lambda v: v.script is not None,
+    applies=lambda v: v.script is not None and not v.parts,
     key=lambda _rt, v, _d: speech_key(v.actor.voice, _script(v)),
     price=lambda rt, v, _d: s.price(v.actor.voice, len(_script(v))) if (s := _synth(rt, v)) else 0.0,
     run=lambda rt, v, _d: speech(rt, v.actor, _script(v)),
     guess_seconds=lambda v: len(_script(v)) / ESTIMATE_CHARS_PER_SECOND,
+)
+
+
+def _speech_part(n: int, role: str) -> Unit:
+    """Part ``n`` of a script spoken in parts: a speech stage of its own, shared by every video that says
+    the same part in the same voice (a matrix's hook across its bodies)."""
+    return Unit(
+        name=f"speech_part{n + 1}",
+        makes=role,
+        task=f"speech-part-{n + 1}",
+        applies=lambda v: len(v.parts) > n,
+        key=lambda _rt, v, _d: speech_key(v.actor.voice, v.parts[n]),
+        price=lambda rt, v, _d: s.price(v.actor.voice, len(v.parts[n])) if (s := _synth(rt, v)) else 0.0,
+        run=lambda rt, v, _d: speech(rt, v.actor, v.parts[n]),
+        guess_seconds=lambda v: len(v.parts[n]) / ESTIMATE_CHARS_PER_SECOND,
+    )
+
+
+SPEECH_PART1 = _speech_part(0, "audio_part1")
+SPEECH_PART2 = _speech_part(1, "audio_part2")
+
+JOIN_MODEL = "join-v1"  # bump when the way parts are joined changes
+JOIN_PAUSE_S = 0.25  # between the parts: a breath, as a speaker pauses after a hook
+
+
+def join_key(first: MediaRef, second: MediaRef) -> str:
+    return stage_key(
+        "speech_join", provider="local", model=JOIN_MODEL, first=first.sha256, second=second.sha256,
+        pause=JOIN_PAUSE_S,
+    )  # fmt: skip
+
+
+def _stage_state(c: Any, *, key: str) -> Any:
+    return queries.stage_run_state(c, stage_key=key)
+
+
+def join_speech(rt: Runtime, first: StageOutcome, second: StageOutcome) -> StageOutcome:
+    """The two parts one after the other with a short pause, as one audio; their words (when their speech
+    stages recorded them) follow, the second part's moved by the first's length and the pause. Free."""
+
+    def call(workdir: Path) -> ProviderResult:
+        sounds = [media.decode_audio(rt.storage.local_path(p.output.key)) for p in (first, second)]
+        pause = np.zeros(int(JOIN_PAUSE_S * sounds[0].rate), dtype=np.float32)
+        samples = np.concatenate([sounds[0].samples, pause, sounds[1].samples])
+        out = workdir / "speech.wav"
+        media.write_wav(out, (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16), sounds[0].rate)
+        offset = len(sounds[0].samples) / sounds[0].rate + JOIN_PAUSE_S
+        words: list[Any] = []
+        for part, shift in ((first, 0.0), (second, offset)):
+            run = rt.db(functools.partial(_stage_state, key=part.stage_key), what="reading words")
+            found = (run.meta or {}).get("words") if run is not None else None
+            if not found:
+                words = []
+                break
+            words += [{**w, "start": round(float(w["start"]) + shift, 3), "end": round(float(w["end"]) + shift, 3)}
+                      for w in found]  # fmt: skip
+        meta: dict[str, Any] = {"words": words} if words else {}
+        return ProviderResult(
+            out, "audio/wav", Billing(0, "files"), seconds=len(samples) / sounds[0].rate, meta=meta
+        )
+
+    return run_stage(
+        rt,
+        stage="speech_join",
+        key=join_key(first.output, second.output),
+        provider="local",
+        model=JOIN_MODEL,
+        call=call,
+    )
+
+
+JOIN = Unit(
+    name="speech_join",
+    makes="audio",
+    task="speech-join",
+    needs=("audio_part1", "audio_part2"),
+    applies=lambda v: bool(v.parts),
+    key=lambda _rt, _v, d: join_key(d["audio_part1"].output, d["audio_part2"].output),
+    run=lambda rt, _v, d: join_speech(rt, d["audio_part1"], d["audio_part2"]),
+    guess_seconds=lambda v: sum(len(p) for p in v.parts) / ESTIMATE_CHARS_PER_SECOND + JOIN_PAUSE_S,
 )
 
 
