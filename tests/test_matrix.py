@@ -276,6 +276,24 @@ def test_a_matrix_runs_with_its_names_and_expands_to_the_sheet_that_runs_the_sam
         speeches = s.scalar(sa.select(sa.func.count()).where(StageRun.stage == "speech"))
     assert keys == ["campaigns/duo/duo_h1_b1_maya_kitchen.mp4", "campaigns/duo/duo_h2_b1_maya_kitchen.mp4"]
     assert all(rt.storage.exists(k) for k in keys)
+    from castflow import reports
+
+    built = reports.build(rt, "duo", tmp_path / "report", thumbnails=False)
+    assert built.tables["by_axis"].rows() == [
+        ("hook", "h1", 1, 1, 0, 0, 0.0), ("hook", "h2", 1, 1, 0, 0, 0.0), ("body", "b1", 2, 2, 0, 0, 0.0),
+        ("actor", "maya", 2, 2, 0, 0, 0.0), ("scene", "kitchen", 2, 2, 0, 0, 0.0),
+    ]  # fmt: skip
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<h3>hook h1 · 1 video(s)</h3>" in page
+    assert "<h3>hook h2 · 1 video(s)</h3>" in page
+    assert page.count("<video") == 2
+    by_body = reports.build(rt, "duo", tmp_path / "report", thumbnails=False, group_by="body")
+    assert by_body.group_by == "body"
+    assert "<h3>body b1 · 2 video(s)</h3>" in (tmp_path / "report" / "report.html").read_text()
+    with pytest.raises(
+        reports.ReportError, match="cannot group by 'ratio': the campaign's axes are hook, body"
+    ):
+        reports.build(rt, "duo", tmp_path / "report", thumbnails=False, group_by="ratio")
     out = tmp_path / "sheets" / "duo.csv"
     expanded = runner.invoke(app, ["campaign", "expand", str(path), "-o", str(out)])
     assert expanded.exit_code == 0, expanded.output

@@ -901,6 +901,13 @@ def report(
     publish: Annotated[
         bool, typer.Option("--publish", help="Also put the page in storage, beside the campaign's videos.")
     ] = False,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            "--group-by",
+            help="A matrix campaign's gallery by hook, body, actor or scene (default: the first).",
+        ),
+    ] = None,
 ) -> None:
     """Write a campaign's report: CSV, Parquet, XLSX and an HTML page with charts and a gallery."""
 
@@ -908,7 +915,7 @@ def report(
         from castflow import reports
 
         try:
-            built = reports.build(_runtime(), campaign, out, embed=embed, publish=publish)
+            built = reports.build(_runtime(), campaign, out, embed=embed, publish=publish, group_by=group_by)
         except reports.ReportError as exc:
             raise CliError(str(exc)) from exc
         t = built.totals

@@ -46,8 +46,17 @@ TABLES = (
     "spend_by_stage",
     "spend_by_actor",
     "stage_times",
+    "by_axis",
     "videos",
 )
+# A matrix campaign's axes (castflow.matrix): each by the column that holds its value's id.
+AXIS_COLUMNS = {
+    "hook": "hook_id",
+    "body": "body_id",
+    "actor": "actor",
+    "scene": "scene_id",
+}
+MATRIX_COLUMNS = ("hook_id", "body_id", "scene_id")  # a campaign with one of these came from a matrix
 
 
 class ReportError(Exception):
@@ -69,6 +78,7 @@ class Report:
     here: str = ""  # who played each role here
     published_url: str | None = None  # the page in storage, when published
     thumbnails: dict[str, bytes] = field(default_factory=dict)  # a JPEG per finished video's key
+    group_by: str | None = None  # the axis the gallery is grouped by (a matrix campaign's)
 
     @property
     def totals(self) -> dict[str, Any]:
@@ -200,6 +210,7 @@ def summarise(videos: pl.DataFrame, stages: pl.DataFrame) -> dict[str, pl.DataFr
         "spend_by_provider": spend_by("provider"),
         "spend_by_stage": spend_by("stage"),
         "spend_by_actor": spend_by("actor"),
+        "by_axis": by_axis(videos),
         "stage_times": paid.filter(pl.col("run_seconds").is_not_null())
         .group_by("stage")
         .agg(
@@ -210,6 +221,32 @@ def summarise(videos: pl.DataFrame, stages: pl.DataFrame) -> dict[str, pl.DataFr
         .sort("stage"),
         "videos": videos,
     }
+
+
+def axes_of(videos: pl.DataFrame) -> list[str]:
+    """The matrix axes of a campaign's videos, in matrix order (none: not a matrix campaign)."""
+    if not any(c in videos.columns for c in MATRIX_COLUMNS):
+        return []
+    return [axis for axis, column in AXIS_COLUMNS.items() if column in videos.columns]
+
+
+def by_axis(videos: pl.DataFrame) -> pl.DataFrame:
+    """Per value of each matrix axis: its videos, how they ended and what they cost (empty for a
+    campaign not made from a matrix)."""
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {"axis": pl.String, "value": pl.String, "videos": pl.UInt32, "succeeded": pl.UInt32,
+              "failed": pl.UInt32, "skipped": pl.UInt32, "spend_usd": pl.Float64}  # fmt: skip
+    parts = [
+        videos.group_by(pl.col(AXIS_COLUMNS[axis]).fill_null("").cast(pl.String).alias("value"))
+        .agg(
+            pl.len().alias("videos"),
+            *((pl.col("status") == s).sum().alias(s) for s in ("succeeded", "failed", "skipped")),
+            pl.col("cost_usd").sum().round(6).alias("spend_usd"),
+        )
+        .sort("value")
+        .select(pl.lit(axis).alias("axis"), pl.all())
+        for axis in axes_of(videos)
+    ]
+    return pl.concat([p.cast(pl.Schema(schema)) for p in parts]) if parts else pl.DataFrame(schema=schema)
 
 
 def escaped(frame: pl.DataFrame) -> pl.DataFrame:
@@ -234,6 +271,7 @@ def build(
     thumbnails: bool = True,
     embed: bool = False,
     publish: bool = False,
+    group_by: str | None = None,
 ) -> Report:
     """Compute a campaign's report and write it to ``out_dir`` (default ``<data dir>/reports/<name>``);
     ``embed``: inline the small videos in the page (a single file to send); ``publish``: also put the
@@ -253,6 +291,11 @@ def build(
         last_run=campaign.finished_at or campaign.updated_at,
         budget_usd=campaign.budget_usd,
     )
+    axes = axes_of(videos)
+    if group_by is not None and group_by not in axes:
+        told = ", ".join(axes) or "none: the campaign was not made from a matrix"
+        raise ReportError(f"cannot group by {group_by!r}: the campaign's axes are {told}")
+    report.group_by = group_by or (axes[0] if axes else None)
     _price_on_real_providers(rt, report)
     dest = out_dir or rt.settings.data_dir / "reports" / slug(campaign.name, 60)
     dest.mkdir(parents=True, exist_ok=True)
@@ -520,10 +563,23 @@ def render_html(report: Report, links: Links, thumbnails: dict[str, str] | None 
             t["stage_times"]["p95_s"].to_list(),
         )
     )
-    cards = [
-        _card(report, v, links, thumbs)
-        for v in t["videos"].filter(pl.col("status") == "succeeded").iter_rows(named=True)
-    ]
+    finished = t["videos"].filter(pl.col("status") == "succeeded")
+    gallery = ""
+    if report.group_by is not None:  # a matrix campaign: one group of cards per value of an axis
+        column = AXIS_COLUMNS[report.group_by]
+        for value in sorted({str(v or "") for v in finished[column].to_list()}):
+            group = finished.filter(pl.col(column).cast(pl.String).fill_null("") == value)
+            gallery += (
+                f"<h3>{html.escape(report.group_by)} {html.escape(value)} · {group.height} video(s)</h3>"
+            )
+            gallery += (
+                "<div class=gallery>"
+                + "".join(_card(report, v, links, thumbs) for v in group.iter_rows(named=True))
+                + "</div>"
+            )
+    else:
+        cards = "".join(_card(report, v, links, thumbs) for v in finished.iter_rows(named=True))
+        gallery = f"<div class=gallery>{cards}</div>" if cards else ""
     per_video = totals["cost_per_finished_video_usd"]
     lines = [
         f"Run on {_when(report.last_run)}"
@@ -565,7 +621,7 @@ def render_html(report: Report, links: Links, thumbnails: dict[str, str] | None 
             ("Spend by actor", "spend_by_actor", unpaid),
             ("Stage times", "stage_times", "No stage ran in this campaign's runs (all were reused)."),
         )
-    )
+    ) + ("<h2>By variant axis</h2>" + _table(_human(t["by_axis"]), limit=1000) if t["by_axis"].height else "")
     note = links.note()  # after the cards: an embedding page knows now which videos stayed links
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>castflow · {html.escape(report.name)}</title>
@@ -586,7 +642,7 @@ table{{border-collapse:collapse;width:100%;font-size:13px}} th,td{{border-bottom
 <div class=charts>{"".join(charts)}</div>
 {sections}
 <h2>Gallery</h2><p class=muted>{html.escape(note)}</p>
-<div class=gallery>{"".join(cards) or "<p class=muted>No finished videos.</p>"}</div>
+{gallery or "<p class=muted>No finished videos.</p>"}
 </body></html>
 """
 
