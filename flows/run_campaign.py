@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from prefect import flow
 from prefect.artifacts import (
@@ -62,6 +62,10 @@ class CampaignResult(BaseModel):
     warnings: list[str] = []
     results: list[RowResult] = []
     estimates: list[RowEstimate] = []
+    mode: str = "render"  # render | preview
+    review_path: str | None = None  # the previews' review page (a preview run, or one that asked)
+    review_url: str | None = None
+    not_approved: int = 0  # rows left out of the render: not approved (skipped)
 
 
 def _runner() -> TaskRunner[PrefectFuture[Any]]:
@@ -78,6 +82,9 @@ def run_campaign(
     skip_invalid: Annotated[bool, label("Run the valid rows")] = False,
     row_concurrency: Annotated[int, label("Rows at once", ge=0, le=512)] = 0,
     brand: Annotated[str, label("Brand kit")] = "",
+    mode: Annotated[Literal["render", "preview"], label("Mode")] = "render",
+    approval: Annotated[bool, label("Ask for approval before the render")] = False,
+    approved_only: Annotated[bool, label("Render only approved rows")] = False,
 ) -> CampaignResult:
     """Run a campaign sheet: validate every row first, then make the videos (or only estimate them).
 
@@ -94,6 +101,11 @@ def run_campaign(
             (CASTFLOW_CAMPAIGN__ROW_CONCURRENCY, default 16).
         brand: A brand kit (YAML) for the rows whose brand column is empty: brand.yaml for the file in
             the worker's sheets folder, or a path inside CASTFLOW_CAMPAIGN__INPUT_ROOTS. Empty: none.
+        mode: preview pays only for the scenes and voices, renders the free local lip-sync of every row
+            and writes a review page (approve or reject each take there); render makes the videos.
+        approval: Preview first, then pause on a form listing the rows; on resume render only the rows
+            approved there (every paid preview stage is reused).
+        approved_only: Render only the rows approved before (castflow campaign approve, or a form).
     """
     rt = get_runtime()
     redact.install(rt.settings)
@@ -104,7 +116,17 @@ def run_campaign(
         )
     except PathRefused as exc:
         raise pipeline.UserError(str(exc)) from None
-    params = _Options(name, dry_run, budget_usd or None, skip_invalid, row_concurrency or None, kit)
+    params = _Options(
+        name,
+        dry_run,
+        budget_usd or None,
+        skip_invalid,
+        row_concurrency or None,
+        kit,
+        mode,
+        approval,
+        approved_only,
+    )
     return _run(rt, source, params)
 
 
@@ -118,6 +140,9 @@ class _Options:
     skip_invalid: bool
     row_concurrency: int | None
     brand: Path | None = None
+    mode: str = "render"
+    approval: bool = False
+    approved_only: bool = False
 
 
 def _run(rt: Any, source: SheetSource, params: _Options) -> CampaignResult:
@@ -144,9 +169,46 @@ def _run(rt: Any, source: SheetSource, params: _Options) -> CampaignResult:
             estimates=estimates,
         )
 
+    only: set[str] | None = None  # the rows to render (approved), None: every row
+    review: tuple[str, str | None] | None = None
+    if params.mode == "preview" or params.approval:
+        previewed = _rows(
+            rt, sheet, campaigns.preview_name(name), params, warnings, estimate_total, preview=True
+        )
+        if not isinstance(previewed, CampaignResult):
+            return previewed  # interrupted or stopped by an outage: as a render would end
+        review = campaigns.write_review(rt, name, sheet)
+        _review_artifact(name, review)
+        if params.mode == "preview":
+            return previewed.model_copy(
+                update={"mode": "preview", "review_path": review[0], "review_url": review[1]}
+            )
+        only = _ask_approval(rt, name, sheet, previewed)
+    elif params.approved_only:
+        decided = campaigns.approvals(rt, campaigns.campaign_of(rt, name, sheet))
+        only = {row_id for row_id, decision in decided.items() if decision == "approved"}
+    result = _rows(rt, sheet, name, params, warnings, estimate_total, only=only)
+    if isinstance(result, CampaignResult) and review is not None:
+        result = result.model_copy(update={"review_path": review[0], "review_url": review[1]})
+    return result
+
+
+def _rows(
+    rt: Any,
+    sheet: Any,
+    name: str,
+    params: _Options,
+    warnings: list[str],
+    estimate_total: float,
+    *,
+    preview: bool = False,
+    only: set[str] | None = None,
+) -> CampaignResult:
+    """Every row of the sheet as campaign ``name``: its videos, or with ``preview`` its previews (the
+    lip-sync rendered locally); ``only``: the row ids to make (the others end skipped, not approved)."""
     campaign_id, resumed = campaigns.open_campaign(rt, name, sheet, params.budget_usd)
     key = str(campaign_id)
-    run = open_run(key, Budget(params.budget_usd, campaigns.spent_so_far(rt, campaign_id)))
+    run = open_run(key, Budget(params.budget_usd, campaigns.spent_so_far(rt, campaign_id)), preview=preview)
     results: list[RowResult] = campaigns.record_invalid_rows(rt, campaign_id, sheet) if sheet.errors else []
     total = len(sheet.rows) + len(results)
     progress = _Progress(total, len(results), name)
@@ -154,13 +216,26 @@ def _run(rt: Any, source: SheetSource, params: _Options) -> CampaignResult:
     row_task = with_policy(campaign_row, cfg)
     limit = params.row_concurrency or cfg.campaign.row_concurrency
     finished = campaigns.finished_rows(rt, campaign_id) if resumed else {}
+    left_out = 0
     for row in sheet.rows:
         if row.row_id in finished:  # resumed: the video is there already, nothing to run or pay
             earlier = finished[row.row_id].model_copy(update={"row": row.row})
             results.append(earlier)
             progress.step(earlier)
+        elif only is not None and row.row_id not in only:  # not approved: not rendered
+            left_out += 1
+            skipped = RowResult(
+                row=row.row, row_id=row.row_id, status="skipped",
+                error="not approved (castflow campaign approve, or the run's approval form)",
+            )  # fmt: skip
+            results.append(skipped)
+            progress.step(skipped)
     try:
-        pending = [row for row in reversed(sheet.rows) if row.row_id not in finished]
+        pending = [
+            row
+            for row in reversed(sheet.rows)
+            if row.row_id not in finished and (only is None or row.row_id in only)
+        ]
         # Finished rows arrive on a queue (a callback per task), in the order they finish.
         finished_q: queue.SimpleQueue[tuple[PrefectFuture[RowResult], SheetRow]] = queue.SimpleQueue()
         in_flight = 0
@@ -210,11 +285,91 @@ def _run(rt: Any, source: SheetSource, params: _Options) -> CampaignResult:
         manifest_url=manifest_url,
         warnings=warnings,
         results=sorted(results, key=lambda r: r.row),
+        not_approved=left_out,
     )
+    if preview:  # the review page stands for the report
+        return result
     report_url = _report_artifacts(rt, result) if rt.settings.campaign.publish_report else None
     _summary_artifact(result, report_url)
     _videos_artifact(rt, campaign_id, result, sheet.rows)
     return result
+
+
+FORM_ROWS = 200  # rows listed one by one on the approval form (more: approve all, or by id)
+
+
+def _approval_form(sheet: Any) -> type[Any]:
+    """The approval form: a box per row (up to FORM_ROWS, titled by its name and script), or the ids to
+    approve, or all of them."""
+    from prefect.input import RunInput
+    from pydantic import Field, create_model
+
+    fields: dict[str, Any] = {
+        "approve_all": (bool, Field(default=False, title="Approve every row")),
+        "approve_rows": (
+            str,
+            Field(default="", title="Or approve these rows", description="Row ids, separated by commas"),
+        ),
+    }
+    for i, row in enumerate(sheet.rows[:FORM_ROWS]):
+        title = f"{row.row_id} · {row.extra.get('name') or row.request.actor}"
+        script = (row.request.script or "")[:120]
+        fields[f"row_{i}"] = (bool, Field(default=False, title=title[:120], description=script))
+    return create_model("ApproveRows", __base__=RunInput, **fields)
+
+
+def _ask_approval(rt: Any, name: str, sheet: Any, previewed: CampaignResult) -> set[str]:
+    """Pause the run on the approval form; record and return the approved rows when it is resumed. A
+    decision made before (castflow campaign approve) is kept for a row the form leaves unticked."""
+    from prefect import get_run_logger
+    from prefect.flow_runs import pause_flow_run
+
+    logger = get_run_logger()
+    ready = [r.row_id for r in previewed.results if r.status == "succeeded"]
+    logger.info(
+        "%s: %d preview(s) ready; waiting for approval (the review page is in the artifacts)",
+        name,
+        len(ready),
+    )
+    answer = pause_flow_run(
+        wait_for_input=_approval_form(sheet),
+        timeout=rt.settings.campaign.approval_timeout_s,
+        poll_interval=rt.settings.campaign.approval_poll_s,
+        key="approval",
+    )
+    given = {part.strip() for part in str(answer.approve_rows or "").split(",") if part.strip()}
+    known = {row.row_id for row in sheet.rows}
+    if unknown := sorted(given - known):
+        logger.warning("not rows of this campaign, ignored: %s", ", ".join(unknown[:10]))
+    ticked = {
+        row.row_id for i, row in enumerate(sheet.rows[:FORM_ROWS]) if getattr(answer, f"row_{i}", False)
+    }
+    approved = known if answer.approve_all else (given & known) | ticked
+    campaign_id = campaigns.campaign_of(rt, name, sheet)
+    earlier = campaigns.approvals(rt, campaign_id)
+    decisions = dict.fromkeys(approved, ("approved", ""))
+    decisions |= {
+        row_id: ("rejected", "")
+        for row_id in known - approved
+        if earlier.get(row_id) != "approved"  # approved before: the form did not take it back
+    }
+    campaigns.record_approvals(rt, campaign_id, decisions, "prefect")
+    chosen = {row_id for row_id, (decision, _) in decisions.items() if decision == "approved"}
+    chosen |= {row_id for row_id, decision in earlier.items() if decision == "approved"}
+    logger.info("%s: %d row(s) approved; rendering them", name, len(chosen))
+    return chosen
+
+
+def _review_artifact(name: str, review: tuple[str, str | None]) -> None:
+    from prefect.artifacts import create_link_artifact
+
+    path, url = review
+    create_link_artifact(
+        link=url or Path(path).as_uri(),
+        link_text=f"Review the previews of {name}",
+        key=_artifact_key(name, "review"),
+        description=f"{name}: a player per row, its axes and the cost of its full render; approve or reject each",
+    )
 
 
 def _refused(sheet_name: str, name: str, problems: list[Any]) -> State[Any]:

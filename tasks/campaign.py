@@ -27,6 +27,7 @@ class RunState:
     """What the rows of one campaign run share in this process."""
 
     budget: Budget
+    preview: bool = False  # the rows are previews: the lip-sync rendered locally, for free
     actors: dict[str, ActorRef] = field(default_factory=dict)  # looked up once per run
     # Each finished row's result, handed to the flow directly (reading it back through the task's state
     # costs more CPU than the rest of a reused row).
@@ -36,8 +37,8 @@ class RunState:
 _RUNS: dict[str, RunState] = {}
 
 
-def open_run(campaign_id: str, budget: Budget) -> RunState:
-    state = _RUNS[campaign_id] = RunState(budget)
+def open_run(campaign_id: str, budget: Budget, *, preview: bool = False) -> RunState:
+    state = _RUNS[campaign_id] = RunState(budget, preview)
     return state
 
 
@@ -66,6 +67,7 @@ def campaign_row(campaign_id: str, campaign_name: str, row: SheetRow) -> RowResu
         row=row,
         budget=state.budget,
         actor=actor,
+        preview=state.preview,
     )
     state.results[row.row_id] = result
     return result

@@ -28,6 +28,7 @@ from castflow.models import ActorRef, StageOutcome
 from castflow.runtime import Runtime
 from castflow.sheets import ActorInfo, Sheet, SheetRow, read_sheet
 from castflow.stages import normalise_text
+from castflow.storage import put_bytes
 
 # Speech is estimated at this many characters per second; slower than typical TTS (~14-16), so the
 # lip-sync estimate errs high. The budget check is repeated with the true length before lip-sync.
@@ -102,15 +103,47 @@ class RowResult(BaseModel):
     error: str | None = None
 
 
+PREVIEW_SUFFIX = "-preview"  # a campaign's previews run as the campaign of this name
+
+
+def preview_name(campaign: str) -> str:
+    return campaign + PREVIEW_SUFFIX
+
+
+_PREVIEWS: dict[int, Runtime] = {}
+
+
+def preview_runtime(rt: Runtime) -> Runtime:
+    """``rt`` with castflow's free local lip-sync in place of the configured one: a preview pays for the
+    scene and the voice (the real ones, kept for the render) and nothing for the lip-sync. Shares the
+    runtime's database, storage, locks and provider slots."""
+    found = _PREVIEWS.get(id(rt))
+    if found is None or found.engine is not rt.engine:
+        from castflow.providers.local import PreviewLipSync
+
+        cfg = rt.settings.pipeline
+        syncer = PreviewLipSync(fps=cfg.fps, max_audio_seconds=cfg.max_audio_seconds)
+        found = _PREVIEWS[id(rt)] = replace(rt, lipsync=syncer)
+    return found
+
+
 def start_row(
-    rt: Runtime, campaign_name: str, campaign_id: uuid.UUID, row: SheetRow, actor: ActorRef | None = None
+    rt: Runtime,
+    campaign_name: str,
+    campaign_id: uuid.UUID,
+    row: SheetRow,
+    actor: ActorRef | None = None,
+    *,
+    preview: bool = False,
 ) -> pipeline.PreparedVideo:
-    """Validate the row's request again (the library may have changed) and mark it running."""
+    """Validate the row's request again (the library may have changed) and mark it running. A
+    ``preview`` makes no export profile (the render will)."""
     prepared = pipeline.prepare_video(rt, row.request, actor=actor)
     prepared = replace(
         prepared,
         request_key=request_key(campaign_id, row.row_id),
         output_key=output_key(campaign_name, row),
+        formats=() if preview else prepared.formats,
     )
     pipeline.record_start(rt, prepared, campaign_id=campaign_id, row_id=row.row_id, extra=dict(row.extra))
     return prepared
@@ -142,11 +175,15 @@ def run_row(
     row: SheetRow,
     budget: Budget,
     actor: ActorRef | None = None,
+    preview: bool = False,
 ) -> RowResult:
     """Make one row's video, within the budget. Failures are recorded on the row and re-raised (so the
     task layer can retry transient ones); a row the budget cannot afford ends ``skipped``. Rows that
-    were finished before are left out by the caller (:func:`finished_rows`)."""
-    prepared = start_row(rt, campaign_name, campaign_id, row, actor)
+    were finished before are left out by the caller (:func:`finished_rows`). A ``preview`` renders the
+    lip-sync locally, for free (:func:`preview_runtime`)."""
+    if preview:
+        rt = preview_runtime(rt)
+    prepared = start_row(rt, campaign_name, campaign_id, row, actor, preview=preview)
     estimate = (
         estimate_video(rt, prepared, row=row.row, row_id=row.row_id) if budget.limit is not None else None
     )
@@ -310,3 +347,92 @@ def add_progress_listener(listener: ProgressListener) -> Callable[[], None]:
 def notify(done: int, total: int, result: RowResult) -> None:
     for listener in list(_LISTENERS):
         listener(done, total, result)
+
+
+# ---- approval -----------------------------------------------------------------------------------------
+
+
+def approvals(rt: Runtime, campaign_id: uuid.UUID) -> dict[str, str]:
+    """``row_id -> approved|rejected`` of the campaign's decided rows."""
+    return rt.db_session(
+        lambda s: queries.approvals(s, campaign_id=campaign_id), what="reading the approvals"
+    )
+
+
+def record_approvals(
+    rt: Runtime, campaign_id: uuid.UUID, decisions: dict[str, tuple[str, str]], source: str
+) -> None:
+    def write(s: Session) -> None:
+        queries.record_approvals(s, campaign_id=campaign_id, decisions=decisions, source=source)
+
+    rt.db_session(write, what="recording the approvals")
+
+
+def campaign_of(rt: Runtime, name: str, sheet: Sheet) -> uuid.UUID:
+    """The campaign of (name, sheet), created (pending) if new, without starting it: the one approvals
+    belong to, before its render runs."""
+
+    def open_it(s: Session) -> uuid.UUID:
+        campaign, _ = queries.open_campaign(
+            s, name=name, sheet_name=sheet.name, sheet_hash=sheet.content_hash, budget_usd=None
+        )
+        return campaign.id
+
+    return rt.db_session(open_it, what="opening the campaign")
+
+
+def write_review(rt: Runtime, name: str, sheet: Sheet) -> tuple[str, str | None]:
+    """The review page of campaign ``name``'s previews (castflow.review): written under
+    ``<data dir>/reviews/<name>/review.html`` with the videos inside (up to a size) and put in storage
+    beside the previews. Returns the file's path and the stored page's URL. Each row shows what its full
+    render would cost now (its scene and voice are paid: mostly the lip-sync)."""
+    from castflow import reports, review
+
+    preview_id = rt.db_session(
+        lambda s: (
+            queries.open_campaign(
+                s,
+                name=preview_name(name),
+                sheet_name=sheet.name,
+                sheet_hash=sheet.content_hash,
+                budget_usd=None,
+            )[0].id
+        ),
+        what="reading the previews",
+    )
+    videos = rt.db_session(
+        lambda s: {
+            v.row_id: (v.status, v.video_key, v.error)
+            for v in queries.campaign_videos(s, campaign_id=preview_id)
+        },
+        what="reading the previews",
+    )
+    decided = approvals(rt, campaign_of(rt, name, sheet))
+    costs = {e.row_id: e.total_usd for part in iter_estimates(rt, sheet.rows) for e in part}
+    takes = []
+    for row in sheet.rows:
+        status, key, error = videos.get(row.row_id, (None, None, "not previewed"))
+        made = status is VideoStatus.succeeded and key is not None and rt.storage.exists(key)
+        takes.append(
+            review.Take(
+                row=row.row,
+                row_id=row.row_id,
+                video_key=key if made else None,
+                script=row.request.script or "",
+                full_render_usd=costs.get(row.row_id, 0.0),
+                axes={
+                    c: row.extra.get(c) or (row.request.actor if c == "actor" else "")
+                    for c in review.AXIS_COLUMNS
+                },
+                decision=decided.get(row.row_id),
+                error=None if made else (error or str(status)),
+            )
+        )
+    dest = rt.settings.data_dir / "reviews" / slug(name, 60)
+    dest.mkdir(parents=True, exist_ok=True)
+    page = dest / "review.html"
+    page.write_text(review.render(name, takes, reports.embedded_links(rt, dest)), encoding="utf-8")
+    key = videos_prefix(preview_name(name)) + "review.html"
+    stored = review.render(name, takes, reports.published_links(rt, key))
+    url = put_bytes(rt.storage, key, stored.encode("utf-8"), "text/html; charset=utf-8")
+    return str(page), url

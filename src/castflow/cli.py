@@ -697,6 +697,110 @@ class _SpeechCost:
         )
 
 
+@campaign_app.command("preview")
+def campaign_preview(
+    sheet: SheetArg,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Campaign name (default: the file's, or the matrix's).")
+    ] = None,
+    budget: Annotated[
+        float | None, typer.Option("--budget", min=0.01, help="Never start a paid stage past this (USD).")
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Preview the valid rows, report the others.")
+    ] = False,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Rows in flight.")] = None,
+    brand: BrandOption = None,
+) -> None:
+    """Preview every row before paying for its lip-sync: the scene and the voice are made (and kept for
+    the render), the lip-sync is castflow's free local one; writes a review page to approve or reject
+    each take, then `campaign approve` and `campaign run --approved-only`."""
+
+    def go() -> None:
+        loaded = _load_sheet(sheet, brand)
+        _print_problems(loaded, skip_invalid=skip_invalid)
+        _run_campaign_flow(
+            sheet,
+            name,
+            budget,
+            skip_invalid,
+            concurrency,
+            total=loaded.total_rows,
+            brand=brand,
+            mode="preview",
+        )
+
+    _run(go)
+
+
+@campaign_app.command("approve")
+def campaign_approve(
+    campaign: Annotated[
+        str, typer.Argument(help="Campaign name (its newest sheet) or id.", show_default=False)
+    ],
+    rows: Annotated[
+        str | None, typer.Option("--rows", help="Row ids to approve, separated by commas.")
+    ] = None,
+    reject: Annotated[
+        str | None, typer.Option("--reject", help="Row ids to reject, separated by commas.")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="An approvals CSV (row_id,decision,reason): the review page's."),
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept with each decision).")] = "",
+) -> None:
+    """Approve or reject rows of a campaign on their previews; `campaign run --approved-only` (or a run
+    paused for approval) then renders the approved ones."""
+
+    def go() -> None:
+        from castflow import campaigns, review
+        from castflow.db import queries
+
+        if not (rows or reject or file):
+            raise CliError("give --rows, --reject or --file")
+        rt = _runtime()
+        found = rt.db_session(
+            lambda s: queries.find_campaign(s, name_or_id=campaign), what="finding the campaign"
+        )
+        if found is None or found.name.endswith(campaigns.PREVIEW_SUFFIX):
+            raise CliError(f"no campaign {campaign!r} (`castflow campaign preview SHEET` makes its previews)")
+        preview = rt.db_session(
+            lambda s: queries.find_campaign(s, name_or_id=campaigns.preview_name(found.name)),
+            what="finding previews",
+        )
+
+        def rows_of(s: Any) -> set[str]:
+            ids = [c.id for c in (found, preview) if c is not None]
+            return {v.row_id for i in ids for v in queries.campaign_videos(s, campaign_id=i) if v.row_id}
+
+        known = rt.db_session(rows_of, what="reading the campaign's rows")
+        decisions: dict[str, tuple[str, str]] = {}
+        if file is not None:
+            try:
+                decisions |= review.read_approvals(file, known)
+            except review.ApprovalsError as exc:
+                raise CliError(str(exc)) from None
+        for text, decision in ((rows, "approved"), (reject, "rejected")):
+            for row_id in (part.strip() for part in (text or "").split(",")):
+                if not row_id:
+                    continue
+                if row_id not in known:
+                    raise CliError(
+                        f"{row_id!r} is not a row of campaign {found.name} (its rows: `castflow report`)"
+                    )
+                decisions[row_id] = (decision, reason)
+        campaigns.record_approvals(rt, found.id, decisions, "file" if file else "cli")
+        decided = campaigns.approvals(rt, found.id)
+        approved = sum(d == "approved" for d in decided.values())
+        typer.echo(
+            f"{found.name}: {approved} approved, {len(decided) - approved} rejected, "
+            f"{len(known - decided.keys())} undecided"
+        )
+
+    _run(go)
+
+
 @campaign_app.command("expand")
 def campaign_expand(
     matrix_file: Annotated[Path, typer.Argument(help="The matrix file (YAML).", show_default=False)],
@@ -752,6 +856,9 @@ def campaign_run(
     ] = False,
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Rows in flight.")] = None,
     brand: BrandOption = None,
+    approved_only: Annotated[
+        bool, typer.Option("--approved-only", help="Render only the rows approved on their preview.")
+    ] = False,
 ) -> None:
     """Run a campaign sheet: every row becomes a video (resumes a sheet run before)."""
 
@@ -798,7 +905,14 @@ def campaign_run(
                     typer.echo(f"speech: {mode:<5} {cost}{chosen}")
             return
         _run_campaign_flow(
-            sheet, name, budget, skip_invalid, concurrency, total=loaded.total_rows, brand=brand
+            sheet,
+            name,
+            budget,
+            skip_invalid,
+            concurrency,
+            total=loaded.total_rows,
+            brand=brand,
+            approved_only=approved_only,
         )
 
     _run(go)
@@ -812,6 +926,9 @@ def _run_campaign_flow(
     concurrency: int | None,
     total: int,
     brand: Path | None = None,
+    *,
+    mode: str = "render",
+    approved_only: bool = False,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -819,9 +936,10 @@ def _run_campaign_flow(
 
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
     resume = (
-        f"castflow campaign run {sheet}"
+        f"castflow campaign {'preview' if mode == 'preview' else 'run'} {sheet}"
         + (f" --name {name}" if name else "")
         + (f" --brand {brand}" if brand else "")
+        + (" --approved-only" if approved_only else "")
     )
 
     def first() -> None:
@@ -863,6 +981,8 @@ def _run_campaign_flow(
                 skip_invalid=skip_invalid,
                 row_concurrency=concurrency or 0,
                 brand=str(brand.resolve()) if brand else "",
+                mode=mode,
+                approved_only=approved_only,
                 return_state=True,
             )
         finally:
@@ -874,15 +994,26 @@ def _run_campaign_flow(
         raise CliError(f"campaign failed: {state.message}")
     result = state.result()
     for row in result.results:
-        if row.status != "succeeded":
+        if row.status != "succeeded" and not (row.status == "skipped" and result.not_approved):
             typer.echo(redact(f"{row.status:<9} row {row.row} ({row.row_id}): {row.error}"))
+    what = "previewed" if result.mode == "preview" else "succeeded"
     typer.echo(
-        f"{result.name}: {result.succeeded} succeeded, {result.failed} failed, {result.skipped} skipped; "
-        f"spent ${result.cost_usd:.2f}" + (" (resumed)" if result.resumed else "")
+        f"{result.name}: {result.succeeded} {what}, {result.failed} failed, {result.skipped} skipped"
+        + (f" ({result.not_approved} not approved)" if result.not_approved else "")
+        + f"; spent ${result.cost_usd:.2f}"
+        + (" (resumed)" if result.resumed else "")
     )
     if result.succeeded:
         typer.echo(f"videos: {campaigns.videos_prefix(result.name)} in {_runtime().storage.location}")
-    typer.echo(f"manifest: {result.manifest_path}")
+    if result.review_path:
+        typer.echo(f"review page: {result.review_path}")
+        campaign = result.name.removesuffix(campaigns.PREVIEW_SUFFIX)
+        typer.echo(
+            f"approve: castflow campaign approve {campaign} --rows ID,ID | --file approvals.csv; then "
+            f"castflow campaign run {sheet}" + (f" --name {name}" if name else "") + " --approved-only"
+        )
+    else:
+        typer.echo(f"manifest: {result.manifest_path}")
     if result.failed:
         raise typer.Exit(1)
 

@@ -209,6 +209,17 @@ class CampaignSettings(Section):
         "they are confined like a deployment's. Runs from a deployment never get this.",
     )
     row_concurrency: int = Field(default=16, ge=1, description="Rows in flight at once.")
+    approval_timeout_s: int = Field(
+        default=86_400,
+        ge=60,
+        description="How long a run paused for approval (approval: true) waits for its form before it "
+        "fails; the previews stay, and a rerun asks again.",
+    )
+    approval_poll_s: int = Field(
+        default=10,
+        ge=1,
+        description="How often a run paused for approval asks Prefect whether it was resumed.",
+    )
     publish_report: bool = Field(
         default=True,
         description="When a run ends, write the campaign's report, put it in storage beside the videos "

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from castflow.db.tables import (
     Actor,
+    Approval,
     Campaign,
     CampaignStatus,
     ImageVariant,
@@ -755,3 +756,37 @@ def link_video_stages(
         if rows:
             stmt = _prebuilt(session, "link_video_stages", functools.partial(build, reused), str(reused))
             session.execute(stmt, rows)
+
+
+def record_approvals(
+    session: Session, *, campaign_id: uuid.UUID, decisions: dict[str, tuple[str, str]], source: str
+) -> None:
+    """Each row's decision (``row_id -> (approved|rejected, reason)``), replacing an earlier one."""
+    if not decisions:
+        return
+    now = utcnow()
+    table = Approval.__table__
+    ins = _insert(session, table)  # type: ignore[arg-type]
+    rows = [
+        {"id": uuid.uuid4(), "campaign_id": campaign_id, "row_id": row_id, "decision": decision,
+         "reason": reason or None, "source": source, "decided_at": now}
+        for row_id, (decision, reason) in decisions.items()
+    ]  # fmt: skip
+    stmt = ins.values(rows)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["campaign_id", "row_id"],
+            set_={
+                "decision": stmt.excluded.decision,
+                "reason": stmt.excluded.reason,
+                "source": stmt.excluded.source,
+                "decided_at": stmt.excluded.decided_at,
+            },
+        )
+    )
+
+
+def approvals(session: Session, *, campaign_id: uuid.UUID) -> dict[str, str]:
+    """``row_id -> decision`` of a campaign's decided rows."""
+    query = sa.select(Approval.row_id, Approval.decision).where(Approval.campaign_id == campaign_id)
+    return dict(session.execute(query).all())

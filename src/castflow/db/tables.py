@@ -146,6 +146,24 @@ class Campaign(TimestampMixin, Base):
     finished_at: Mapped[datetime | None]
 
 
+class Approval(Base):
+    """A person's decision on a row of a campaign, made on its preview: approved rows are rendered in
+    full (``--approved-only``, or the run that paused for approval), rejected ones are not."""
+
+    __tablename__ = "approval"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "row_id", name="uq_approval_campaign_row"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("campaign.id", ondelete="CASCADE"), index=True
+    )
+    row_id: Mapped[str] = mapped_column(sa.String(200))
+    decision: Mapped[str] = mapped_column(sa.String(16))  # approved | rejected
+    reason: Mapped[str | None] = mapped_column(sa.String(500))
+    source: Mapped[str] = mapped_column(sa.String(32))  # cli | file | prefect
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Video(TimestampMixin, Base):
     __tablename__ = "video"
 
