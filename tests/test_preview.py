@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import textwrap
 import threading
 import time
@@ -86,8 +87,8 @@ def test_preview_then_approve_then_render_pays_each_stage_once(
         ids = sorted(s.scalars(sa.text("select row_id from video where row_id is not null")).all())
     ids = sorted(set(ids))
     assert len(ids) == 4
-    approvals = tmp_path / "approvals.csv"  # as the page downloads it
-    approvals.write_text(f"row_id,decision,reason\n{ids[0]},approved,\n{ids[1]},rejected,too dark\n")
+    approvals = tmp_path / "approvals.csv"
+    review_in_a_browser(paid_rt.settings.data_dir / "reviews" / "trial" / "review.html", ids, approvals)
     done = runner.invoke(app, ["campaign", "approve", "trial", "--file", str(approvals)])
     assert done.exit_code == 0, done.output
     done = runner.invoke(app, ["campaign", "approve", "trial", "--rows", ids[2]])
@@ -170,3 +171,41 @@ def test_the_approval_form_pauses_the_run_and_renders_what_it_approved(
     assert sorted(r["status"] for r in manifest if r["format"] == "source") == [
         "pending", "pending", "succeeded", "succeeded"
     ]  # fmt: skip
+
+
+def review_in_a_browser(page_path: Path, ids: list[str], dest: Path) -> None:
+    """The review page in headless Chromium: every player loads its take; approve the first take, reject
+    the second with a reason, download the approvals (written to ``dest``). Without Chromium (CI
+    installs it), the file is written as the page writes it."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        dest.write_text(f"row_id,decision,reason\n{ids[0]},approved,\n{ids[1]},rejected,too dark\n")
+        return
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(accept_downloads=True)
+        page.goto(page_path.as_uri(), wait_until="load")
+        durations = page.evaluate(
+            """() => Promise.all([...document.querySelectorAll('video')].map(v => new Promise(done => {
+                if (v.readyState >= 1) return done(v.duration);
+                v.addEventListener('loadedmetadata', () => done(v.duration), {once: true});
+                v.addEventListener('error', () => done(-1), {once: true});
+                v.load();
+            })))"""
+        )
+        assert len(durations) == 4
+        assert all(d > 0.5 for d in durations), durations  # every take plays
+        page.check(f'input[name="d-{ids[0]}"][value="approved"]')
+        page.check(f'input[name="d-{ids[1]}"][value="rejected"]')
+        page.fill(f"#w-{ids[1]}", "too dark")
+        assert page.inner_text("#count") == "1 approved, 1 rejected, 2 undecided"
+        with page.expect_download() as got:
+            page.get_by_role("button", name="Download approvals.csv").click()
+        assert got.value.suggested_filename == "approvals.csv"
+        got.value.save_as(dest)
+        browser.close()
+    header, *lines = dest.read_text().splitlines()
+    assert header == "row_id,decision,reason"
+    assert sorted(lines) == sorted([f"{ids[0]},approved,", f"{ids[1]},rejected,too dark"])  # in sheet order
