@@ -394,3 +394,74 @@ def test_an_analyst_pastes_a_sheet_into_the_form_and_opens_the_results(team: dic
         assert "utm_source" in page.content()  # the sheet's own column on each tile
         page.screenshot(path=str(ARTIFACTS / "report-from-storage.png"), full_page=True)
         browser.close()
+
+
+def test_a_run_that_asks_for_approval_shows_its_form_in_the_ui(team: dict[str, Any]) -> None:
+    """run-campaign with approval on: the previews are made, the run pauses, and its page in the Prefect UI
+    offers Resume with the approval form (each row, by id and actor); resumed with one row ticked, it
+    renders that row only and leaves the other not approved."""
+    api, work = team["api"], team["work"]
+    sheet = "row_id\tactor\tscript\nok1\tmaya\tApprove this one.\nno1\tleo\tNot this one.\n"
+    run_id = create_run(
+        api, "run-campaign", "run-campaign", {"sheet": sheet, "name": "ask", "approval": True}
+    )
+
+    def paused() -> dict[str, Any] | None:
+        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        assert run["state"]["type"] not in ("FAILED", "CRASHED", "COMPLETED"), run["state"]
+        return run if run["state"]["type"] == "PAUSED" else None
+
+    wait_for(paused, 300, "the run to pause for approval")
+    artifacts = httpx.post(
+        f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["campaign-ask-review"]}}}, timeout=10
+    ).json()
+    assert artifacts  # the review page, linked from the run
+    assert "/campaigns/ask-preview/review.html" in artifacts[0]["data"]
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is not None:
+        from playwright.sync_api import sync_playwright
+
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{team['ui']}/runs/flow-run/{run_id}", wait_until="networkidle")
+            page.get_by_role("button", name="Resume").first.click()
+            page.get_by_text("Approve every row").first.wait_for(timeout=20_000)
+            page.screenshot(path=str(ARTIFACTS / "approval-form.png"), full_page=True)
+            form = page.content()
+            assert "ok1 · maya" in form
+            assert "no1 · leo" in form
+            # As the analyst: tick ok1, Submit.
+            row = page.locator(
+                ".schema-form-property",
+                has=page.locator(".schema-form-property__label", has_text="ok1 · maya"),
+            )
+            switch = row.get_by_role("switch").first
+            switch.click()
+            assert switch.get_attribute("aria-checked") == "true"
+            page.screenshot(path=str(ARTIFACTS / "approval-ticked.png"), full_page=True)
+            page.get_by_role("button", name="Submit").click()
+            browser.close()
+    else:  # no browser here: resumed as the UI's form does it
+        httpx.post(
+            f"{api}/flow_runs/{run_id}/resume", json={"run_input": {"row_0": True}}, timeout=30
+        ).raise_for_status()
+    run = finished(api, run_id)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    engine = sa.create_engine(f"sqlite:///{work / 'data' / 'castflow.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT c.name, v.row_id, v.status FROM video v JOIN campaign c ON c.id = v.campaign_id "
+                "WHERE c.name LIKE 'ask%' ORDER BY c.name, v.row_id"
+            )
+        ).all()
+        decided = dict(conn.execute(sa.text("SELECT row_id, decision FROM approval")).all())  # type: ignore[arg-type]
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        ("ask", "ok1", "succeeded"),
+        ("ask-preview", "no1", "succeeded"),
+        ("ask-preview", "ok1", "succeeded"),
+    ]
+    assert decided == {"ok1": "approved", "no1": "rejected"}
