@@ -99,17 +99,23 @@ def _fit(src: tuple[int, int], box: tuple[int, int], cover: bool) -> tuple[int, 
     return max(1, round(src[0] * scale)), max(1, round(src[1] * scale))
 
 
+NEAR_RATIO = 0.15  # as settings.pipeline.qc_ratio_tolerance's default
+
+
 def fill_frame(frame: Image.Image, size: tuple[int, int], fill: Fill = "blur") -> Image.Image:
     """``frame`` on a canvas of ``size``: whole, centred, over a blurred and darkened copy of itself
     stretched to cover the canvas (``blur``), or scaled to cover it and cut at the centre (``crop``).
-    The same ratio is a plain resize either way."""
+    The same ratio is a plain resize either way; a ratio within NEAR_RATIO of the canvas's (a scene made
+    at the profile's ratio, which InfiniteTalk renders in its nearest bucket) is cut at the centre, never
+    filled."""
     width, height = size
     if frame.size == size:
         return frame
     same_ratio = abs(frame.width * height - frame.height * width) <= max(frame.width, width)
     if same_ratio:
         return frame.resize(size, Image.Resampling.BILINEAR)
-    if fill == "crop":
+    near = abs((frame.width * height) / (frame.height * width) - 1) <= NEAR_RATIO
+    if fill == "crop" or near:
         cover = _fit(frame.size, size, cover=True)
         big = frame.resize(cover, Image.Resampling.BILINEAR)
         left, top = (cover[0] - width) // 2, (cover[1] - height) // 2

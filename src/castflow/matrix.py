@@ -57,11 +57,11 @@ from castflow import finish
 SUFFIXES = (".yaml", ".yml")
 DEFAULT_NAME = "{campaign}_{hook}_{body}_{actor}_{scene}_{ratio}"
 # Axes in the order rows are made (the first varies slowest) and the template fields they fill.
-AXES = ("hooks", "bodies", "actors", "scenes", "captions", "formats")
-FIELD = {"hooks": "hook", "bodies": "body", "actors": "actor", "scenes": "scene", "captions": "captions",
-         "formats": "formats"}  # fmt: skip
-# Fields the template knows beyond the axes; ``ratio`` and ``product`` stay empty until those axes exist.
-OTHER_FIELDS = ("campaign", "variant", "n", "ratio", "product")
+AXES = ("hooks", "bodies", "actors", "scenes", "ratios", "captions", "formats")
+FIELD = {"hooks": "hook", "bodies": "body", "actors": "actor", "scenes": "scene", "ratios": "ratio",
+         "captions": "captions", "formats": "formats"}  # fmt: skip
+# Fields the template knows beyond the axes; ``product`` stays empty until that axis exists.
+OTHER_FIELDS = ("campaign", "variant", "n", "product")
 MAX_NAME = 120  # characters of a row's name (file names allow 255; the profile suffix comes on top)
 MAX_COMBINATIONS = 2_000_000  # looked at, before filters and the limit
 _ID = r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$"  # no '_': the separator of names that ad tools split
@@ -116,13 +116,16 @@ class Matrix(_Part):
     bodies: list[Line] = Field(default_factory=list, max_length=1000)
     actors: Annotated[list[str], BeforeValidator(_listed)] = Field(min_length=1, max_length=1000)
     scenes: list[Annotated[Scene, BeforeValidator(_scene)]] = Field(default_factory=list, max_length=1000)
+    ratios: Annotated[list[Literal["9:16", "4:5", "1:1", "16:9"]], BeforeValidator(_listed)] = Field(
+        default_factory=list, max_length=4
+    )
     captions: Annotated[list[str], BeforeValidator(_listed)] = Field(default_factory=list, max_length=10)
     formats: Annotated[list[str], BeforeValidator(_listed)] = Field(default_factory=list, max_length=100)
     resolution: Literal["480p", "720p"] | None = None
     brand: str | None = Field(default=None, min_length=1)
     speech: Literal["whole", "parts"] = "whole"
     combine: Literal["product", "zip"] = "product"
-    zip: list[list[Literal["hooks", "bodies", "actors", "scenes", "captions", "formats"]]] = Field(
+    zip: list[list[Literal["hooks", "bodies", "actors", "scenes", "ratios", "captions", "formats"]]] = Field(
         default_factory=list
     )
     include: list[Rule] = Field(default_factory=list)
@@ -157,6 +160,7 @@ class Matrix(_Part):
             "bodies": [b.id for b in self.bodies],
             "actors": list(self.actors),
             "scenes": [s.id for s in self.scenes],
+            "ratios": [r.replace(":", "x") for r in self.ratios],  # 9x16: a name part, and ':' is no file's
             "captions": list(self.captions),
             "formats": [f.replace("|", "+") for f in self.formats],
         }
@@ -231,12 +235,16 @@ def _check(path: Path, matrix: Matrix) -> None:
 
     if not matrix.hooks and not matrix.bodies:
         fail("hooks", "give hooks, bodies or both (a row says its hook then its body)")
+    if any(r != "9:16" for r in matrix.ratios) and not matrix.scenes:
+        fail(
+            "ratios", "a ratio other than 9:16 needs scenes (the image edit renders the scene at that ratio)"
+        )
     if matrix.speech == "parts":
         for axis in ("hooks", "bodies"):
             for i, line in enumerate(getattr(matrix, axis)):
                 if "|" in line.text:
                     fail(f"{axis}[{i}].text", "'|' cannot be in a part said on its own (speech: parts)")
-    for axis in ("hooks", "bodies", "scenes", "actors", "captions", "formats"):
+    for axis in AXES:
         ids = matrix.axes().get(axis, [])
         seen: dict[str, int] = {}
         for i, value in enumerate(ids):
@@ -285,7 +293,7 @@ def _check(path: Path, matrix: Matrix) -> None:
                 axis = known
                 values = {v.lower() for v in axes.get(axis, [])}
                 for value in wanted if isinstance(wanted, list) else [wanted]:
-                    if str(value).lower().replace("|", "+") not in values:
+                    if _id_of(value) not in values:
                         fail(f"{kind}[{r}].{field}", f"{value!r} is not one of the matrix's {axis}")
 
 
@@ -315,6 +323,11 @@ def _combinations(
             yield {axis: chosen[axis] for axis in axes}  # in axis order
 
     return count, each()
+
+
+def _id_of(value: object) -> str:
+    """A rule's value as the axis ids read (tiktok|square as tiktok+square, 16:9 as 16x9)."""
+    return str(value).lower().replace("|", "+").replace(":", "x")
 
 
 def _matches(rule: Rule, values: dict[str, str]) -> bool:
@@ -457,6 +470,7 @@ def _sheet(
         "script",
         "speech_parts",
         "scene",
+        "ratio",
         "captions",
         "formats",
         "resolution",
@@ -474,6 +488,7 @@ def _sheet(
             "actor": matrix.actors[v.picks["actors"]],
             "script": " ".join(" ".join(p.text.split()) for p in (hook, body) if p is not None),
             "scene": scene.prompt if scene else "",
+            "ratio": matrix.ratios[v.picks["ratios"]] if "ratios" in v.picks else "",
             "captions": matrix.captions[v.picks["captions"]] if "captions" in v.picks else "",
             "formats": matrix.formats[v.picks["formats"]] if "formats" in v.picks else "",
             "resolution": matrix.resolution or "",

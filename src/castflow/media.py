@@ -251,6 +251,7 @@ def check_video(
     fps: int,
     size: tuple[int, int] | Callable[[int, int], str | None],
     tolerance: float,
+    ratio: tuple[tuple[int, int], float] | None = None,
 ) -> list[str]:
     """Quality check of a lip-sync output; returns the problems found (empty when it passes)."""
     try:
@@ -269,6 +270,11 @@ def check_video(
                 problems.append(wrong)
         elif (info.width, info.height) != size:
             problems.append(f"frame size {info.width}x{info.height}, expected {size[0]}x{size[1]}")
+        if ratio is not None and info.width and info.height:  # (width, height) of the ratio, tolerance
+            (rw, rh), within = ratio
+            off = (info.width / info.height) / (rw / rh) - 1
+            if abs(off) > within:
+                problems.append(f"frame {info.width}x{info.height} is not {rw}:{rh} ({off:+.0%})")
         if info.fps is None or not math.isclose(info.fps, fps, abs_tol=0.01):
             problems.append(f"frame rate {info.fps}, expected {fps}")
         vdur = info.video_duration if info.video_duration is not None else info.duration

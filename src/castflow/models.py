@@ -96,6 +96,11 @@ class VideoRequest(Frozen):
         default=None, max_length=120, description="A line shown at the top for the first seconds."
     )
     cta: str | None = Field(default=None, max_length=80, description="The end card's call to action.")
+    ratio: Literal["9:16", "4:5", "1:1", "16:9"] = Field(
+        default="9:16",
+        description="The scene's aspect ratio: the image edit renders it so and the lip-sync follows the "
+        "image (a ratio other than 9:16 needs a scene).",
+    )
     speech_parts: tuple[str, ...] = Field(
         default=(),
         description="The script as two parts (a hook and a body, joined by | in a sheet), each spoken on its "
@@ -151,6 +156,10 @@ class VideoRequest(Frozen):
             raise ValueError("give a script, or an audio file (with its script for captions)")
         if self.scene is not None and self.image_variant_id is not None:
             raise ValueError("give a scene or an image variant, not both")
+        if self.ratio != "9:16" and not (self.scene and self.scene.strip()):
+            raise ValueError(
+                f"ratio: {self.ratio} needs a scene (the image edit renders the scene at that ratio)"
+            )
         if self.speech_parts:
             if len(self.speech_parts) != 2 or not all(self.speech_parts):
                 raise ValueError("speech_parts: give two parts, a hook and a body, joined by |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from dataclasses import dataclass
 
@@ -240,11 +241,41 @@ def vignette_mask(size: tuple[int, int]) -> Image.Image:
     return mask.filter(ImageFilter.GaussianBlur(radius=max(4, w // 12)))
 
 
-def compose_scene(portrait: Image.Image, prompt: str, seed: int) -> Image.Image:
-    """The actor in the scene: the backdrop replaced (flat backdrops) or the scene around a vignette."""
+RATIOS: dict[str, tuple[int, int]] = {"9:16": (9, 16), "4:5": (4, 5), "1:1": (1, 1), "16:9": (16, 9)}
+DEFAULT_RATIO = "9:16"
+
+
+def reframe(size: tuple[int, int], ratio: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A canvas of ``ratio`` that holds a picture of ``size`` whole, and where the picture goes: widened
+    around it (the picture centred), or made taller above it (the picture at the bottom, as a person
+    stands in a frame). Sides are even (video encoders need them so)."""
+    w, h = size
+    rw, rh = RATIOS[ratio]
+    if w * rh <= h * rw:  # narrower than the ratio: widen
+        canvas = (2 * math.ceil(h * rw / rh / 2), 2 * math.ceil(h / 2))
+    else:  # wider: add sky above
+        canvas = (2 * math.ceil(w / 2), 2 * math.ceil(w * rh / rw / 2))
+    return canvas, ((canvas[0] - w) // 2, canvas[1] - h)
+
+
+def reframe_mouth(mouth: Mouth, size: tuple[int, int], ratio: str) -> Mouth:
+    """Where a portrait's mouth is once :func:`reframe` put the portrait on a canvas of ``ratio``."""
+    (cw, ch), (left, top) = reframe(size, ratio)
+    w, h = size
+    return Mouth(x=(left + mouth.x * w) / cw, y=(top + mouth.y * h) / ch, width=mouth.width * w / cw)
+
+
+def compose_scene(portrait: Image.Image, prompt: str, seed: int, ratio: str | None = None) -> Image.Image:
+    """The actor in the scene: the backdrop replaced (flat backdrops) or the scene around a vignette.
+    With ``ratio``, the scene is painted on a canvas of that ratio around the actor (:func:`reframe`)."""
     rgb = portrait.convert("RGB")
-    scene = paint_scene(prompt, seed, rgb.size)
     mask = subject_mask(rgb)
     if mask is None:
         mask = vignette_mask(rgb.size)
-    return Image.composite(rgb, scene, mask)
+    if ratio is None:  # the portrait's own frame (what a 9:16 row asks: portraits are made so)
+        return Image.composite(rgb, paint_scene(prompt, seed, rgb.size), mask)
+    canvas, (left, top) = reframe(rgb.size, ratio)
+    scene = paint_scene(prompt, seed, canvas)
+    region = scene.crop((left, top, left + rgb.width, top + rgb.height))
+    scene.paste(Image.composite(rgb, region, mask), (left, top))
+    return scene

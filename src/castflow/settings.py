@@ -155,6 +155,13 @@ class PipelineSettings(Section):
         "whole over a blurred copy of itself: no face cropped) or crop (the centre).",
     )
     qc_duration_tolerance_s: float = Field(default=0.1, gt=0)
+    qc_ratio_tolerance: float = Field(
+        default=0.15,
+        gt=0,
+        lt=0.5,
+        description="How far a lip-sync's frame may be from the row's ratio (0.15: 15 %). InfiniteTalk renders "
+        "in fixed buckets near the input's ratio (9:16 as 448x832, 16:9 as 896x448; sizes unverified).",
+    )
     task_retries: int = Field(default=3, ge=0)
     retry_backoff_s: float = Field(default=2.0, ge=0)
     retry_jitter: float = Field(default=0.5, ge=0)

@@ -25,6 +25,7 @@ from castflow.pipeline.errors import StageFailed
 from castflow.pipeline.prepare import PreparedVideo
 from castflow.pipeline.runner import run_stage
 from castflow.pipeline.unit import Done, Unit
+from castflow.portraits import DEFAULT_RATIO, RATIOS, reframe_mouth
 from castflow.providers.base import (
     Billing,
     PermanentError,
@@ -39,20 +40,28 @@ from castflow.stages import normalise_text, sha256_file, stage_key
 from castflow.storage import put_bytes
 
 
-def scene_variant_key(rt: Runtime, image: MediaRef, prompt: str, seed: int) -> str:
-    return _scene_variant_key(rt.image.name, rt.image.model, image.sha256, prompt, seed)
+def scene_variant_key(
+    rt: Runtime, image: MediaRef, prompt: str, seed: int, ratio: str = DEFAULT_RATIO
+) -> str:
+    return _scene_variant_key(rt.image.name, rt.image.model, image.sha256, prompt, seed, ratio)
 
 
 @functools.lru_cache(maxsize=4096)  # a sheet's rows share a few actors and scenes
-def _scene_variant_key(provider: str, model: str, image: str, prompt: str, seed: int) -> str:
+def _scene_variant_key(provider: str, model: str, image: str, prompt: str, seed: int, ratio: str) -> str:
+    more = {"ratio": ratio} if ratio != DEFAULT_RATIO else {}  # 9:16 keys stay as they were
     return stage_key(
-        "scene_variant", provider=provider, model=model, image=image, prompt=normalise_text(prompt), seed=seed
-    )
+        "scene_variant", provider=provider, model=model, image=image, prompt=normalise_text(prompt), seed=seed,
+        **more,
+    )  # fmt: skip
 
 
-def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> StageOutcome:
-    """The actor's portrait edited into the scene ``prompt`` (also recorded as an image variant)."""
-    key = scene_variant_key(rt, actor.image, prompt, seed)
+def scene_variant(
+    rt: Runtime, actor: ActorRef, prompt: str, seed: int, ratio: str = DEFAULT_RATIO
+) -> StageOutcome:
+    """The actor's portrait edited into the scene ``prompt`` at ``ratio`` (also recorded as an image
+    variant)."""
+    key = scene_variant_key(rt, actor.image, prompt, seed, ratio)
+    framed = ratio if ratio != DEFAULT_RATIO else None  # the editor's own default frame for 9:16
     text = normalise_text(prompt)
 
     def source() -> Path:  # only fetched when the stage runs (a reused stage needs no local copy)
@@ -75,11 +84,12 @@ def scene_variant(rt: Runtime, actor: ActorRef, prompt: str, seed: int) -> Stage
                 text,
                 seed=seed,
                 image_url=rt.storage.url(actor.image.key) if rt.storage.shares_urls else None,
+                ratio=framed,
             ),
             collect=lambda rid, wd: editor.collect(rid, workdir=wd),
         )
     else:
-        outcome = stage(call=lambda wd: editor.edit(source(), text, seed=seed, workdir=wd))
+        outcome = stage(call=lambda wd: editor.edit(source(), text, seed=seed, workdir=wd, ratio=framed))
     if not outcome.produced:
         return outcome  # its image variant was recorded when the stage ran
 
@@ -431,7 +441,9 @@ def finish_outputs(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcom
     return checked.model_copy(update={"outputs": tuple(outputs)})
 
 
-def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, resolution: str) -> None:
+def quality_check(
+    rt: Runtime, video: StageOutcome, *, audio_seconds: float, resolution: str, ratio: str = DEFAULT_RATIO
+) -> None:
     """Probe the lip-sync output; a failure fails the video at ``qc``.
 
     With the embedded renderer the lip-sync run is marked failed too, so a rerun renders again (free).
@@ -444,6 +456,7 @@ def quality_check(rt: Runtime, video: StageOutcome, *, audio_seconds: float, res
         fps=rt.settings.pipeline.fps,
         size=lambda w, h: rt.lipsync.size_problem(w, h, resolution),
         tolerance=rt.settings.pipeline.qc_duration_tolerance_s,
+        ratio=(RATIOS[ratio], rt.settings.pipeline.qc_ratio_tolerance),
     )
     if problems:
         message = "; ".join(problems)
@@ -520,9 +533,9 @@ SCENE_VARIANT = Unit(
     makes="image",
     task="scene-variant",
     applies=lambda v: bool(v.request.scene),
-    key=lambda rt, v, _d: scene_variant_key(rt, v.actor.image, _scene(v), v.request.seed),
+    key=lambda rt, v, _d: scene_variant_key(rt, v.actor.image, _scene(v), v.request.seed, v.request.ratio),
     price=lambda rt, _v, _d: rt.image.price(),
-    run=lambda rt, v, _d: scene_variant(rt, v.actor, _scene(v), v.request.seed),
+    run=lambda rt, v, _d: scene_variant(rt, v.actor, _scene(v), v.request.seed, v.request.ratio),
 )
 
 PORTRAIT = Unit(  # no scene asked: the chosen variant or the actor's portrait, nothing to run or pay
@@ -656,13 +669,31 @@ LIPSYNC = Unit(
         d["audio"].output,
         resolution=v.request.resolution,
         seed=v.request.seed,
-        mouth=v.actor.mouth,
+        mouth=_mouth(rt, v),
     ),
 )
 
 
+def _mouth(rt: Runtime, video: PreparedVideo) -> Mouth | None:
+    """The actor's mouth in the image lip-synced: moved as the embedded editor reframes the portrait for a
+    ratio other than 9:16 (castflow.portraits.reframe)."""
+    mouth = video.actor.mouth
+    if mouth is None or video.request.ratio == DEFAULT_RATIO:
+        return mouth
+    from PIL import Image
+
+    with Image.open(rt.storage.local_path(video.actor.image.key)) as portrait:
+        return reframe_mouth(mouth, portrait.size, video.request.ratio)
+
+
 def _check(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcome:
-    quality_check(rt, done["video"], audio_seconds=_audio_seconds(done), resolution=video.request.resolution)
+    quality_check(
+        rt,
+        done["video"],
+        audio_seconds=_audio_seconds(done),
+        resolution=video.request.resolution,
+        ratio=video.request.ratio,
+    )
     return done["video"]
 
 

@@ -87,7 +87,9 @@ class ImageEditor(Protocol):
         """What one edit costs (USD); 0 for the embedded editor."""
         ...
 
-    def edit(self, image: Path, prompt: str, *, seed: int, workdir: Path) -> ProviderResult: ...
+    def edit(
+        self, image: Path, prompt: str, *, seed: int, workdir: Path, ratio: str | None = None
+    ) -> ProviderResult: ...
 
 
 @runtime_checkable
@@ -99,7 +101,9 @@ class QueueImageEditor(Protocol):
 
     def price(self) -> float: ...
 
-    def submit_edit(self, image: Path, prompt: str, *, seed: int, image_url: str | None = None) -> str:
+    def submit_edit(
+        self, image: Path, prompt: str, *, seed: int, image_url: str | None = None, ratio: str | None = None
+    ) -> str:
         """Queue the edit; ``image_url`` (a URL of our storage) saves uploading ``image``."""
         ...
 

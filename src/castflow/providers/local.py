@@ -31,7 +31,9 @@ class LocalImageEditor:
     def price(self) -> float:
         return 0.0  # embedded: free
 
-    def edit(self, image: Path, prompt: str, *, seed: int, workdir: Path) -> ProviderResult:
+    def edit(
+        self, image: Path, prompt: str, *, seed: int, workdir: Path, ratio: str | None = None
+    ) -> ProviderResult:
         try:
             with Image.open(image) as src:
                 src.load()
@@ -39,8 +41,9 @@ class LocalImageEditor:
         except (OSError, ValueError) as exc:
             raise PermanentError(f"cannot read image {image.name}: {exc}", provider=self.name) from exc
         out = workdir / "variant.png"
-        compose_scene(portrait, prompt, seed).save(out, format="PNG", optimize=False)
-        return ProviderResult(out, "image/png", Billing(1, "images"), meta={"size": list(portrait.size)})
+        scene = compose_scene(portrait, prompt, seed, ratio)
+        scene.save(out, format="PNG", optimize=False)
+        return ProviderResult(out, "image/png", Billing(1, "images"), meta={"size": list(scene.size)})
 
 
 class _Event(ctypes.Structure):
@@ -248,11 +251,25 @@ class PreviewLipSync:
         self.max_audio_seconds = max_audio_seconds
         self.sizes = sizes or FRAME_SIZES
 
+    def frame_size(self, resolution: str, image: tuple[int, int]) -> tuple[int, int]:
+        """The frame for ``image``: the resolution's 9:16 size for a portrait in that shape (within 5 %),
+        else the image's ratio with the resolution's short side (480p: 480), sides even."""
+        portrait = self.sizes[resolution]
+        w, h = image
+        if abs((w / h) / (portrait[0] / portrait[1]) - 1) <= 0.05:
+            return portrait
+        short = min(portrait)
+        if w >= h:
+            return 2 * round(short * w / h / 2), short
+        return short, 2 * round(short * h / w / 2)
+
     def size_problem(self, width: int, height: int, resolution: str) -> str | None:
         expected = self.sizes[resolution]
-        if (width, height) != expected:
-            return f"frame size {width}x{height}, expected {expected[0]}x{expected[1]}"
-        return None
+        if (width, height) == expected or (
+            min(width, height) == min(expected) and width % 2 == height % 2 == 0
+        ):
+            return None  # the 9:16 frame, or another ratio at the resolution's short side
+        return f"frame size {width}x{height}, expected {expected[0]}x{expected[1]} or another ratio at {min(expected)}"
 
     def render(
         self,
@@ -264,7 +281,6 @@ class PreviewLipSync:
         mouth: Mouth | None,
         workdir: Path,
     ) -> ProviderResult:
-        size = self.sizes[resolution]
         try:
             sound = media.decode_audio(audio, max_seconds=self.max_audio_seconds)
         except media.MediaError as exc:
@@ -275,6 +291,7 @@ class PreviewLipSync:
                 picture = src.convert("RGB")
         except (OSError, ValueError) as exc:
             raise PermanentError(f"cannot read image {image.name}: {exc}", provider=self.name) from exc
+        size = self.frame_size(resolution, picture.size)
         frames = media.frame_count(sound.seconds, self.fps)
         envelope = media.loudness_envelope(sound, self.fps, frames)
         base, transform = cover_fit(picture, size)

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image, ImageDraw
 
 from castflow.models import Voice
+from castflow.portraits import RATIOS, reframe
 from castflow.providers.fal.jwks import public_jwk
 from castflow.providers.fal.timestamps import WORD
 from castflow.providers.fal.webhook import sign_fal
@@ -57,6 +58,8 @@ from castflow.providers.loopback import (
 
 VALID_KEY = "fake-key-id:fake-key-secret"
 EDIT_MODELS = ("fal-ai/nano-banana/edit",)
+# nano-banana/edit's aspect_ratio enum (../shared/specs/fal.md)
+ASPECT_RATIOS = ("auto", "21:9", "16:9", "3:2", "4:3", "5:4", "1:1", "4:5", "3:4", "2:3", "9:16")
 TTS_MODELS = (
     "fal-ai/elevenlabs/tts/multilingual-v2",
     "fal-ai/elevenlabs/tts/turbo-v2.5",
@@ -331,7 +334,11 @@ class FakeFal(LoopbackServer):
             src = work / "input.png"
             src.write_bytes(self._download(job.payload["image_urls"][0]))
             out = LocalImageEditor().edit(
-                src, str(job.payload["prompt"]), seed=int(job.payload.get("seed", 0)), workdir=work
+                src,
+                str(job.payload["prompt"]),
+                seed=int(job.payload.get("seed", 0)),
+                workdir=work,
+                ratio=_framed(job.payload),
             )
             url = self._store(out.path, "image/png", "output.png")
             job.output = {
@@ -361,6 +368,11 @@ class FakeFal(LoopbackServer):
             # (portrait, scene, seed) gives its own image (and content hash), as a real edit would.
             with Image.open(io.BytesIO(self._download(job.payload["image_urls"][0]))) as picture:
                 edited = picture.convert("RGB")
+            if (ratio := _framed(job.payload)) is not None:  # the frame asked for, the picture inside it
+                canvas, place = reframe(edited.size, ratio)
+                framed = Image.new("RGB", canvas, (120, 140, 160))
+                framed.paste(edited, place)
+                edited = framed
             mark = zlib.crc32(f"{job.payload.get('prompt')}|{job.payload.get('seed')}".encode())
             x, y = mark % max(1, edited.width - 8), (mark >> 12) % max(1, edited.height - 8)
             ImageDraw.Draw(edited).rectangle((x, y, x + 8, y + 8), fill=(mark & 255, (mark >> 8) & 255, 90))
@@ -420,6 +432,13 @@ class FakeFal(LoopbackServer):
         return self.url + path
 
 
+def _framed(payload: dict[str, Any]) -> str | None:
+    """The edit's frame: ``aspect_ratio`` as the model takes it; ``auto`` (the default) and ratios the
+    embedded editor does not draw keep the input's frame, as ``auto`` does."""
+    ratio = payload.get("aspect_ratio", "auto")
+    return ratio if ratio in RATIOS and ratio != "9:16" else None
+
+
 def timestamps(text: str, words: list[dict[str, Any]], shape: str) -> list[dict[str, Any]] | None:
     """The ``timestamps`` of an ElevenLabs output saying ``text``, from eSpeak's ``words`` (``{"word",
     "start", "end"}`` of each word of ``text``, in order), in ``shape`` (TIMESTAMP_SHAPES)."""
@@ -477,6 +496,16 @@ def _validate(model: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
             missing("prompt")
         if not payload.get("image_urls"):
             missing("image_urls")
+        ratio = payload.get("aspect_ratio", "auto")
+        if ratio not in ASPECT_RATIOS:
+            errors.append(
+                {
+                    "loc": ["body", "aspect_ratio"],
+                    "msg": "Input should be " + ", ".join(f"'{r}'" for r in ASPECT_RATIOS),
+                    "type": "literal_error",
+                    "input": ratio,
+                }
+            )
         fmt = payload.get("output_format", "png")
         if fmt not in ("jpeg", "png", "webp"):
             errors.append(

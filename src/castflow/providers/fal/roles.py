@@ -49,14 +49,16 @@ class FalImageEditor:
         """One edit's price (fal bills nano banana per image)."""
         return self.price_per_image
 
-    def submit_edit(self, image: Path, prompt: str, *, seed: int, image_url: str | None = None) -> str:
+    def submit_edit(
+        self, image: Path, prompt: str, *, seed: int, image_url: str | None = None, ratio: str | None = None
+    ) -> str:
         async def go() -> str:
             url = image_url or await self.client.upload_file(image)
             payload = {
                 "prompt": prompt,
                 "image_urls": [url],
                 "num_images": 1,
-                "aspect_ratio": self.aspect_ratio,
+                "aspect_ratio": ratio or self.aspect_ratio,  # a row's ratio, else the setting
                 "output_format": "png",
                 "seed": seed,
             }

@@ -48,6 +48,30 @@ VALID_KEY = "fake-wavespeed-key"
 MODELS = ("wavespeed-ai/infinitetalk", "wavespeed-ai/infinitetalk-fast")
 # InfiniteTalk's 9:16 buckets as (width, height) (spec section 9).
 SIZES = {"480p": (448, 832), "720p": (704, 1280)}
+BUCKETS = {"480p": 640 * 640, "720p": 960 * 960}  # InfiniteTalk's pixel area per resolution
+
+
+def bucket_size(resolution: str, image: tuple[int, int]) -> tuple[int, int]:
+    """The frame InfiniteTalk renders for an image of this size: its portrait bucket for a 9:16 image,
+    else the image's ratio at the resolution's pixel area, sides a multiple of 16 (the spec's 16:9 and
+    1:1 buckets: 896x448 and 640x640 at 480p; WaveSpeed's exact sizes are unverified)."""
+    portrait = SIZES.get(resolution, SIZES["480p"])
+    w, h = image
+    if abs((w / h) / (9 / 16) - 1) <= 0.05:
+        return portrait
+    area = BUCKETS.get(resolution, BUCKETS["480p"])
+    width = (area * w / h) ** 0.5
+    if abs(w / h - 16 / 9) <= 0.05:  # the spec's landscape bucket is 2:1
+        width = (area * 2) ** 0.5
+    height = area / width
+    return 16 * round(width / 16), 16 * round(height / 16)
+
+
+class _BucketLipSync(PreviewLipSync):
+    """The preview renderer at InfiniteTalk's bucket sizes."""
+
+    def frame_size(self, resolution: str, image: tuple[int, int]) -> tuple[int, int]:
+        return bucket_size(resolution, image)
 
 
 @dataclass
@@ -123,8 +147,8 @@ class FakeWaveSpeed(LoopbackServer):
         self._files: dict[str, tuple[Path, str]] = {}
         self._tickets: dict[str, tuple[str, str, str]] = {}  # token → (file path, content type, URL path)
         self._pool: ThreadPoolExecutor | None = None
-        self._rendered: dict[tuple[int, str], bytes] = {}
-        self._render_locks: dict[tuple[int, str], threading.Lock] = {}
+        self._rendered: dict[tuple[int, str, tuple[int, int]], bytes] = {}
+        self._render_locks: dict[tuple[int, str, tuple[int, int]], threading.Lock] = {}
 
     def stopped(self) -> None:
         if self._pool is not None:
@@ -233,12 +257,15 @@ class FakeWaveSpeed(LoopbackServer):
                 str(task.payload["audio"]), work / "audio.wav"
             )
             seconds = media.audio_seconds(audio)
-            key = (media.frame_count(seconds, 25), resolution)
+            image = self._local(str(task.payload["image"])) or self._fetch(
+                str(task.payload["image"]), work / "image.png"
+            )
+            with Image.open(image) as picture:
+                size = bucket_size(resolution, picture.size)
+            key = (media.frame_count(seconds, 25), resolution, size)
             with self._render_locks.setdefault(key, threading.Lock()):
                 rendered = self._rendered.get(key)
                 if rendered is None:  # a still frame for the whole length: cheap to encode
-                    image = self._fetch(str(task.payload["image"]), work / "image.png")
-                    size = SIZES.get(resolution, SIZES["480p"])
                     with Image.open(image) as picture:
                         still = np.asarray(picture.convert("RGB").resize(size), dtype=np.uint8)
                     # One picture, converted once, under H.264 tuned for a still image on one thread
@@ -259,7 +286,7 @@ class FakeWaveSpeed(LoopbackServer):
         image = self._fetch(str(task.payload["image"]), work / "image.png")
         audio = self._fetch(str(task.payload["audio"]), work / "audio.wav")
         seconds = media.decode_audio(audio).seconds
-        out = PreviewLipSync(sizes=SIZES).render(
+        out = _BucketLipSync(sizes=SIZES).render(
             image, audio, resolution=resolution, seed=0, mouth=None, workdir=work
         )
         task.outputs = [self.store(out.path.read_bytes(), "video/mp4", f"{task.id}.mp4")]
