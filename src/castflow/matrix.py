@@ -4,7 +4,7 @@ expanded into the rows of a sheet, each with a deterministic variant id and a na
 A matrix file::
 
     campaign: spring-serum            # {campaign} in names (default: the file's name without .yaml)
-    name: "{campaign}_{hook}_{body}_{actor}_{scene}_{ratio}"   # the naming template (this default)
+    name: "{campaign}_{hook}_{body}_{actor}_{scene}_{product}_{ratio}"   # the naming template (this default)
     hooks:                            # each: an id (letters, digits, '-') and the words said
       - {id: h1, text: "Okay, real talk."}
       - {id: h2, text: "Stop scrolling."}
@@ -13,6 +13,9 @@ A matrix file::
     actors: [maya, leo]               # actor keys from the library
     scenes:                           # each: an id and the edit prompt, or just the prompt
       - {id: kitchen, prompt: a sunny kitchen}
+    products:                         # each: an id and its image (beside the matrix, or a URL): held
+      - {id: serum, image: serum.png}
+    ratios: ["9:16", "1:1"]           # the scene's ratio (other than 9:16 needs scenes)
     captions: bold                    # one value for every row, or a list: an axis
     formats: tiktok|square            # likewise ("tiktok|square" is one value: a row making both)
     resolution: 480p                  # one value for every row
@@ -55,13 +58,12 @@ from castflow import captions as captions_module
 from castflow import finish
 
 SUFFIXES = (".yaml", ".yml")
-DEFAULT_NAME = "{campaign}_{hook}_{body}_{actor}_{scene}_{ratio}"
+DEFAULT_NAME = "{campaign}_{hook}_{body}_{actor}_{scene}_{product}_{ratio}"  # empty fields drop out
 # Axes in the order rows are made (the first varies slowest) and the template fields they fill.
-AXES = ("hooks", "bodies", "actors", "scenes", "ratios", "captions", "formats")
-FIELD = {"hooks": "hook", "bodies": "body", "actors": "actor", "scenes": "scene", "ratios": "ratio",
-         "captions": "captions", "formats": "formats"}  # fmt: skip
-# Fields the template knows beyond the axes; ``product`` stays empty until that axis exists.
-OTHER_FIELDS = ("campaign", "variant", "n", "product")
+AXES = ("hooks", "bodies", "actors", "scenes", "products", "ratios", "captions", "formats")
+FIELD = {"hooks": "hook", "bodies": "body", "actors": "actor", "scenes": "scene", "products": "product",
+         "ratios": "ratio", "captions": "captions", "formats": "formats"}  # fmt: skip
+OTHER_FIELDS = ("campaign", "variant", "n")  # fields of names beyond the axes
 MAX_NAME = 120  # characters of a row's name (file names allow 255; the profile suffix comes on top)
 MAX_COMBINATIONS = 2_000_000  # looked at, before filters and the limit
 _ID = r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$"  # no '_': the separator of names that ad tools split
@@ -90,6 +92,13 @@ class Line(_Part):
     text: str = Field(min_length=1, max_length=5000)
 
 
+class Product(_Part):
+    """A product the actor holds: its id in names and its image (a file beside the matrix, or a URL)."""
+
+    id: str = Field(pattern=_ID)
+    image: str = Field(min_length=1, max_length=2000)
+
+
 class Scene(_Part):
     id: str = Field(pattern=_ID)
     prompt: str = Field(min_length=1, max_length=5000)
@@ -116,6 +125,7 @@ class Matrix(_Part):
     bodies: list[Line] = Field(default_factory=list, max_length=1000)
     actors: Annotated[list[str], BeforeValidator(_listed)] = Field(min_length=1, max_length=1000)
     scenes: list[Annotated[Scene, BeforeValidator(_scene)]] = Field(default_factory=list, max_length=1000)
+    products: list[Product] = Field(default_factory=list, max_length=100)
     ratios: Annotated[list[Literal["9:16", "4:5", "1:1", "16:9"]], BeforeValidator(_listed)] = Field(
         default_factory=list, max_length=4
     )
@@ -125,9 +135,9 @@ class Matrix(_Part):
     brand: str | None = Field(default=None, min_length=1)
     speech: Literal["whole", "parts"] = "whole"
     combine: Literal["product", "zip"] = "product"
-    zip: list[list[Literal["hooks", "bodies", "actors", "scenes", "ratios", "captions", "formats"]]] = Field(
-        default_factory=list
-    )
+    zip: list[
+        list[Literal["hooks", "bodies", "actors", "scenes", "products", "ratios", "captions", "formats"]]
+    ] = Field(default_factory=list)
     include: list[Rule] = Field(default_factory=list)
     exclude: list[Rule] = Field(default_factory=list)
     limit: int | None = Field(default=None, ge=1)
@@ -160,6 +170,7 @@ class Matrix(_Part):
             "bodies": [b.id for b in self.bodies],
             "actors": list(self.actors),
             "scenes": [s.id for s in self.scenes],
+            "products": [p.id for p in self.products],
             "ratios": [r.replace(":", "x") for r in self.ratios],  # 9x16: a name part, and ':' is no file's
             "captions": list(self.captions),
             "formats": [f.replace("|", "+") for f in self.formats],
@@ -470,13 +481,14 @@ def _sheet(
         "script",
         "speech_parts",
         "scene",
+        "product",
         "ratio",
         "captions",
         "formats",
         "resolution",
     ]
     columns += ["brand"]
-    columns += [f"{FIELD[a]}_id" for a in ("hooks", "bodies", "scenes") if a in axes]
+    columns += [f"{FIELD[a]}_id" for a in ("hooks", "bodies", "scenes", "products") if a in axes]
     rows = []
     for v in variants:
         hook = matrix.hooks[v.picks["hooks"]] if "hooks" in v.picks else None
@@ -489,6 +501,7 @@ def _sheet(
             "script": " ".join(" ".join(p.text.split()) for p in (hook, body) if p is not None),
             "scene": scene.prompt if scene else "",
             "ratio": matrix.ratios[v.picks["ratios"]] if "ratios" in v.picks else "",
+            "product": matrix.products[v.picks["products"]].image if "products" in v.picks else "",
             "captions": matrix.captions[v.picks["captions"]] if "captions" in v.picks else "",
             "formats": matrix.formats[v.picks["formats"]] if "formats" in v.picks else "",
             "resolution": matrix.resolution or "",
@@ -501,6 +514,7 @@ def _sheet(
             "hook_id": hook.id if hook else "",
             "body_id": body.id if body else "",
             "scene_id": scene.id if scene else "",
+            "product_id": matrix.products[v.picks["products"]].id if "products" in v.picks else "",
         }
         rows.append([cells[c] for c in columns])
     keep = [

@@ -96,6 +96,10 @@ class VideoRequest(Frozen):
         default=None, max_length=120, description="A line shown at the top for the first seconds."
     )
     cta: str | None = Field(default=None, max_length=80, description="The end card's call to action.")
+    product: str | None = Field(
+        default=None,
+        description="An image of the product (a file, or a URL a sheet gives) that the actor holds in the scene.",
+    )
     ratio: Literal["9:16", "4:5", "1:1", "16:9"] = Field(
         default="9:16",
         description="The scene's aspect ratio: the image edit renders it so and the lip-sync follows the "

@@ -265,6 +265,30 @@ def reframe_mouth(mouth: Mouth, size: tuple[int, int], ratio: str) -> Mouth:
     return Mouth(x=(left + mouth.x * w) / cw, y=(top + mouth.y * h) / ch, width=mouth.width * w / cw)
 
 
+def hold_product(scene: Image.Image, product: Image.Image) -> Image.Image:
+    """The product in the actor's hand, as the embedded editor draws it: the picture whole, about a
+    quarter of the frame's width, on a white card with a soft shadow, in the lower right of the centre
+    (where a hand at chest height is), label (the picture itself) facing the camera. Deterministic."""
+    out = scene.convert("RGB")
+    w, h = out.size
+    width = max(32, round(min(w, h) * 0.28))
+    height = max(32, round(width * product.height / product.width))
+    height = min(height, round(h * 0.35))
+    width = round(height * product.width / product.height)
+    picture = product.resize((width, height), Image.Resampling.LANCZOS)
+    pad = max(3, width // 24)
+    x = min(w - width - pad * 2, round(w * 0.56))
+    y = min(h - height - pad * 2, round(h * 0.58))
+    shadow = Image.new("L", out.size, 0)
+    ImageDraw.Draw(shadow).rectangle(
+        (x + pad, y + pad * 2, x + width + pad * 3, y + height + pad * 4), fill=120
+    )
+    out.paste((20, 20, 20), None, shadow.filter(ImageFilter.GaussianBlur(pad)))
+    ImageDraw.Draw(out).rectangle((x, y, x + width + pad * 2, y + height + pad * 2), fill=(250, 250, 250))
+    out.paste(picture, (x + pad, y + pad), picture if picture.mode == "RGBA" else None)
+    return out
+
+
 def compose_scene(portrait: Image.Image, prompt: str, seed: int, ratio: str | None = None) -> Image.Image:
     """The actor in the scene: the backdrop replaced (flat backdrops) or the scene around a vignette.
     With ``ratio``, the scene is painted on a canvas of that ratio around the actor (:func:`reframe`)."""

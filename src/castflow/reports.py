@@ -55,8 +55,14 @@ AXIS_COLUMNS = {
     "body": "body_id",
     "actor": "actor",
     "scene": "scene_id",
+    "product": "product_id",
 }
-MATRIX_COLUMNS = ("hook_id", "body_id", "scene_id")  # a campaign with one of these came from a matrix
+MATRIX_COLUMNS = (
+    "hook_id",
+    "body_id",
+    "scene_id",
+    "product_id",
+)  # a campaign with one of these came from a matrix
 
 
 class ReportError(Exception):

@@ -21,7 +21,7 @@ from castflow.reports import Links, short
 DECISIONS = ("approved", "rejected")
 APPROVAL_COLUMNS = ("row_id", "decision", "reason")
 # The sheet's columns shown on a card, when a row has them (a matrix's axes first).
-AXIS_COLUMNS = ("name", "hook_id", "body_id", "actor", "scene_id")
+AXIS_COLUMNS = ("name", "hook_id", "body_id", "actor", "scene_id", "product_id")
 
 
 @dataclass(frozen=True)

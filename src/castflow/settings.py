@@ -132,6 +132,12 @@ class PipelineSettings(Section):
 
     fps: int = Field(default=25, ge=1, le=60)
     default_resolution: Resolution = "480p"
+    product_prompt: str = Field(
+        default="{scene}. The person holds the product from the second image naturally in one hand, at chest "
+        "height, label facing the camera, the product unchanged.",
+        description="The image edit's prompt for a row with a product: {scene} is the row's scene (or "
+        "'the same place' without one).",
+    )
     max_script_chars: int = Field(default=2_000, ge=1, description="Script limit of models not listed.")
     max_prompt_chars: int = Field(default=2_000, ge=1, description="Scene prompt limit of models not listed.")
     # Per model (characters): the embedded models' here; each vendor lists its own models' in its group

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
+import httpx
+from PIL import Image
 from pydantic import ValidationError
 
 from castflow import captions as captions_module
@@ -529,6 +531,52 @@ def _validate(
     return Sheet(path.name, digest, columns, rows, problems, frame.height)
 
 
+MAX_PRODUCT_BYTES = 20 * 2**20
+
+
+def _product(text: str, base: Path, settings: Settings) -> tuple[Path | None, str | None]:
+    """A row's product image, checked as a portrait is: a file beside the sheet (or in the input roots)
+    or a URL fetched through the public-address guard into ``<data dir>/inputs/products`` (once per URL);
+    an image of at least 64x64. Returns its path, or why it cannot be used."""
+    if text.startswith(("http://", "https://")):
+        from castflow.inputs import UrlRefused, fetch_public
+
+        shown = text.split("?", 1)[0]
+        folder = settings.data_dir / "inputs" / "products"
+        path = folder / (hashlib.sha256(text.encode()).hexdigest()[:24] + ".img")
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            staged = path.with_suffix(".part")
+            try:
+                fetch_public(
+                    text, staged, max_bytes=MAX_PRODUCT_BYTES, content_types=("image/",),
+                    allow_private=settings.campaign.allow_private_urls,
+                )  # fmt: skip
+            except UrlRefused as exc:
+                staged.unlink(missing_ok=True)
+                return None, f"{shown} refused: {exc}"
+            except httpx.HTTPError as exc:
+                staged.unlink(missing_ok=True)
+                return None, f"cannot download {shown}: {type(exc).__name__}"
+            staged.replace(path)
+    else:
+        given = Path(text).expanduser()
+        path = given if given.is_absolute() else base / given
+        if (why := confined_file_problem(path, [base, *settings.campaign.input_roots])) is not None:
+            return None, f"file {text!r} {why} (paths are relative to the sheet)"
+        path = path.resolve()
+        if path.stat().st_size > MAX_PRODUCT_BYTES:
+            return None, f"file {text!r} is larger than {MAX_PRODUCT_BYTES // 2**20} MB"
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.width < 64 or img.height < 64:
+                return None, f"{text!r} is {img.width}x{img.height}; at least 64x64 is needed"
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return None, f"{text!r} is not a readable image ({type(exc).__name__})"
+    return path, None
+
+
 def _validate_row(
     line: int,
     record: Mapping[str, str | None],
@@ -613,6 +661,12 @@ def _validate_row(
                 if audio_seconds < 0.2:
                     error("audio", f"file {audio_text!r} is too short ({audio_seconds:.2f} s)")
 
+    product: Path | None = None
+    if product_text := cell("product"):
+        product, why = _product(product_text, base, settings)
+        if why is not None:
+            error("product", why)
+
     scene = cell("scene") or None
     if scene is not None and len(scene) > (prompt_limit := settings.prompt_limit(settings.image_model)):
         error("scene", f"is {len(scene)} characters long; the image edit takes at most {prompt_limit}")
@@ -696,6 +750,7 @@ def _validate_row(
         "captions": captions,
         "formats": tuple(formats),
         "brand": str(kit_path) if kit_path else None,
+        "product": str(product) if product else None,
     }
     # Any other field of the request is parsed and validated by the model itself: a new column is a new
     # field of VideoRequest (with its validator), nothing here.

@@ -71,6 +71,7 @@ class PreparedVideo:
     formats: tuple[str, ...] = ()  # export profiles to finish (castflow.finish.PROFILES), besides the source
     brand: Brand | None = None  # the brand kit the export profiles wear
     parts: tuple[str, ...] = ()  # the script spoken in two parts, joined (castflow.pipeline.steps.JOIN)
+    product: MediaRef | None = None  # the product the actor holds (its file's path as the key)
 
 
 def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = None) -> PreparedVideo:
@@ -125,6 +126,12 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
             raise UserError(f"audio file {audio_path.name} is too short ({info.seconds:.2f} s)")
         audio_sha = sha256_file(audio_path)
         audio_seconds = info.seconds
+    product = None
+    if req.product:
+        held = Path(req.product).expanduser()
+        if (why := file_problem(held)) is not None:
+            raise UserError(f"product image {held.name} {why}")
+        product = MediaRef(key=str(held), sha256=sha256_file(held), content_type=_image_type(held.name))
     scene_chars = len(normalise_text(req.scene)) if req.scene else 0
     if scene_chars > (limit := rt.settings.prompt_limit(rt.image.model)):
         raise UserError(f"scene is {scene_chars} characters long; {rt.image.model} takes at most {limit}")
@@ -142,7 +149,10 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
             raise UserError(f"image variant {req.image_variant_id} belongs to another actor")
         variant = MediaRef(key=row.image_key, sha256=row.image_hash, content_type=_image_type(row.image_key))
     request_key = "video:" + stage_key(
-        "video", provider="-", model="-", **_identity(req, actor, transcript, audio_sha)
+        "video",
+        provider="-",
+        model="-",
+        **_identity(req, actor, transcript, audio_sha, product.sha256 if product else None),
     )
     output_key = video_key(actor.key, request_key, req.resolution)
     kit = None
@@ -180,16 +190,21 @@ def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = No
         formats,
         kit,
         parts,
+        product,
     )
 
 
 # The request's fields whose form in the key is not their own (the script normalised, the audio by its
 # content); every other field of VideoRequest counts as given.
-_NORMALISED = ("actor", "script", "audio", "scene", "image_variant_id")
+_NORMALISED = ("actor", "script", "audio", "scene", "image_variant_id", "product")
 
 
 def _identity(
-    req: VideoRequest, actor: ActorRef, script: str | None, audio_sha: str | None
+    req: VideoRequest,
+    actor: ActorRef,
+    script: str | None,
+    audio_sha: str | None,
+    product_sha: str | None = None,
 ) -> dict[str, Any]:
     """What makes two requests the same video. Fields beyond the first ones count only when they differ
     from their default, so the keys of videos made before a field existed stay as they were (captions)."""
@@ -208,6 +223,8 @@ def _identity(
         value = getattr(req, name)
         if value != field.default:
             identity[name] = value
+    if product_sha is not None:
+        identity["product"] = product_sha  # by content, not by where the file lies
     if audio_sha is not None and script is not None:
         identity["transcript"] = script  # an audio file's words (its captions)
     if identity.get("captions") == "clean":

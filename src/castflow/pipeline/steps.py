@@ -41,14 +41,24 @@ from castflow.storage import put_bytes
 
 
 def scene_variant_key(
-    rt: Runtime, image: MediaRef, prompt: str, seed: int, ratio: str = DEFAULT_RATIO
+    rt: Runtime,
+    image: MediaRef,
+    prompt: str,
+    seed: int,
+    ratio: str = DEFAULT_RATIO,
+    product: MediaRef | None = None,
 ) -> str:
-    return _scene_variant_key(rt.image.name, rt.image.model, image.sha256, prompt, seed, ratio)
+    held = product.sha256 if product is not None else None
+    return _scene_variant_key(rt.image.name, rt.image.model, image.sha256, prompt, seed, ratio, held)
 
 
 @functools.lru_cache(maxsize=4096)  # a sheet's rows share a few actors and scenes
-def _scene_variant_key(provider: str, model: str, image: str, prompt: str, seed: int, ratio: str) -> str:
-    more = {"ratio": ratio} if ratio != DEFAULT_RATIO else {}  # 9:16 keys stay as they were
+def _scene_variant_key(
+    provider: str, model: str, image: str, prompt: str, seed: int, ratio: str, product: str | None
+) -> str:
+    more: dict[str, str] = {"ratio": ratio} if ratio != DEFAULT_RATIO else {}  # 9:16 keys stay as they were
+    if product is not None:
+        more["product"] = product  # the product image's content
     return stage_key(
         "scene_variant", provider=provider, model=model, image=image, prompt=normalise_text(prompt), seed=seed,
         **more,
@@ -56,11 +66,17 @@ def _scene_variant_key(provider: str, model: str, image: str, prompt: str, seed:
 
 
 def scene_variant(
-    rt: Runtime, actor: ActorRef, prompt: str, seed: int, ratio: str = DEFAULT_RATIO
+    rt: Runtime,
+    actor: ActorRef,
+    prompt: str,
+    seed: int,
+    ratio: str = DEFAULT_RATIO,
+    product: MediaRef | None = None,
 ) -> StageOutcome:
-    """The actor's portrait edited into the scene ``prompt`` at ``ratio`` (also recorded as an image
-    variant)."""
-    key = scene_variant_key(rt, actor.image, prompt, seed, ratio)
+    """The actor's portrait edited into the scene ``prompt`` at ``ratio``, holding ``product`` when given
+    (its image is the edit's second input; ``key``: the file's path). Also recorded as an image variant."""
+    key = scene_variant_key(rt, actor.image, prompt, seed, ratio, product)
+    held = Path(product.key) if product is not None else None
     framed = ratio if ratio != DEFAULT_RATIO else None  # the editor's own default frame for 9:16
     text = normalise_text(prompt)
 
@@ -85,11 +101,15 @@ def scene_variant(
                 seed=seed,
                 image_url=rt.storage.url(actor.image.key) if rt.storage.shares_urls else None,
                 ratio=framed,
+                product=held,
+                product_url=None,
             ),
             collect=lambda rid, wd: editor.collect(rid, workdir=wd),
         )
     else:
-        outcome = stage(call=lambda wd: editor.edit(source(), text, seed=seed, workdir=wd, ratio=framed))
+        outcome = stage(
+            call=lambda wd: editor.edit(source(), text, seed=seed, workdir=wd, ratio=framed, product=held)
+        )
     if not outcome.produced:
         return outcome  # its image variant was recorded when the stage ran
 
@@ -499,7 +519,11 @@ def given_image(prepared: PreparedVideo) -> StageOutcome:
 ESTIMATE_CHARS_PER_SECOND = 12.0
 
 
-def _scene(video: PreparedVideo) -> str:
+def _scene(video: PreparedVideo, rt: Runtime | None = None) -> str:
+    """The edit's prompt: the row's scene; with a product, the product prompt around it (a setting)."""
+    if video.product is not None and rt is not None:
+        scene = (video.request.scene or "").strip().rstrip(".") or "The same person in the same place"
+        return rt.settings.pipeline.product_prompt.format(scene=scene)
     assert video.request.scene is not None  # the unit applies only then
     return video.request.scene
 
@@ -532,16 +556,20 @@ SCENE_VARIANT = Unit(
     name="scene_variant",
     makes="image",
     task="scene-variant",
-    applies=lambda v: bool(v.request.scene),
-    key=lambda rt, v, _d: scene_variant_key(rt, v.actor.image, _scene(v), v.request.seed, v.request.ratio),
+    applies=lambda v: bool(v.request.scene) or v.product is not None,
+    key=lambda rt, v, _d: scene_variant_key(
+        rt, v.actor.image, _scene(v, rt), v.request.seed, v.request.ratio, v.product
+    ),
     price=lambda rt, _v, _d: rt.image.price(),
-    run=lambda rt, v, _d: scene_variant(rt, v.actor, _scene(v), v.request.seed, v.request.ratio),
+    run=lambda rt, v, _d: scene_variant(
+        rt, v.actor, _scene(v, rt), v.request.seed, v.request.ratio, v.product
+    ),
 )
 
 PORTRAIT = Unit(  # no scene asked: the chosen variant or the actor's portrait, nothing to run or pay
     name="portrait",
     makes="image",
-    applies=lambda v: not v.request.scene,
+    applies=lambda v: not v.request.scene and v.product is None,
     run=lambda _rt, v, _d: given_image(v),
     ledger=False,
 )

@@ -88,7 +88,14 @@ class ImageEditor(Protocol):
         ...
 
     def edit(
-        self, image: Path, prompt: str, *, seed: int, workdir: Path, ratio: str | None = None
+        self,
+        image: Path,
+        prompt: str,
+        *,
+        seed: int,
+        workdir: Path,
+        ratio: str | None = None,
+        product: Path | None = None,
     ) -> ProviderResult: ...
 
 
@@ -102,7 +109,15 @@ class QueueImageEditor(Protocol):
     def price(self) -> float: ...
 
     def submit_edit(
-        self, image: Path, prompt: str, *, seed: int, image_url: str | None = None, ratio: str | None = None
+        self,
+        image: Path,
+        prompt: str,
+        *,
+        seed: int,
+        image_url: str | None = None,
+        ratio: str | None = None,
+        product: Path | None = None,
+        product_url: str | None = None,
     ) -> str:
         """Queue the edit; ``image_url`` (a URL of our storage) saves uploading ``image``."""
         ...

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from castflow import media
 from castflow.models import Mouth, Voice
-from castflow.portraits import compose_scene
+from castflow.portraits import compose_scene, hold_product
 from castflow.providers.base import Billing, PermanentError, ProviderResult
 from castflow.settings import FRAME_SIZES
 
@@ -32,7 +32,14 @@ class LocalImageEditor:
         return 0.0  # embedded: free
 
     def edit(
-        self, image: Path, prompt: str, *, seed: int, workdir: Path, ratio: str | None = None
+        self,
+        image: Path,
+        prompt: str,
+        *,
+        seed: int,
+        workdir: Path,
+        ratio: str | None = None,
+        product: Path | None = None,
     ) -> ProviderResult:
         try:
             with Image.open(image) as src:
@@ -42,6 +49,16 @@ class LocalImageEditor:
             raise PermanentError(f"cannot read image {image.name}: {exc}", provider=self.name) from exc
         out = workdir / "variant.png"
         scene = compose_scene(portrait, prompt, seed, ratio)
+        if product is not None:
+            try:
+                with Image.open(product) as src:
+                    src.load()
+                    held = src.convert("RGBA")
+            except (OSError, ValueError) as exc:
+                raise PermanentError(
+                    f"cannot read product {product.name}: {exc}", provider=self.name
+                ) from exc
+            scene = hold_product(scene, held)
         scene.save(out, format="PNG", optimize=False)
         return ProviderResult(out, "image/png", Billing(1, "images"), meta={"size": list(scene.size)})
 

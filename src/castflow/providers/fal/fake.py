@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image, ImageDraw
 
 from castflow.models import Voice
-from castflow.portraits import RATIOS, reframe
+from castflow.portraits import RATIOS, hold_product, reframe
 from castflow.providers.fal.jwks import public_jwk
 from castflow.providers.fal.timestamps import WORD
 from castflow.providers.fal.webhook import sign_fal
@@ -333,12 +333,17 @@ class FakeFal(LoopbackServer):
         if job.model in EDIT_MODELS:
             src = work / "input.png"
             src.write_bytes(self._download(job.payload["image_urls"][0]))
+            product = None
+            if len(job.payload["image_urls"]) > 1:  # a second image: the product to hold
+                product = work / "product.png"
+                product.write_bytes(self._download(job.payload["image_urls"][1]))
             out = LocalImageEditor().edit(
                 src,
                 str(job.payload["prompt"]),
                 seed=int(job.payload.get("seed", 0)),
                 workdir=work,
                 ratio=_framed(job.payload),
+                product=product,
             )
             url = self._store(out.path, "image/png", "output.png")
             job.output = {
@@ -373,6 +378,9 @@ class FakeFal(LoopbackServer):
                 framed = Image.new("RGB", canvas, (120, 140, 160))
                 framed.paste(edited, place)
                 edited = framed
+            if len(job.payload["image_urls"]) > 1:  # the product, held
+                with Image.open(io.BytesIO(self._download(job.payload["image_urls"][1]))) as product:
+                    edited = hold_product(edited, product.convert("RGBA"))
             mark = zlib.crc32(f"{job.payload.get('prompt')}|{job.payload.get('seed')}".encode())
             x, y = mark % max(1, edited.width - 8), (mark >> 12) % max(1, edited.height - 8)
             ImageDraw.Draw(edited).rectangle((x, y, x + 8, y + 8), fill=(mark & 255, (mark >> 8) & 255, 90))

@@ -50,13 +50,24 @@ class FalImageEditor:
         return self.price_per_image
 
     def submit_edit(
-        self, image: Path, prompt: str, *, seed: int, image_url: str | None = None, ratio: str | None = None
+        self,
+        image: Path,
+        prompt: str,
+        *,
+        seed: int,
+        image_url: str | None = None,
+        ratio: str | None = None,
+        product: Path | None = None,
+        product_url: str | None = None,
     ) -> str:
         async def go() -> str:
             url = image_url or await self.client.upload_file(image)
+            urls = [url]
+            if product is not None:  # nano banana edits with several images: the portrait, then the product
+                urls.append(product_url or await self.client.upload_file(product))
             payload = {
                 "prompt": prompt,
-                "image_urls": [url],
+                "image_urls": urls,
                 "num_images": 1,
                 "aspect_ratio": ratio or self.aspect_ratio,  # a row's ratio, else the setting
                 "output_format": "png",

@@ -1,0 +1,164 @@
+"""Product in hand: a product column and matrix axis; the image edit receives the portrait and the product
+together (nano banana's image_urls), the stage key holds the product's content, and the embedded editor
+draws the product visibly in the actor's hand."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from castflow import matrix, pipeline
+from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
+from castflow.cli import app
+from castflow.fakes import running_fakes
+from castflow.models import VideoRequest, Voice
+from castflow.portraits import hold_product
+from castflow.runtime import Runtime, get_runtime
+from castflow.settings import Settings, reset_settings
+from castflow.sheets import ActorInfo, read_sheet
+
+MAGENTA = (230, 20, 200)
+
+
+def product_png(
+    path: Path, colour: tuple[int, int, int] = MAGENTA, size: tuple[int, int] = (120, 200)
+) -> Path:
+    picture = Image.new("RGB", size, colour)
+    picture.paste((255, 255, 255), (20, 60, size[0] - 20, 110))  # a label
+    picture.save(path)
+    return path
+
+
+def magenta_share(picture: Image.Image) -> float:
+    px = np.asarray(picture.convert("RGB")).astype(int)
+    near = (abs(px[..., 0] - 230) < 25) & (px[..., 1] < 60) & (abs(px[..., 2] - 200) < 25)
+    return float(near.mean())
+
+
+def test_the_embedded_editor_puts_the_product_in_view() -> None:
+    scene = Image.new("RGB", (480, 854), (90, 120, 160))
+    with Image.open(product_png(Path("/tmp/castflow-product-test.png"))) as held:
+        out = hold_product(scene, held.convert("RGBA"))
+    assert out.size == scene.size
+    share = magenta_share(out)
+    assert 0.02 < share < 0.15  # visible, and not covering the picture
+    rows, cols = np.nonzero(np.all(np.asarray(out) == MAGENTA, axis=-1))
+    assert cols.min() > 480 * 0.5  # in the lower right of the centre, where a hand is
+    assert rows.min() > 854 * 0.5
+    assert hold_product(scene, held.convert("RGBA")).tobytes() == out.tobytes()  # deterministic
+
+
+def test_the_sheet_checks_the_product_like_a_portrait(tmp_path: Path) -> None:
+    product_png(tmp_path / "serum.png")
+    Image.new("RGB", (20, 20)).save(tmp_path / "tiny.png")
+    (tmp_path / "notes.png").write_text("not a picture")
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(
+        "actor,script,scene,product\n"
+        "maya,Hi.,a kitchen,serum.png\n"
+        "maya,Hi.,a kitchen,missing.png\n"
+        "maya,Hi.,a kitchen,tiny.png\n"
+        "maya,Hi.,a kitchen,notes.png\n"
+        "maya,Hi.,a kitchen,../outside.png\n"
+        "maya,Hi.,a kitchen,http://127.0.0.1:9/p.png\n"
+    )
+    (tmp_path.parent / "outside.png").write_bytes((tmp_path / "serum.png").read_bytes())
+    s = read_sheet(
+        sheet,
+        settings=Settings(data_dir=tmp_path / "d"),
+        actors={"maya": ActorInfo("maya", "espeak-ng", "local")},
+    )
+    assert [r.request.product for r in s.rows] == [str((tmp_path / "serum.png").resolve())]
+    problems = [str(p) for p in s.errors]
+    assert problems[0].startswith("row 3, column product: file 'missing.png'")
+    assert problems[1] == "row 4, column product: 'tiny.png' is 20x20; at least 64x64 is needed"
+    assert (
+        problems[2] == "row 5, column product: 'notes.png' is not a readable image (UnidentifiedImageError)"
+    )
+    assert problems[3].startswith("row 6, column product: file '../outside.png'")
+    assert problems[4].startswith("row 7, column product: http://127.0.0.1:9/p.png refused: host '127.0.0.1'")
+
+
+def test_the_stage_key_holds_the_products_content(rt: Runtime, tmp_path: Path) -> None:
+    ensure_sample_actors(rt)
+    one = product_png(tmp_path / "a.png")
+    same = tmp_path / "elsewhere" / "b.png"
+    same.parent.mkdir()
+    same.write_bytes(one.read_bytes())
+    other = product_png(tmp_path / "c.png", colour=(20, 200, 40))
+
+    def key(product: Path | None) -> str:
+        req = VideoRequest(
+            actor="maya", script="Hi there.", scene="a kitchen", product=str(product) if product else None
+        )
+        video = pipeline.prepare_video(rt, req)
+        unit = next(u for u in pipeline.plan(video) if u.name == "scene_variant")
+        assert unit.key is not None
+        return unit.key(rt, video, {})
+
+    assert key(one) == key(same)  # by content, not path
+    assert key(one) != key(other)
+    assert key(one) != key(None)
+
+
+@pytest.fixture
+def paid_rt(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+    reset_settings()
+    rt = get_runtime()
+    ensure_sample_actors(rt)
+    voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Aria")
+    import_actors(
+        rt, [ActorSpec(key="nia", name="Nia", portrait="drawn:ava", voice=voice)], base_dir=Path.cwd()
+    )
+    return rt
+
+
+@pytest.mark.flow
+def test_a_product_axis_end_to_end_on_the_fakes(
+    paid_rt: Runtime, tmp_path: Path, prefect_server: None
+) -> None:
+    product_png(tmp_path / "serum.png")
+    product_png(tmp_path / "cream.png", colour=(20, 200, 40))
+    path = tmp_path / "matrix.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            campaign: held
+            bodies: [{id: b1, text: "This serum changed my mornings, honestly."}]
+            actors: [nia]
+            scenes: [{id: bath, prompt: a bright bathroom}]
+            products: [{id: serum, image: serum.png}, {id: cream, image: cream.png}]
+            """
+        ),
+        encoding="utf-8",
+    )
+    expanded = matrix.expand(path)
+    assert [dict(zip(expanded.columns, r, strict=True))["name"] for r in expanded.rows] == [
+        "held_b1_nia_bath_serum",
+        "held_b1_nia_bath_cream",
+    ]
+    done = CliRunner().invoke(app, ["campaign", "run", str(path)])
+    assert done.exit_code == 0, done.output
+    fal = running_fakes()["fal"]
+    edits = [j for j in fal.jobs.values() if "edit" in j.model]
+    assert len(edits) == 2
+    assert all(len(j.payload["image_urls"]) == 2 for j in edits)  # the portrait, then the product
+    assert all("holds the product from the second image" in j.payload["prompt"] for j in edits)
+    assert all(j.payload["prompt"].startswith("a bright bathroom.") for j in edits)
+    with paid_rt.session() as s:
+        from sqlalchemy import select
+
+        from castflow.db.tables import ImageVariant
+
+        images = s.scalars(select(ImageVariant.image_key)).all()
+    shares = sorted(magenta_share(Image.open(paid_rt.storage.local_path(k))) for k in images)
+    assert shares[0] < 0.001  # the cream's scene: no serum in it
+    assert shares[1] > 0.01  # the serum's scene shows the serum
