@@ -145,10 +145,11 @@ def test_a_product_axis_end_to_end_on_the_fakes(
         "held_b1_nia_bath_serum",
         "held_b1_nia_bath_cream",
     ]
+    fal = running_fakes()["fal"]
+    before = set(fal.jobs)  # the fakes serve the whole test session
     done = CliRunner().invoke(app, ["campaign", "run", str(path)])
     assert done.exit_code == 0, done.output
-    fal = running_fakes()["fal"]
-    edits = [j for j in fal.jobs.values() if "edit" in j.model]
+    edits = [j for k, j in fal.jobs.items() if "edit" in j.model and k not in before]
     assert len(edits) == 2
     assert all(len(j.payload["image_urls"]) == 2 for j in edits)  # the portrait, then the product
     assert all("holds the product from the second image" in j.payload["prompt"] for j in edits)
@@ -162,3 +163,71 @@ def test_a_product_axis_end_to_end_on_the_fakes(
     shares = sorted(magenta_share(Image.open(paid_rt.storage.local_path(k))) for k in images)
     assert shares[0] < 0.001  # the cream's scene: no serum in it
     assert shares[1] > 0.01  # the serum's scene shows the serum
+
+
+def textured_product(path: Path, seed: int = 1) -> Path:
+    """A product with a label to recognise (bands, a disc, words), as real packaging has."""
+    import random
+
+    from PIL import ImageDraw, ImageFont
+
+    rng = random.Random(seed)
+    img = Image.new("RGB", (300, 480), (200, 60, 40))
+    d = ImageDraw.Draw(img)
+    for y in (30, 150, 330):
+        d.rectangle(
+            (0, y, 300, y + rng.randrange(20, 50)), fill=(rng.randrange(256), 200, rng.randrange(256))
+        )
+    d.ellipse((90, 60, 210, 180), fill=(30, 30, 160), outline=(0, 0, 0), width=5)
+    d.text((20, 250), "GLOW", fill=(255, 255, 255), font=ImageFont.load_default(size=60), stroke_width=2,
+           stroke_fill=(0, 0, 0))  # fmt: skip
+    d.text((20, 400), "serum 30ml", fill=(0, 0, 0), font=ImageFont.load_default(size=34))
+    img.save(path)
+    return path
+
+
+def test_the_product_check_finds_a_held_product_and_misses_an_absent_one(tmp_path: Path) -> None:
+    from castflow.portraits import SAMPLE_LOOKS, compose_scene, draw_portrait
+    from castflow.product_check import find_product
+
+    product = textured_product(tmp_path / "glow.png")
+    scene = compose_scene(draw_portrait(SAMPLE_LOOKS["maya"]), "a sunny kitchen", 1)
+    with Image.open(product) as held:
+        hold_product(scene, held.convert("RGBA")).save(tmp_path / "with.png")
+    scene.save(tmp_path / "without.png")
+    found = find_product(tmp_path / "with.png", product)
+    assert (found.checked, found.found) == (True, True), found
+    missed = find_product(tmp_path / "without.png", product)
+    assert (missed.checked, missed.found) == (True, False), missed
+    assert missed.describe().startswith("product not found in the scene")
+    plain = find_product(tmp_path / "with.png", product_png(tmp_path / "flat.png"))
+    assert plain.checked is False  # a flat colour cannot be recognised: not judged, no warning
+    assert "too little texture" in plain.describe()
+
+
+@pytest.mark.flow
+def test_a_product_missing_from_its_scene_is_a_warning_on_the_row(
+    rt: Runtime, tmp_path: Path, prefect_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+
+    from castflow.providers import local
+
+    ensure_sample_actors(rt)
+    textured_product(tmp_path / "glow.png")
+    sheet = tmp_path / "held.csv"
+    sheet.write_text("row_id,actor,script,scene,product\nshown,maya,Hi there.,a kitchen,glow.png\n")
+    done = CliRunner().invoke(app, ["campaign", "run", str(sheet)])
+    assert done.exit_code == 0, done.output
+    assert "warning" not in done.output  # held, and found
+    # An editor that leaves the product out (as a real edit sometimes does): the row warns, and succeeds.
+    monkeypatch.setattr(local, "hold_product", lambda scene, _product: scene)
+    sheet.write_text("row_id,actor,script,scene,product\nforgot,maya,Hi there.,a beach,glow.png\n")
+    done = CliRunner().invoke(app, ["campaign", "run", str(sheet), "--name", "held2"])
+    assert done.exit_code == 0, done.output
+    assert "warning   row 2 (forgot): product not found in the scene" in done.output
+    assert "held2: 1 succeeded" in done.output
+    manifest = rt.settings.data_dir / "manifests" / "held2-manifest.csv"
+    (record,) = [r for r in csv.DictReader(manifest.open()) if r["format"] == "source"]
+    assert record["status"] == "succeeded"
+    assert record["warning"].startswith("product not found in the scene")

@@ -101,6 +101,7 @@ class RowResult(BaseModel):
     cost_usd: float = 0.0
     video_url: str | None = None
     error: str | None = None
+    warning: str | None = None  # what its checks noticed (succeeded rows)
 
 
 PREVIEW_SUFFIX = "-preview"  # a campaign's previews run as the campaign of this name
@@ -209,6 +210,7 @@ def run_row(
         status="succeeded",
         cost_usd=result.cost_usd,
         video_url=result.video_url,
+        warning="; ".join(result.warnings) or None,
     )
 
 

@@ -996,6 +996,8 @@ def _run_campaign_flow(
     for row in result.results:
         if row.status != "succeeded" and not (row.status == "skipped" and result.not_approved):
             typer.echo(redact(f"{row.status:<9} row {row.row} ({row.row_id}): {row.error}"))
+        elif row.warning:
+            typer.echo(redact(f"warning   row {row.row} ({row.row_id}): {row.warning}"))
     what = "previewed" if result.mode == "preview" else "succeeded"
     typer.echo(
         f"{result.name}: {result.succeeded} {what}, {result.failed} failed, {result.skipped} skipped"

@@ -61,6 +61,7 @@ def _outcome(video: Video | None) -> dict[str, Any]:
         "audio_seconds": "" if video.audio_seconds is None else round(video.audio_seconds, 3),
         "video_seconds": "" if video.video_seconds is None else round(video.video_seconds, 3),
         "cost_usd": round(video.cost_usd, 6),
+        "warning": "; ".join(video.warnings or []),
     }
 
 

@@ -218,6 +218,7 @@ class StageOutcome(Frozen):
     url: str | None = None  # where the output can be fetched (the publish unit's)
     files: dict[str, str] = Field(default_factory=dict)  # files stored beside it, by kind (captions: srt)
     outputs: tuple[Output, ...] = ()  # the finishing unit's: one per export profile
+    warnings: tuple[str, ...] = ()  # what a check noticed that a person should look at (not a failure)
 
 
 class VideoResult(Frozen):
@@ -235,3 +236,4 @@ class VideoResult(Frozen):
     failed_stage: str | None = None
     error: str | None = None
     outputs: tuple[Output, ...] = ()  # the export profiles' files (the video itself is the source)
+    warnings: tuple[str, ...] = ()  # what its checks noticed (a product not found in its scene)

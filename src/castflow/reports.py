@@ -136,6 +136,7 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
                 "video_url": v.video_url,
                 # The export profiles' files (castflow.finish): JSON, one object per format.
                 "outputs": json.dumps(v.outputs, ensure_ascii=False) if v.outputs else None,
+                "warning": "; ".join(v.warnings) if v.warnings else None,
                 **{k: _text((v.extra or {}).get(k)) for k in passthrough},
             }
             for v in rows
@@ -165,6 +166,7 @@ def load(rt: Runtime, campaign_id: uuid.UUID) -> tuple[pl.DataFrame, pl.DataFram
         "video_key": pl.String,
         "video_url": pl.String,
         "outputs": pl.String,
+        "warning": pl.String,
         **dict.fromkeys(passthrough, pl.String),
     }
     stage_schema = {
@@ -287,7 +289,7 @@ def build(
     campaign = _campaign(rt, name_or_id)
     videos, stages = load(rt, campaign.id)
     known = {"row_id", *stored_request_fields(), "status", "failed_stage", "error", "audio_seconds"}
-    known |= {"video_seconds", "cost_usd", "video_key", "video_url", "outputs"}
+    known |= {"video_seconds", "cost_usd", "video_key", "video_url", "outputs", "warning"}
     report = Report(
         str(campaign.id),
         campaign.name,

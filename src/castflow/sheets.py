@@ -59,6 +59,7 @@ OUTPUT_COLUMNS = (
     "video_seconds",
     "cost_usd",
     "music_licence",  # an output's brand music: where it comes from and what allows its use
+    "warning",  # what the video's checks noticed (a product not found in its scene)
 )
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TRUE = {"1", "true", "yes", "y", "on", "x"}

@@ -195,6 +195,7 @@ class Video(TimestampMixin, Base):
     extra: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     # The export profiles' files (castflow.models.Output, as dicts): format, status, key, url, seconds, error.
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    warnings: Mapped[list[str] | None] = mapped_column(JSONType)  # what its checks noticed; not failures
     finished_at: Mapped[datetime | None]
 
 

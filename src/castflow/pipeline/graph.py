@@ -25,6 +25,7 @@ from castflow.runtime import Runtime
 GRAPH: tuple[Unit, ...] = (
     steps.SCENE_VARIANT,
     steps.PORTRAIT,
+    steps.PRODUCT_CHECK,
     steps.SPEECH,
     steps.SPEECH_PART1,
     steps.SPEECH_PART2,

@@ -113,6 +113,7 @@ def record_success(
     reused = sum(1 for o in ledger if o.reused) + (1 if given else 0)
     captions = done["video"].files.get("srt")
     outputs = done["outputs"].outputs if "outputs" in done else ()
+    warnings = tuple(w for outcome in done.values() for w in outcome.warnings)
     video_id = _finish(
         rt,
         prepared,
@@ -127,6 +128,7 @@ def record_success(
         cost_usd=cost,
         captions_key=captions,
         outputs=[o.model_dump() for o in outputs] or None,
+        warnings=list(warnings) or None,
         failed_stage=None,
         error=None,
     )
@@ -141,6 +143,7 @@ def record_success(
         cost_usd=cost,
         reused_stages=reused,
         outputs=outputs,
+        warnings=warnings,
     )
 
 

@@ -725,6 +725,28 @@ def _check(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcome:
     return done["video"]
 
 
+def check_product(rt: Runtime, video: PreparedVideo, done: Done) -> StageOutcome:
+    """Whether the product can be seen in the scene made with it (castflow.product_check): a warning on
+    the video when it cannot, never a failure (the edit is paid for; a person should look)."""
+    from castflow.product_check import find_product
+
+    assert video.product is not None  # the unit applies only then
+    image = done["image"]
+    match = find_product(rt.storage.local_path(image.output.key), Path(video.product.key))
+    warned = () if match.found or not match.checked else (match.describe(),)
+    return image.model_copy(update={"stage": "product_check", "warnings": warned})
+
+
+PRODUCT_CHECK = Unit(
+    name="product_check",
+    makes="product_check",
+    task="product-check",
+    needs=("image",),
+    applies=lambda v: v.product is not None,
+    run=check_product,
+    ledger=False,
+)
+
 QUALITY_CHECK = Unit(
     name="qc", makes="checked", task="quality-check", needs=("video", "audio"), run=_check, ledger=False
 )

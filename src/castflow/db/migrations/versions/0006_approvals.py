@@ -1,4 +1,5 @@
-"""approvals: a person's decision on each previewed row of a campaign (castflow campaign approve)
+"""approvals: a person's decision on each previewed row of a campaign (castflow campaign approve); video
+warnings: what a finished video's checks noticed (a product not found in its scene)
 
 Revision ID: 0006
 Revises: 0005
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 import castflow.db.tables
 
@@ -38,8 +40,18 @@ def upgrade() -> None:
         sa.UniqueConstraint("campaign_id", "row_id", name="uq_approval_campaign_row"),
     )
     op.create_index(op.f("ix_approval_campaign_id"), "approval", ["campaign_id"], unique=False)
+    with op.batch_alter_table("video") as batch:
+        batch.add_column(
+            sa.Column(
+                "warnings",
+                sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+                nullable=True,
+            )
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("video") as batch:
+        batch.drop_column("warnings")
     op.drop_index(op.f("ix_approval_campaign_id"), table_name="approval")
     op.drop_table("approval")
