@@ -208,7 +208,12 @@ def _rows(
     lip-sync rendered locally); ``only``: the row ids to make (the others end skipped, not approved)."""
     campaign_id, resumed = campaigns.open_campaign(rt, name, sheet, params.budget_usd)
     key = str(campaign_id)
-    run = open_run(key, Budget(params.budget_usd, campaigns.spent_so_far(rt, campaign_id)), preview=preview)
+    run = open_run(
+        key,
+        Budget(params.budget_usd, campaigns.spent_so_far(rt, campaign_id)),
+        preview=preview,
+        takes=campaigns.takes(rt, campaign_id) if resumed else None,
+    )
     results: list[RowResult] = campaigns.record_invalid_rows(rt, campaign_id, sheet) if sheet.errors else []
     total = len(sheet.rows) + len(results)
     progress = _Progress(total, len(results), name)

@@ -28,6 +28,7 @@ class RunState:
 
     budget: Budget
     preview: bool = False  # the rows are previews: the lip-sync rendered locally, for free
+    takes: dict[str, dict[str, int]] = field(default_factory=dict)  # row -> stage -> seed (re-rolled)
     actors: dict[str, ActorRef] = field(default_factory=dict)  # looked up once per run
     # Each finished row's result, handed to the flow directly (reading it back through the task's state
     # costs more CPU than the rest of a reused row).
@@ -37,8 +38,10 @@ class RunState:
 _RUNS: dict[str, RunState] = {}
 
 
-def open_run(campaign_id: str, budget: Budget, *, preview: bool = False) -> RunState:
-    state = _RUNS[campaign_id] = RunState(budget, preview)
+def open_run(
+    campaign_id: str, budget: Budget, *, preview: bool = False, takes: dict[str, dict[str, int]] | None = None
+) -> RunState:
+    state = _RUNS[campaign_id] = RunState(budget, preview, takes or {})
     return state
 
 
@@ -68,6 +71,7 @@ def campaign_row(campaign_id: str, campaign_name: str, row: SheetRow) -> RowResu
         budget=state.budget,
         actor=actor,
         preview=state.preview,
+        takes=state.takes.get(row.row_id),
     )
     state.results[row.row_id] = result
     return result

@@ -177,6 +177,7 @@ def run_row(
     budget: Budget,
     actor: ActorRef | None = None,
     preview: bool = False,
+    takes: dict[str, int] | None = None,
 ) -> RowResult:
     """Make one row's video, within the budget. Failures are recorded on the row and re-raised (so the
     task layer can retry transient ones); a row the budget cannot afford ends ``skipped``. Rows that
@@ -185,6 +186,8 @@ def run_row(
     if preview:
         rt = preview_runtime(rt)
     prepared = start_row(rt, campaign_name, campaign_id, row, actor, preview=preview)
+    if takes:  # stages re-rolled: their newest takes' seeds (castflow campaign reroll)
+        prepared = replace(prepared, takes=dict(takes))
     estimate = (
         estimate_video(rt, prepared, row=row.row, row_id=row.row_id) if budget.limit is not None else None
     )
@@ -193,8 +196,9 @@ def run_row(
         assert estimate is not None
         return skip_row(rt, prepared, row, f"budget: this row needs up to ${estimate.total_usd:.2f}")
     payer = pipeline.PAYER.set(campaign_id)  # the jobs this row submits are this campaign's spend
+    watch = _Seen(spend)
     try:
-        result = pipeline.run_video(rt, prepared, watch=spend)
+        result = pipeline.run_video(rt, prepared, watch=watch)
     except (pipeline.Skipped, interrupt.Interrupted) as exc:  # the budget, or Ctrl-C: a rerun resumes it
         spend.settle()
         return skip_row(rt, prepared, row, str(exc), exc.used)
@@ -204,6 +208,8 @@ def run_row(
     finally:
         pipeline.PAYER.reset(payer)
     spend.settle(result.cost_usd)
+    if takes and not preview:
+        settle_takes(rt, campaign_id, row.row_id, watch.made)
     return RowResult(
         row=row.row,
         row_id=row.row_id,
@@ -438,3 +444,86 @@ def write_review(rt: Runtime, name: str, sheet: Sheet) -> tuple[str, str | None]
     stored = review.render(name, takes, reports.published_links(rt, key))
     url = put_bytes(rt.storage, key, stored.encode("utf-8"), "text/html; charset=utf-8")
     return str(page), url
+
+
+# ---- takes --------------------------------------------------------------------------------------------
+
+TAKE_STAGES = {"scene": ("scene_variant",), "speech": ("speech",), "lipsync": ("lipsync",)}
+
+
+class _Seen:
+    """A row's watch (the budget's) that also keeps what each stage cost: a re-rolled take's spend."""
+
+    def __init__(self, inner: Spend) -> None:
+        self.inner = inner
+        self.made: dict[str, tuple[str, float]] = {}
+
+    def before(self, unit: Any, rt: Runtime, video: pipeline.PreparedVideo, done: Any) -> None:
+        self.inner.before(unit, rt, video, done)
+
+    def after(self, outcome: StageOutcome) -> None:
+        self.inner.after(outcome)
+        for take, stages in TAKE_STAGES.items():
+            if outcome.stage in stages:
+                key, cost = self.made.get(take, (outcome.stage_key, 0.0))
+                self.made[take] = (key, cost + (0.0 if outcome.reused else outcome.cost_usd))
+
+
+def takes(rt: Runtime, campaign_id: uuid.UUID) -> dict[str, dict[str, int]]:
+    """``row_id -> {stage: seed}`` of the campaign's re-rolled stages."""
+    return rt.db_session(lambda s: queries.takes(s, campaign_id=campaign_id), what="reading the takes")
+
+
+def settle_takes(
+    rt: Runtime, campaign_id: uuid.UUID, row_id: str, made: dict[str, tuple[str, float]]
+) -> None:
+    def write(s: Session) -> None:
+        queries.settle_takes(s, campaign_id=campaign_id, row_id=row_id, made=made)
+
+    rt.db_session(write, what="recording the takes")
+
+
+def reroll(
+    rt: Runtime, campaign: str, row_id: str, stage: str, seed: int | None, reason: str
+) -> dict[str, Any]:
+    """A new take of ``stage`` for the row: recorded with its seed and reason, the row's video kept as
+    ``<name>.take<N>.mp4`` beside it and the row set to render again; the next run of the campaign makes
+    the new take and what depends on it (nothing else: every other stage is reused)."""
+    if stage not in TAKE_STAGES:
+        raise pipeline.UserError(f"stage {stage!r}: give scene, speech or lipsync")
+    if not reason.strip():
+        raise pipeline.UserError("give the reason for the new take (--reason)")
+
+    def work(s: Session) -> dict[str, Any]:
+        found = queries.find_campaign(s, name_or_id=campaign)
+        if found is None:
+            raise pipeline.UserError(f"no campaign {campaign!r}")
+        videos = {v.row_id: v for v in queries.campaign_videos(s, campaign_id=found.id)}
+        video = videos.get(row_id)
+        if video is None:
+            raise pipeline.UserError(f"campaign {found.name} has no row {row_id!r} yet (run it first)")
+        every = queries.row_takes(s, campaign_id=found.id, row_id=row_id)
+        earlier = [t for t in every if t.stage == stage]
+        if stage == "speech":
+            chosen = seed if seed is not None else len(earlier) + 1  # the take number of the speech
+        else:
+            chosen = seed if seed is not None else (earlier[-1].seed if earlier else video.seed) + 1
+        kept = None
+        if video.video_key and rt.storage.exists(video.video_key):
+            kept = (
+                video.video_key.removesuffix(".mp4") + f".take{len(every) + 1}.mp4"
+            )  # the row's takes so far
+            rt.storage.put_file(kept, rt.storage.local_path(video.video_key), "video/mp4")
+        queries.record_take(
+            s,
+            campaign_id=found.id,
+            row_id=row_id,
+            stage=stage,
+            seed=chosen,
+            reason=reason.strip(),
+            kept_key=kept,
+        )
+        queries.reset_video(s, campaign_id=found.id, row_id=row_id)
+        return {"campaign": found.name, "sheet": found.sheet_name, "seed": chosen, "kept": kept}
+
+    return rt.db_session(work, what="recording the take")

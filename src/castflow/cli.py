@@ -801,6 +801,39 @@ def campaign_approve(
     _run(go)
 
 
+@campaign_app.command("reroll")
+def campaign_reroll(
+    campaign: Annotated[
+        str, typer.Argument(help="Campaign name (its newest sheet) or id.", show_default=False)
+    ],
+    row: Annotated[str, typer.Argument(help="The row's id.", show_default=False)],
+    stage: Annotated[str, typer.Option("--stage", help="scene, speech or lipsync.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why a new take (kept with it).")],
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", min=0, max=2**31 - 1, help="The new take's seed (default: the next)."),
+    ] = None,
+) -> None:
+    """Make a new take of one stage of a row: the take is recorded with its reason, the row's video is kept
+    beside it as .takeN.mp4, and the next run of the campaign makes the take and re-renders only what
+    depends on it (its spend is recorded with the take)."""
+
+    def go() -> None:
+        from castflow import campaigns, pipeline
+
+        try:
+            done = campaigns.reroll(_runtime(), campaign, row, stage, seed, reason)
+        except pipeline.UserError as exc:
+            raise CliError(str(exc)) from None
+        kept = f"; the video so far is kept as {done['kept']}" if done["kept"] else ""
+        typer.echo(
+            f"{done['campaign']}: row {row}: a new {stage} take (seed {done['seed']}){kept}. Render it: "
+            f"castflow campaign run {done['sheet']} --name {done['campaign']}"
+        )
+
+    _run(go)
+
+
 @campaign_app.command("expand")
 def campaign_expand(
     matrix_file: Annotated[Path, typer.Argument(help="The matrix file (YAML).", show_default=False)],

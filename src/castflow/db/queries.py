@@ -22,6 +22,7 @@ from castflow.db.tables import (
     ImageVariant,
     StageRun,
     StageStatus,
+    Take,
     Video,
     VideoStage,
     VideoStatus,
@@ -790,3 +791,57 @@ def approvals(session: Session, *, campaign_id: uuid.UUID) -> dict[str, str]:
     """``row_id -> decision`` of a campaign's decided rows."""
     query = sa.select(Approval.row_id, Approval.decision).where(Approval.campaign_id == campaign_id)
     return dict(session.execute(query).all())
+
+
+def record_take(
+    session: Session,
+    *,
+    campaign_id: uuid.UUID,
+    row_id: str,
+    stage: str,
+    seed: int,
+    reason: str,
+    kept_key: str | None,
+) -> None:
+    session.add(
+        Take(
+            campaign_id=campaign_id,
+            row_id=row_id,
+            stage=stage,
+            seed=seed,
+            reason=reason[:500],
+            kept_key=kept_key,
+        )
+    )
+
+
+def takes(session: Session, *, campaign_id: uuid.UUID) -> dict[str, dict[str, int]]:
+    """``row_id -> {stage: seed}``: each row's newest take of each stage re-rolled."""
+    found: dict[str, dict[str, int]] = {}
+    query = sa.select(Take.row_id, Take.stage, Take.seed).where(Take.campaign_id == campaign_id)
+    for row_id, stage, seed in session.execute(query.order_by(Take.created_at)).all():
+        found.setdefault(row_id, {})[stage] = seed
+    return found
+
+
+def row_takes(session: Session, *, campaign_id: uuid.UUID, row_id: str) -> Sequence[Take]:
+    query = sa.select(Take).where(Take.campaign_id == campaign_id, Take.row_id == row_id)
+    return session.scalars(query.order_by(Take.created_at)).all()
+
+
+def settle_takes(
+    session: Session, *, campaign_id: uuid.UUID, row_id: str, made: dict[str, tuple[str, float]]
+) -> None:
+    """The row's takes not yet made, now made: ``stage -> (stage key, cost)``."""
+    for take in row_takes(session, campaign_id=campaign_id, row_id=row_id):
+        if take.stage_key is None and take.stage in made:
+            take.stage_key, take.cost_usd = made[take.stage]
+
+
+def reset_video(session: Session, *, campaign_id: uuid.UUID, row_id: str) -> None:
+    """The row's video to make again (a new take): the next run of the campaign renders it."""
+    session.execute(
+        sa.update(Video)
+        .where(Video.campaign_id == campaign_id, Video.row_id == row_id)
+        .values(status=VideoStatus.pending, updated_at=utcnow())
+    )

@@ -164,6 +164,26 @@ class Approval(Base):
     decided_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Take(Base):
+    """A new take of one stage of a campaign's row (castflow campaign reroll): its seed, why, and what it
+    cost once made. The earlier take stays (its stage run, and the row's video as it was)."""
+
+    __tablename__ = "take"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("campaign.id", ondelete="CASCADE"), index=True
+    )
+    row_id: Mapped[str] = mapped_column(sa.String(200))
+    stage: Mapped[str] = mapped_column(sa.String(16))  # scene | speech | lipsync
+    seed: Mapped[int] = mapped_column(sa.BigInteger)
+    reason: Mapped[str] = mapped_column(sa.String(500))
+    kept_key: Mapped[str | None] = mapped_column(sa.String(500))  # the video before this take
+    stage_key: Mapped[str | None] = mapped_column(sa.String(200))  # the take's stage, once made
+    cost_usd: Mapped[float | None]  # what the take cost, once made
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Video(TimestampMixin, Base):
     __tablename__ = "video"
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import mimetypes
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ class PreparedVideo:
     brand: Brand | None = None  # the brand kit the export profiles wear
     parts: tuple[str, ...] = ()  # the script spoken in two parts, joined (castflow.pipeline.steps.JOIN)
     product: MediaRef | None = None  # the product the actor holds (its file's path as the key)
+    takes: Mapping[str, int] = field(default_factory=dict)  # stage -> seed of its newest take (reroll)
 
 
 def prepare_video(rt: Runtime, req: VideoRequest, *, actor: ActorRef | None = None) -> PreparedVideo:
@@ -217,11 +219,11 @@ def _identity(
         "resolution": req.resolution,
         "seed": req.seed,
     }
-    for name, field in type(req).model_fields.items():
+    for name, info in type(req).model_fields.items():
         if name in _NORMALISED or name in identity:
             continue
         value = getattr(req, name)
-        if value != field.default:
+        if value != info.default:
             identity[name] = value
     if product_sha is not None:
         identity["product"] = product_sha  # by content, not by where the file lies

@@ -133,14 +133,16 @@ def scene_variant(
     return outcome
 
 
-def speech_key(voice: Voice, text: str) -> str:
+def speech_key(voice: Voice, text: str, take: int = 0) -> str:
+    more = {"take": take} if take else {}  # a re-rolled take: a new job (the first take's key as it was)
     return stage_key(
-        "speech", provider=voice.provider, model=voice.model, voice=voice.voice_id, text=normalise_text(text)
-    )
+        "speech", provider=voice.provider, model=voice.model, voice=voice.voice_id, text=normalise_text(text),
+        **more,
+    )  # fmt: skip
 
 
-def speech(rt: Runtime, actor: ActorRef, script: str) -> StageOutcome:
-    """The script spoken in the actor's voice."""
+def speech(rt: Runtime, actor: ActorRef, script: str, take: int = 0) -> StageOutcome:
+    """The script spoken in the actor's voice (``take``: a new take of it, re-rolled)."""
     synth = rt.speech.get(actor.voice.provider)
     if synth is None:
         raise PermanentError(f"speech provider {actor.voice.provider!r} is not configured")
@@ -150,7 +152,7 @@ def speech(rt: Runtime, actor: ActorRef, script: str) -> StageOutcome:
         run_stage,
         rt,
         stage="speech",
-        key=speech_key(voice, text),
+        key=speech_key(voice, text, take),
         provider=voice.provider,
         model=voice.model,
         meta={"actor": actor.key, "characters": len(text)},
@@ -558,11 +560,11 @@ SCENE_VARIANT = Unit(
     task="scene-variant",
     applies=lambda v: bool(v.request.scene) or v.product is not None,
     key=lambda rt, v, _d: scene_variant_key(
-        rt, v.actor.image, _scene(v, rt), v.request.seed, v.request.ratio, v.product
+        rt, v.actor.image, _scene(v, rt), v.takes.get("scene", v.request.seed), v.request.ratio, v.product
     ),
     price=lambda rt, _v, _d: rt.image.price(),
     run=lambda rt, v, _d: scene_variant(
-        rt, v.actor, _scene(v, rt), v.request.seed, v.request.ratio, v.product
+        rt, v.actor, _scene(v, rt), v.takes.get("scene", v.request.seed), v.request.ratio, v.product
     ),
 )
 
@@ -579,9 +581,9 @@ SPEECH = Unit(
     makes="audio",
     task="speech",
     applies=lambda v: v.script is not None and not v.parts,
-    key=lambda _rt, v, _d: speech_key(v.actor.voice, _script(v)),
+    key=lambda _rt, v, _d: speech_key(v.actor.voice, _script(v), v.takes.get("speech", 0)),
     price=lambda rt, v, _d: s.price(v.actor.voice, len(_script(v))) if (s := _synth(rt, v)) else 0.0,
-    run=lambda rt, v, _d: speech(rt, v.actor, _script(v)),
+    run=lambda rt, v, _d: speech(rt, v.actor, _script(v), v.takes.get("speech", 0)),
     guess_seconds=lambda v: len(_script(v)) / ESTIMATE_CHARS_PER_SECOND,
 )
 
@@ -594,9 +596,9 @@ def _speech_part(n: int, role: str) -> Unit:
         makes=role,
         task=f"speech-part-{n + 1}",
         applies=lambda v: len(v.parts) > n,
-        key=lambda _rt, v, _d: speech_key(v.actor.voice, v.parts[n]),
+        key=lambda _rt, v, _d: speech_key(v.actor.voice, v.parts[n], v.takes.get("speech", 0)),
         price=lambda rt, v, _d: s.price(v.actor.voice, len(v.parts[n])) if (s := _synth(rt, v)) else 0.0,
-        run=lambda rt, v, _d: speech(rt, v.actor, v.parts[n]),
+        run=lambda rt, v, _d: speech(rt, v.actor, v.parts[n], v.takes.get("speech", 0)),
         guess_seconds=lambda v: len(v.parts[n]) / ESTIMATE_CHARS_PER_SECOND,
     )
 
@@ -688,7 +690,7 @@ LIPSYNC = Unit(
     task="lipsync",
     needs=("image", "audio"),
     key=lambda rt, v, d: lipsync_key(
-        rt, d["image"].output, d["audio"].output, v.request.resolution, v.request.seed
+        rt, d["image"].output, d["audio"].output, v.request.resolution, v.takes.get("lipsync", v.request.seed)
     ),
     price=lambda rt, v, d: rt.lipsync.price(_audio_seconds(d), v.request.resolution),
     run=lambda rt, v, d: lipsync(
@@ -696,7 +698,7 @@ LIPSYNC = Unit(
         d["image"].output,
         d["audio"].output,
         resolution=v.request.resolution,
-        seed=v.request.seed,
+        seed=v.takes.get("lipsync", v.request.seed),
         mouth=_mouth(rt, v),
     ),
 )
