@@ -51,7 +51,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(length=500), nullable=False),
         sa.Column("kept_key", sa.String(length=500), nullable=True),
         sa.Column("stage_key", sa.String(length=200), nullable=True),
-        sa.Column("cost_usd", sa.Float(), nullable=True),
+        sa.Column("cost_usd", sa.Double(), nullable=True),
         sa.Column("created_at", castflow.db.tables.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["campaign_id"], ["campaign.id"], name=op.f("fk_take_campaign_id_campaign"), ondelete="CASCADE"
