@@ -100,7 +100,7 @@ def test_preview_then_approve_then_render_pays_each_stage_once(
     before = calls()
     made = runner.invoke(app, ["campaign", "run", str(path), "--approved-only"])
     assert made.exit_code == 0, made.output
-    assert "trial: 2 succeeded, 0 failed, 2 skipped (2 not approved)" in made.output
+    assert "trial: 2 succeeded, 0 failed, 2 skipped (2 not approved); spent $0.30\n" in made.output
     assert since(before) == {"fal": 0, "wavespeed": 2}  # no scene or voice again; a lip-sync per approval
     with paid_rt.session() as s:
         rendered = s.execute(

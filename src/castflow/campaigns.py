@@ -279,6 +279,8 @@ def open_campaign(rt: Runtime, name: str, sheet: Sheet, budget_usd: float | None
         campaign, existed = queries.open_campaign(
             s, name=name, sheet_name=sheet.name, sheet_hash=sheet.content_hash, budget_usd=budget_usd
         )
+        # Opened before without running (its previews' approvals): this is its first run, not a resume.
+        existed = existed and campaign.status is not CampaignStatus.pending
         queries.update_campaign(
             s, campaign_id=campaign.id, status=CampaignStatus.running, budget_usd=budget_usd
         )
