@@ -136,3 +136,24 @@ def provider_fakes() -> Iterator[tuple[FakeFal, FakeWaveSpeed]]:
     with FakeFal().running() as fal, ws.running():
         yield fal, ws
     ws.cleanup()
+
+
+@pytest.fixture
+def fakes_rt(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    """fal image and speech and WaveSpeed lip-sync on the in-process fakes, with the sample actors and
+    nia (an ElevenLabs voice on fal)."""
+    from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
+    from castflow.models import Voice
+    from castflow.runtime import get_runtime
+
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
+    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+    reset_settings()
+    rt = get_runtime()
+    ensure_sample_actors(rt)
+    voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Aria")
+    import_actors(
+        rt, [ActorSpec(key="nia", name="Nia", portrait="drawn:ava", voice=voice)], base_dir=Path.cwd()
+    )
+    return rt

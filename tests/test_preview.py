@@ -18,13 +18,10 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
 from castflow.cli import app
 from castflow.db.tables import Approval
 from castflow.fakes import running_fakes
-from castflow.models import Voice
-from castflow.runtime import Runtime, get_runtime
-from castflow.settings import reset_settings
+from castflow.runtime import Runtime
 
 pytestmark = pytest.mark.flow
 
@@ -38,19 +35,10 @@ scenes: [{id: kitchen, prompt: a sunny kitchen}, {id: beach, prompt: a beach at 
 
 
 @pytest.fixture
-def paid_rt(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
-    """fal image + speech and WaveSpeed lip-sync, on the in-process fakes."""
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
+def paid_rt(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    """The fakes' runtime, asking Prefect every second whether a paused run was resumed."""
     monkeypatch.setenv("CASTFLOW_CAMPAIGN__APPROVAL_POLL_S", "1")
-    reset_settings()
-    rt = get_runtime()
-    ensure_sample_actors(rt)
-    voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Aria")
-    import_actors(
-        rt, [ActorSpec(key="nia", name="Nia", portrait="drawn:ava", voice=voice)], base_dir=Path.cwd()
-    )
+    rt: Runtime = request.getfixturevalue("fakes_rt")  # built after the setting
     return rt
 
 

@@ -13,13 +13,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from castflow import matrix, pipeline
-from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
+from castflow.actors import ensure_sample_actors
 from castflow.cli import app
 from castflow.fakes import running_fakes
-from castflow.models import VideoRequest, Voice
+from castflow.models import VideoRequest
 from castflow.portraits import hold_product
-from castflow.runtime import Runtime, get_runtime
-from castflow.settings import Settings, reset_settings
+from castflow.runtime import Runtime
+from castflow.settings import Settings
 from castflow.sheets import ActorInfo, read_sheet
 
 MAGENTA = (230, 20, 200)
@@ -107,18 +107,8 @@ def test_the_stage_key_holds_the_products_content(rt: Runtime, tmp_path: Path) -
 
 
 @pytest.fixture
-def paid_rt(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
-    reset_settings()
-    rt = get_runtime()
-    ensure_sample_actors(rt)
-    voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Aria")
-    import_actors(
-        rt, [ActorSpec(key="nia", name="Nia", portrait="drawn:ava", voice=voice)], base_dir=Path.cwd()
-    )
-    return rt
+def paid_rt(fakes_rt: Runtime) -> Runtime:
+    return fakes_rt
 
 
 @pytest.mark.flow

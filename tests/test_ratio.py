@@ -14,14 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from castflow import finish, media
-from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
 from castflow.cli import app
 from castflow.db.tables import Video
 from castflow.fakes import running_fakes
-from castflow.models import Mouth, Voice
+from castflow.models import Mouth
 from castflow.portraits import RATIOS, compose_scene, reframe, reframe_mouth
-from castflow.runtime import Runtime, get_runtime
-from castflow.settings import Settings, reset_settings
+from castflow.runtime import Runtime
+from castflow.settings import Settings
 from castflow.sheets import ActorInfo, read_sheet
 
 
@@ -81,18 +80,8 @@ def test_a_ratio_needs_a_scene(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def paid_rt(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
-    reset_settings()
-    rt = get_runtime()
-    ensure_sample_actors(rt)
-    voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Aria")
-    import_actors(
-        rt, [ActorSpec(key="nia", name="Nia", portrait="drawn:ava", voice=voice)], base_dir=Path.cwd()
-    )
-    return rt
+def paid_rt(fakes_rt: Runtime) -> Runtime:
+    return fakes_rt
 
 
 @pytest.mark.flow

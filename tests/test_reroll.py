@@ -10,30 +10,17 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
 from castflow.cli import app
 from castflow.db.tables import Take, Video
 from castflow.fakes import running_fakes
-from castflow.models import Voice
-from castflow.runtime import Runtime, get_runtime
-from castflow.settings import reset_settings
+from castflow.runtime import Runtime
 
 pytestmark = pytest.mark.flow
 
 
 @pytest.fixture
-def paid_rt(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
-    reset_settings()
-    rt = get_runtime()
-    ensure_sample_actors(rt)
-    voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Aria")
-    import_actors(
-        rt, [ActorSpec(key="nia", name="Nia", portrait="drawn:ava", voice=voice)], base_dir=Path.cwd()
-    )
-    return rt
+def paid_rt(fakes_rt: Runtime) -> Runtime:
+    return fakes_rt
 
 
 def jobs() -> dict[str, int]:
