@@ -30,7 +30,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from castflow import campaigns, interrupt, manifest, pipeline, redact
-from castflow.budget import Budget
+from castflow.budget import LedgerBudget
 from castflow.campaigns import RowResult
 from castflow.db import queries
 from castflow.db.retry import DatabaseUnavailable
@@ -210,7 +210,7 @@ def _rows(
     key = str(campaign_id)
     run = open_run(
         key,
-        Budget(params.budget_usd, campaigns.spent_so_far(rt, campaign_id)),
+        LedgerBudget(rt, campaign_id, params.budget_usd),
         preview=preview,
         takes=campaigns.takes(rt, campaign_id) if resumed else None,
     )

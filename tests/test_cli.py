@@ -162,9 +162,9 @@ def test_variant_list_unknown_actor(actors: Runtime) -> None:
 def test_db_commands(data_dir: Path) -> None:
     code, out, _ = _invoke("db", "upgrade")
     assert code == 0
-    assert "database at revision 0006" in out
+    assert "database at revision 0007" in out
     code, out, _ = _invoke("db", "current")
-    assert out.strip() == "0006 (head: 0006)"
+    assert out.strip() == "0007 (head: 0007)"
     code, out, _ = _invoke("db", "downgrade", "base")
     assert "database at revision base" in out
 

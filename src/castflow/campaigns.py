@@ -191,7 +191,7 @@ def run_row(
     estimate = (
         estimate_video(rt, prepared, row=row.row, row_id=row.row_id) if budget.limit is not None else None
     )
-    spend = Spend(budget, estimate)
+    spend = Spend(budget, estimate, holder=row.row_id)
     if not spend.start():
         assert estimate is not None
         return skip_row(rt, prepared, row, f"budget: this row needs up to ${estimate.total_usd:.2f}")
@@ -286,7 +286,24 @@ def open_campaign(rt: Runtime, name: str, sheet: Sheet, budget_usd: float | None
         )
         return campaign.id, existed
 
-    return rt.db_session(open_it, what="opening the campaign")
+    opened = rt.db_session(open_it, what="opening the campaign")
+    release_dead_holds(rt, opened[0])
+    return opened
+
+
+def release_dead_holds(rt: Runtime, campaign_id: uuid.UUID) -> int:
+    """Drop the budget holds of processes known to be gone (on this host: at once); a dead worker's
+    hold elsewhere is replaced when its row starts again, and every hold goes when the campaign ends."""
+    from castflow import claims
+
+    def drop(c: sa.Connection) -> int:
+        dead = [holder for holder, owner in queries.budget_holders(c, campaign_id=campaign_id)
+                if claims.is_dead(owner)]  # fmt: skip
+        for holder in dead:
+            queries.release_budget(c, campaign_id=campaign_id, holder=holder)
+        return len(dead)
+
+    return rt.db(drop, what="releasing dead holds")
 
 
 def finish_campaign(rt: Runtime, campaign_id: uuid.UUID, results: Iterable[RowResult]) -> dict[str, Any]:
@@ -306,6 +323,7 @@ def finish_campaign(rt: Runtime, campaign_id: uuid.UUID, results: Iterable[RowRe
         queries.update_campaign(
             s, campaign_id=campaign_id, status=status, totals=totals, finished_at=utcnow()
         )
+        queries.release_budget(s, campaign_id=campaign_id)  # every row has ended: nothing holds
 
     rt.db_session(write, what="finishing the campaign")
     return totals

@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session
 from castflow.db.tables import (
     Actor,
     Approval,
+    BudgetHold,
     Campaign,
+    CampaignChunk,
     CampaignStatus,
     ImageVariant,
     StageRun,
@@ -34,6 +36,9 @@ from castflow.db.tables import (
 # Core statements on the tables where no ORM object is needed back: no ORM bookkeeping per call.
 _STAGE_RUNS: sa.Table = StageRun.__table__  # type: ignore[assignment]
 _VIDEOS: sa.Table = Video.__table__  # type: ignore[assignment]
+_HOLDS: sa.Table = BudgetHold.__table__  # type: ignore[assignment]
+_CHUNKS: sa.Table = CampaignChunk.__table__  # type: ignore[assignment]
+_CAMPAIGNS: sa.Table = Campaign.__table__  # type: ignore[assignment]
 
 
 # The per-row statements below are Core only: they run on an ORM session or on a plain connection
@@ -499,6 +504,85 @@ def campaign_spend(session: Db, *, campaign_id: uuid.UUID) -> float:
         )
     ).scalar_one()
     return float(total)
+
+
+# ---- budget holds --------------------------------------------------------------------------------------
+
+
+def hold_budget(
+    db: Db, *, campaign_id: uuid.UUID, holder: str, amount: float, owner: str, fresh: bool = False
+) -> bool:
+    """Hold ``amount`` more of the campaign's budget for ``holder`` (a row) if the ledger's spend plus
+    every hold plus ``amount`` stays within the cap; False (nothing held) when it would cross it.
+    ``fresh``: the holder starts again, its earlier hold (a dead worker's) is dropped first.
+
+    Race-free across processes: the campaign's row is locked first (``FOR UPDATE`` on PostgreSQL, where
+    each statement after it reads what the previous holders committed; SQLite's transactions are
+    ``BEGIN IMMEDIATE``, one writer at a time), so holders of one campaign take their turns.
+    """
+    limit = db.execute(
+        sa.select(_CAMPAIGNS.c.budget_usd).where(_CAMPAIGNS.c.id == campaign_id).with_for_update()
+    ).scalar_one_or_none()
+    if fresh:
+        db.execute(sa.delete(_HOLDS).where(_HOLDS.c.campaign_id == campaign_id, _HOLDS.c.holder == holder))
+    if limit is None:
+        return True
+    held = db.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(_HOLDS.c.amount_usd), 0.0)).where(
+            _HOLDS.c.campaign_id == campaign_id
+        )
+    ).scalar_one()
+    if campaign_spend(db, campaign_id=campaign_id) + float(held) + amount > float(limit) + 1e-9:
+        return False
+    ins = _insert(db, _HOLDS)
+    db.execute(
+        ins.values(
+            id=uuid.uuid4(),
+            campaign_id=campaign_id,
+            holder=holder,
+            amount_usd=amount,
+            owner=owner,
+            updated_at=utcnow(),
+        ).on_conflict_do_update(
+            index_elements=["campaign_id", "holder"],
+            set_={
+                "amount_usd": _HOLDS.c.amount_usd + ins.excluded.amount_usd,
+                "owner": ins.excluded.owner,
+                "updated_at": ins.excluded.updated_at,
+            },
+        )
+    )
+    return True
+
+
+def release_budget(db: Db, *, campaign_id: uuid.UUID, holder: str | None = None) -> None:
+    """Drop ``holder``'s hold (its stages' true costs are in the ledger by now); None: every hold of
+    the campaign (a run that starts it again, with nothing of it running)."""
+    query = sa.delete(_HOLDS).where(_HOLDS.c.campaign_id == campaign_id)
+    if holder is not None:
+        query = query.where(_HOLDS.c.holder == holder)
+    db.execute(query)
+
+
+def budget_holders(db: Db, *, campaign_id: uuid.UUID) -> list[tuple[str, str | None]]:
+    """The campaign's holds: (holder, owner process)."""
+    rows = db.execute(
+        sa.select(_HOLDS.c.holder, _HOLDS.c.owner).where(_HOLDS.c.campaign_id == campaign_id)
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def budget_state(db: Db, *, campaign_id: uuid.UUID) -> tuple[float | None, float, float]:
+    """The campaign's cap, what the ledger says it spent, and what its running rows hold."""
+    limit = db.execute(
+        sa.select(_CAMPAIGNS.c.budget_usd).where(_CAMPAIGNS.c.id == campaign_id)
+    ).scalar_one_or_none()
+    held = db.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(_HOLDS.c.amount_usd), 0.0)).where(
+            _HOLDS.c.campaign_id == campaign_id
+        )
+    ).scalar_one()
+    return limit, campaign_spend(db, campaign_id=campaign_id), float(held)
 
 
 # ---- image variants --------------------------------------------------------------------------------

@@ -184,6 +184,47 @@ class Take(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class BudgetHold(Base):
+    """Money a row of a campaign holds against the campaign's budget while it runs (castflow.budget):
+    a paid stage starts only if the ledger's spend plus every hold fits the cap. A row's hold is dropped
+    when it ends, and replaced when it starts again (a worker died with it)."""
+
+    __tablename__ = "budget_hold"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "holder", name="uq_budget_hold_campaign_holder"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("campaign.id", ondelete="CASCADE"), index=True
+    )
+    holder: Mapped[str] = mapped_column(sa.String(200))  # the row id
+    amount_usd: Mapped[float] = mapped_column(default=0.0)
+    owner: Mapped[str | None] = mapped_column(sa.String(200))  # the process (castflow.claims.me())
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CampaignChunk(Base):
+    """A slice of a campaign's rows run as one flow run of the campaign-chunk deployment on a work pool.
+    Its owner renews ``lease_until`` while it runs; the campaign's run starts it again when the lease
+    lapses (the worker or its machine died) or its flow run ended without finishing it."""
+
+    __tablename__ = "campaign_chunk"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "seq", name="uq_campaign_chunk_campaign_seq"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    campaign_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("campaign.id", ondelete="CASCADE"), index=True
+    )
+    seq: Mapped[int]
+    row_ids: Mapped[list[str]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")  # pending|running|done|lost
+    attempts: Mapped[int] = mapped_column(default=0)
+    flow_run_id: Mapped[str | None] = mapped_column(sa.String(64))
+    owner: Mapped[str | None] = mapped_column(sa.String(200))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Video(TimestampMixin, Base):
     __tablename__ = "video"
 
