@@ -85,6 +85,7 @@ def run_campaign(
     mode: Annotated[Literal["render", "preview"], label("Mode")] = "render",
     approval: Annotated[bool, label("Ask for approval before the render")] = False,
     approved_only: Annotated[bool, label("Render only approved rows")] = False,
+    work_pool: Annotated[str, label("Work pool", max_length=200)] = "",
 ) -> CampaignResult:
     """Run a campaign sheet: validate every row first, then make the videos (or only estimate them).
 
@@ -106,6 +107,9 @@ def run_campaign(
         approval: Preview first, then pause on a form listing the rows; on resume render only the rows
             approved there (every paid preview stage is reused).
         approved_only: Render only the rows approved before (castflow campaign approve, or a form).
+        work_pool: Run the rows on this Prefect work pool, in chunks that any of its workers picks up
+            (the campaign-chunk deployment). Empty: the worker's setting (CASTFLOW_CAMPAIGN__WORK_POOL);
+            unset too, every row runs in this run's process.
     """
     rt = get_runtime()
     redact.install(rt.settings)
@@ -126,6 +130,10 @@ def run_campaign(
         mode,
         approval,
         approved_only,
+        work_pool.strip() or None,
+        sheet,
+        source.path,
+        brand.strip(),
     )
     return _run(rt, source, params)
 
@@ -143,6 +151,10 @@ class _Options:
     mode: str = "render"
     approval: bool = False
     approved_only: bool = False
+    work_pool: str | None = None  # run the rows on this work pool (None: the setting)
+    sheet_ref: str = ""  # the sheet as the run was given it (a chunk on the pool reads it so)
+    sheet_path: Path | None = None  # where this process read it
+    brand_ref: str = ""
 
 
 def _run(rt: Any, source: SheetSource, params: _Options) -> CampaignResult:
@@ -208,17 +220,10 @@ def _rows(
     lip-sync rendered locally); ``only``: the row ids to make (the others end skipped, not approved)."""
     campaign_id, resumed = campaigns.open_campaign(rt, name, sheet, params.budget_usd)
     key = str(campaign_id)
-    run = open_run(
-        key,
-        LedgerBudget(rt, campaign_id, params.budget_usd),
-        preview=preview,
-        takes=campaigns.takes(rt, campaign_id) if resumed else None,
-    )
     results: list[RowResult] = campaigns.record_invalid_rows(rt, campaign_id, sheet) if sheet.errors else []
     total = len(sheet.rows) + len(results)
     progress = _Progress(total, len(results), name)
     cfg = rt.settings
-    row_task = with_policy(campaign_row, cfg)
     limit = params.row_concurrency or cfg.campaign.row_concurrency
     finished = campaigns.finished_rows(rt, campaign_id) if resumed else {}
     left_out = 0
@@ -235,40 +240,36 @@ def _rows(
             )  # fmt: skip
             results.append(skipped)
             progress.step(skipped)
+    rows = [r for r in sheet.rows if r.row_id not in finished and (only is None or r.row_id in only)]
+    pool = params.work_pool or cfg.campaign.work_pool
+    outage: DatabaseUnavailable | None = None
     try:
-        pending = [
-            row
-            for row in reversed(sheet.rows)
-            if row.row_id not in finished and (only is None or row.row_id in only)
-        ]
-        # Finished rows arrive on a queue (a callback per task), in the order they finish.
-        finished_q: queue.SimpleQueue[tuple[PrefectFuture[RowResult], SheetRow]] = queue.SimpleQueue()
-        in_flight = 0
-        outage: DatabaseUnavailable | None = None
-        while (pending and not interrupt.stopping()) or in_flight:
-            while pending and in_flight < limit and not interrupt.stopping():  # Ctrl-C: no new row
-                row = pending.pop()
-                future = row_task.submit(key, name, row)
-                future.add_done_callback(functools.partial(_on_done, finished_q, row))
-                in_flight += 1
-            if not in_flight:
-                break
-            future, row = _next_done(finished_q)
-            in_flight -= 1
-            outcome = run.results.pop(row.row_id, None) or _row_result(future, row)
-            results.append(outcome)
-            progress.step(outcome)
-            if outcome.status == "failed" and outage is None and (outage := _outage(future)) is not None:
-                # The database stayed down through a row's whole retry window: start nothing more
-                # (nothing could be recorded); the rows in flight end, and a rerun resumes.
-                pending.clear()
+        if pool and rows:
+            from flows import pool as on_pool
+
+            made, not_started = on_pool.run_rows(
+                rt, campaign_id, name, rows, progress, pool=pool, sheet=params.sheet_ref,
+                sheet_path=params.sheet_path or Path(sheet.name), brand=params.brand_ref,
+                preview=preview, row_concurrency=params.row_concurrency,
+            )  # fmt: skip
+        else:
+            run = open_run(
+                key,
+                LedgerBudget(rt, campaign_id, params.budget_usd),
+                preview=preview,
+                takes=campaigns.takes(rt, campaign_id) if resumed else None,
+            )
+            try:
+                made, not_started, outage = drive(rt, key, name, rows, limit, run, progress)
+            finally:
+                close_run(key)
+        results += made
     finally:
-        close_run(key)
         progress.close()
     if outage is not None:
         raise DatabaseUnavailable(f"{outage}; run the campaign again to resume") from None
     if interrupt.stopping():  # Ctrl-C: the run ends Cancelled with one line (a rerun resumes it)
-        message = _interrupted(rt, campaign_id, name, results, len(pending))
+        message = _interrupted(rt, campaign_id, name, results, not_started)
         return cast("CampaignResult", Cancelled(message=message))
     totals = campaigns.finish_campaign(rt, campaign_id, results)
     manifest_path, manifest_url = manifest.write_manifest(
@@ -298,6 +299,52 @@ def _rows(
     _summary_artifact(result, report_url)
     _videos_artifact(rt, campaign_id, result, sheet.rows)
     return result
+
+
+def drive(
+    rt: Any,
+    campaign_id: str,
+    name: str,
+    rows: list[SheetRow],
+    limit: int,
+    run: Any,
+    progress: _Progress,
+    *,
+    run_key: str = "",
+    keep_going: Any = None,
+) -> tuple[list[RowResult], int, DatabaseUnavailable | None]:
+    """Run ``rows`` as row tasks, at most ``limit`` at once, each finished row counted on ``progress``.
+    Returns the rows' results, how many were never started (Ctrl-C, an outage, or ``keep_going()``
+    turning false) and the database outage that stopped it, if one did."""
+    row_task = with_policy(campaign_row, rt.settings)
+    results: list[RowResult] = []
+    pending = list(reversed(rows))
+    # Finished rows arrive on a queue (a callback per task), in the order they finish.
+    finished_q: queue.SimpleQueue[tuple[PrefectFuture[RowResult], SheetRow]] = queue.SimpleQueue()
+    in_flight = 0
+    outage: DatabaseUnavailable | None = None
+
+    def may_start() -> bool:
+        return not interrupt.stopping() and (keep_going is None or keep_going())
+
+    while (pending and may_start()) or in_flight:
+        while pending and in_flight < limit and may_start():  # Ctrl-C: no new row
+            row = pending.pop()
+            future = row_task.submit(campaign_id, name, row, run_key)
+            future.add_done_callback(functools.partial(_on_done, finished_q, row))
+            in_flight += 1
+        if not in_flight:
+            break
+        future, row = _next_done(finished_q)
+        in_flight -= 1
+        outcome = run.results.pop(row.row_id, None) or _row_result(future, row)
+        results.append(outcome)
+        progress.step(outcome)
+        if outcome.status == "failed" and outage is None and (outage := _outage(future)) is not None:
+            # The database stayed down through a row's whole retry window: start nothing more
+            # (nothing could be recorded); the rows in flight end, and a rerun resumes.
+            pending.clear()
+    return results, len(pending), outage
 
 
 FORM_ROWS = 200  # rows listed one by one on the approval form (more: approve all, or by id)

@@ -55,10 +55,11 @@ def close_run(campaign_id: str) -> None:
     cache_policy=NO_CACHE,
     retry_condition_fn=is_transient,
 )
-def campaign_row(campaign_id: str, campaign_name: str, row: SheetRow) -> RowResult:
-    """One row of the sheet: its video, within the budget."""
+def campaign_row(campaign_id: str, campaign_name: str, row: SheetRow, run: str = "") -> RowResult:
+    """One row of the sheet: its video, within the budget (``run``: the key its run was opened under,
+    default the campaign's id; a chunk of the campaign has its own)."""
     rt = get_runtime()
-    state = _RUNS[campaign_id]
+    state = _RUNS[run or campaign_id]
     key = row.request.actor
     actor = state.actors.get(key)
     if actor is None:

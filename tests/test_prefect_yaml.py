@@ -18,6 +18,7 @@ def test_every_entrypoint_loads() -> None:
         "generate-video",
         "create-image-variant",
         "run-campaign",
+        "campaign-chunk",
         "campaign-report",
         "sweep-inbox",
     }
@@ -48,6 +49,7 @@ def test_sweep_inbox_schedule_is_declared_inactive_and_serve_builds_all_deployme
         "generate-video",
         "create-image-variant",
         "run-campaign",
+        "campaign-chunk",
         "campaign-report",
         "sweep-inbox",
     }

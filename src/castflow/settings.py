@@ -246,6 +246,34 @@ class CampaignSettings(Section):
         description="With several workers: also hold a slot of the Prefect global concurrency limit "
         "'<prefix><provider>' (e.g. castflow-fal) around each provider job; the limit must exist.",
     )
+    work_pool: str | None = Field(
+        default=None,
+        description="Run a campaign's rows on this Prefect work pool: the run splits them into chunks, "
+        "one flow run of the campaign-chunk deployment each, which any worker of the pool (on any "
+        "machine) picks up, and follows them in the database. Empty: every row runs in the run's own "
+        "process. Needs a Prefect server and castflow's database shared by every worker.",
+    )
+    chunk_rows: int = Field(
+        default=50,
+        ge=1,
+        le=5_000,
+        description="Rows per chunk on a work pool (bench/scaleout_bench.py measures the choice).",
+    )
+    chunk_deployment: str = Field(
+        default="campaign-chunk/campaign-chunk",
+        description="The deployment (flow/deployment) that runs a chunk on the work pool.",
+    )
+    chunk_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Times a chunk is started before its unfinished rows end failed: a chunk is started "
+        "again when its worker died (its lease lapsed) or its flow run ended without finishing it.",
+    )
+    follow_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a run on a work pool reads its rows' progress from the database.",
+    )
 
 
 class CoreSettings(BaseSettings):

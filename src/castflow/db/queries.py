@@ -585,6 +585,128 @@ def budget_state(db: Db, *, campaign_id: uuid.UUID) -> tuple[float | None, float
     return limit, campaign_spend(db, campaign_id=campaign_id), float(held)
 
 
+# ---- campaign chunks (a campaign's rows on a work pool) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    seq: int
+    row_ids: list[str]
+    status: str  # pending | running | done | lost
+    attempts: int
+    flow_run_id: str | None
+    owner: str | None
+    lease_until: datetime | None
+
+
+TERMINAL = (VideoStatus.succeeded.value, VideoStatus.failed.value, VideoStatus.skipped.value)
+
+
+def plan_chunks(db: Db, *, campaign_id: uuid.UUID, chunks: list[list[str]]) -> None:
+    """The campaign's chunks for a new run: the earlier run's are replaced. The rows are set pending
+    again unless they succeeded (a failed or skipped row of an earlier run is run again)."""
+    db.execute(sa.delete(_CHUNKS).where(_CHUNKS.c.campaign_id == campaign_id))
+    now = utcnow()
+    if chunks:
+        db.execute(
+            sa.insert(_CHUNKS),
+            [
+                {"id": uuid.uuid4(), "campaign_id": campaign_id, "seq": seq, "row_ids": rows,
+                 "status": "pending", "attempts": 0, "created_at": now, "updated_at": now}
+                for seq, rows in enumerate(chunks)
+            ],
+        )  # fmt: skip
+    every = [row_id for rows in chunks for row_id in rows]
+    for start in range(0, len(every), 1000):
+        db.execute(
+            sa.update(_VIDEOS)
+            .where(
+                _VIDEOS.c.campaign_id == campaign_id,
+                _VIDEOS.c.row_id.in_(every[start : start + 1000]),
+                _VIDEOS.c.status != VideoStatus.succeeded.value,
+            )
+            .values(status=VideoStatus.pending.value, updated_at=now)
+        )
+
+
+def read_chunks(db: Db, *, campaign_id: uuid.UUID) -> list[Chunk]:
+    c = _CHUNKS.c
+    rows = db.execute(
+        sa.select(c.seq, c.row_ids, c.status, c.attempts, c.flow_run_id, c.owner, c.lease_until)
+        .where(c.campaign_id == campaign_id)
+        .order_by(c.seq)
+    ).all()
+    return [Chunk(r[0], list(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+
+def dispatched_chunk(db: Db, *, campaign_id: uuid.UUID, seq: int, flow_run_id: str) -> None:
+    """A flow run was created for the chunk (one more attempt); it is pending until a worker starts it."""
+    db.execute(
+        sa.update(_CHUNKS)
+        .where(_CHUNKS.c.campaign_id == campaign_id, _CHUNKS.c.seq == seq)
+        .values(
+            flow_run_id=flow_run_id, status="pending", attempts=_CHUNKS.c.attempts + 1, owner=None,
+            lease_until=None, updated_at=utcnow(),
+        )
+    )  # fmt: skip
+
+
+def start_chunk(
+    db: Db, *, campaign_id: uuid.UUID, seq: int, owner: str, flow_run_id: str | None, lease_s: float
+) -> Chunk | None:
+    """This process runs the chunk now: its owner and lease. None: no such chunk, or it is done, or
+    the campaign's run started another attempt of it since (another flow run holds it)."""
+    c = _CHUNKS.c
+    query = sa.update(_CHUNKS).where(c.campaign_id == campaign_id, c.seq == seq, c.status != "done")
+    if flow_run_id is not None:
+        query = query.where(sa.or_(c.flow_run_id.is_(None), c.flow_run_id == flow_run_id))
+    found = db.execute(
+        query.values(status="running", owner=owner, lease_until=utcnow() + timedelta(seconds=lease_s),
+                     updated_at=utcnow())
+        .returning(c.seq, c.row_ids, c.status, c.attempts, c.flow_run_id, c.owner, c.lease_until)
+    ).first()  # fmt: skip
+    return None if found is None else Chunk(found[0], list(found[1]), *found[2:])
+
+
+def renew_chunk(db: Db, *, campaign_id: uuid.UUID, seq: int, owner: str, lease_s: float) -> int:
+    result = db.execute(
+        sa.update(_CHUNKS)
+        .where(_CHUNKS.c.campaign_id == campaign_id, _CHUNKS.c.seq == seq, _CHUNKS.c.owner == owner,
+               _CHUNKS.c.status == "running")
+        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+    )  # fmt: skip
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def end_chunk(db: Db, *, campaign_id: uuid.UUID, seq: int, status: str, owner: str | None = None) -> None:
+    """The chunk is done (every row ended) or lost (its run ended without finishing it)."""
+    query = sa.update(_CHUNKS).where(_CHUNKS.c.campaign_id == campaign_id, _CHUNKS.c.seq == seq)
+    if owner is not None:
+        query = query.where(_CHUNKS.c.owner == owner)
+    db.execute(query.values(status=status, lease_until=None, updated_at=utcnow()))
+
+
+def fail_rows(db: Db, *, campaign_id: uuid.UUID, row_ids: list[str], error: str) -> None:
+    """End these rows failed unless they ended already (a chunk given up on)."""
+    db.execute(
+        sa.update(_VIDEOS)
+        .where(
+            _VIDEOS.c.campaign_id == campaign_id,
+            _VIDEOS.c.row_id.in_(row_ids),
+            _VIDEOS.c.status.not_in(TERMINAL),
+        )
+        .values(status=VideoStatus.failed.value, error=error, finished_at=utcnow(), updated_at=utcnow())
+    )
+
+
+def row_states(db: Db, *, campaign_id: uuid.UUID) -> dict[str, str]:
+    """Each row's video status (rows never started have none)."""
+    rows = db.execute(
+        sa.select(_VIDEOS.c.row_id, _VIDEOS.c.status).where(_VIDEOS.c.campaign_id == campaign_id)
+    ).all()
+    return {r[0]: str(r[1].value if hasattr(r[1], "value") else r[1]) for r in rows if r[0]}
+
+
 # ---- image variants --------------------------------------------------------------------------------
 
 
