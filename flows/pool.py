@@ -70,6 +70,7 @@ def run_rows(
         name, len(rows), len(chunks), size, pool, deployment,
     )  # fmt: skip
     follower = _Follower(rt, campaign_id, name, rows, progress, runs, deployment, base, logger)
+    follower.pool = pool
     return follower.follow()
 
 
@@ -97,9 +98,11 @@ class _Follower:
         self.deployment = deployment
         self.base = base
         self.logger = logger
+        self.pool = ""
         self.ended: set[str] = set()
         self.given_up: dict[str, str] = {}  # row -> why it ends failed without having run to its end
-        self.waiting_since = time.monotonic()
+        self.waiting_since = time.monotonic()  # since when no chunk has run and no row has ended
+        self.ended_before = 0
         self.told_waiting = False
 
     def follow(self) -> tuple[list[RowResult], int]:
@@ -140,6 +143,11 @@ class _Follower:
             [c.flow_run_id for c in chunks if c.flow_run_id and c.status != "done"]
         )
         now = utcnow()
+        if any(c.status == "running" for c in chunks) or len(self.ended) > self.ended_before:
+            self.waiting_since = time.monotonic()  # a worker is on it, or rows keep ending
+        self.ended_before = len(self.ended)
+        if time.monotonic() - self.waiting_since > 60:
+            self._tell_waiting()
         for chunk in chunks:
             left = [
                 r for r in chunk.row_ids if states.get(r) not in queries.TERMINAL and r not in self.given_up
@@ -150,8 +158,6 @@ class _Follower:
             lapsed = chunk.status == "running" and chunk.lease_until is not None and chunk.lease_until < now
             ended = state is not None and state[0] in _FINAL
             if not (lapsed or ended):
-                if state is not None and state[0] in ("SCHEDULED", "PENDING", "LATE"):
-                    self._tell_waiting()
                 continue
             why = (
                 f"its worker stopped renewing its lease ({chunk.owner or 'unknown'})"
@@ -185,12 +191,12 @@ class _Follower:
             self.given_up[row_id] = reason
 
     def _tell_waiting(self) -> None:
-        if not self.told_waiting and time.monotonic() - self.waiting_since > 60:
+        if not self.told_waiting:
             self.told_waiting = True
             self.logger.warning(
-                "%s: chunks are waiting for a worker; start one: prefect worker start --pool <pool>",
-                self.name,
-            )
+                "%s: no chunk has run for a minute: are the pool's workers up? (prefect worker start "
+                "--pool %s)", self.name, self.pool,
+            )  # fmt: skip
 
     def _cancel_all(self) -> None:
         """Ctrl-C (or a cancel) on the campaign's run: its chunks' runs are cancelled; their workers stop

@@ -892,6 +892,14 @@ def campaign_run(
     approved_only: Annotated[
         bool, typer.Option("--approved-only", help="Render only the rows approved on their preview.")
     ] = False,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="Run the rows on this Prefect work pool, in chunks its workers pick up (needs "
+            "PREFECT_API_URL: the server the workers poll; default CASTFLOW_CAMPAIGN__WORK_POOL).",
+        ),
+    ] = None,
 ) -> None:
     """Run a campaign sheet: every row becomes a video (resumes a sheet run before)."""
 
@@ -946,6 +954,7 @@ def campaign_run(
             total=loaded.total_rows,
             brand=brand,
             approved_only=approved_only,
+            pool=pool,
         )
 
     _run(go)
@@ -962,10 +971,20 @@ def _run_campaign_flow(
     *,
     mode: str = "render",
     approved_only: bool = False,
+    pool: str | None = None,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from castflow import campaigns, interrupt
+
+    if (pool or _settings().campaign.work_pool) and not os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import get_current_settings
+
+        if not get_current_settings().api.url:
+            raise CliError(
+                "a work pool's workers poll a Prefect server: set PREFECT_API_URL to it (this command "
+                "would otherwise start a temporary server no worker can see)"
+            )
 
     counts = {"succeeded": 0, "failed": 0, "skipped": 0}
     resume = (
@@ -973,6 +992,7 @@ def _run_campaign_flow(
         + (f" --name {name}" if name else "")
         + (f" --brand {brand}" if brand else "")
         + (" --approved-only" if approved_only else "")
+        + (f" --pool {pool}" if pool else "")
     )
 
     def first() -> None:
@@ -1016,6 +1036,7 @@ def _run_campaign_flow(
                 brand=str(brand.resolve()) if brand else "",
                 mode=mode,
                 approved_only=approved_only,
+                work_pool=pool or "",
                 return_state=True,
             )
         finally:
