@@ -112,6 +112,7 @@ class Team:
     fakes: dict[str, Any]
     jobs_file: Path
     castflow_db: str  # SQLAlchemy URL
+    prefect_db: str = ""  # Prefect server's database (SQLAlchemy URL, psycopg)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
 
@@ -144,6 +145,16 @@ class Team:
 
     def db(self) -> sa.Engine:
         return sa.create_engine(self.castflow_db)
+
+    def prefect_events(self) -> int:
+        """Events Prefect's server has stored (task and flow run states arrive as events, over a
+        websocket: no HTTP request each)."""
+        engine = sa.create_engine(self.prefect_db)
+        try:
+            with engine.connect() as c:
+                return int(c.execute(sa.text("SELECT count(*) FROM events")).scalar() or 0)
+        finally:
+            engine.dispose()
 
 
 @contextlib.contextmanager
@@ -229,7 +240,10 @@ def team(
             **(env or {}),
         }
         wait_for(lambda: httpx.get(f"{api}/health", timeout=5).status_code == 200, 240, "the Prefect server")
-        made_team = Team(work, api, client_env, info, jobs_file, castflow_url, logs=logs)
+        made_team = Team(
+            work, api, client_env, info, jobs_file, castflow_url,
+            prefect_url.replace("postgresql+asyncpg://", "postgresql+psycopg://", 1), logs=logs,
+        )  # fmt: skip
         for args in (["db", "upgrade"], ["actors", "samples"]):
             done = made_team.castflow(*args, timeout=300)
             assert done.returncode == 0, done.stderr[-2000:]
