@@ -146,13 +146,14 @@ class Team:
     def db(self) -> sa.Engine:
         return sa.create_engine(self.castflow_db)
 
-    def prefect_events(self) -> int:
+    def prefect_events(self, table: str = "events") -> int:
         """Events Prefect's server has stored (task and flow run states arrive as events, over a
-        websocket: no HTTP request each)."""
+        websocket: no HTTP request each); ``table="log"``: the log lines sent to it."""
+        assert table in ("events", "log")
         engine = sa.create_engine(self.prefect_db)
         try:
             with engine.connect() as c:
-                return int(c.execute(sa.text("SELECT count(*) FROM events")).scalar() or 0)
+                return int(c.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() or 0)  # noqa: S608 - a fixed name
         finally:
             engine.dispose()
 

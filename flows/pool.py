@@ -21,7 +21,7 @@ from typing import Any
 from castflow import campaigns, interrupt, redact
 from castflow.campaigns import RowResult
 from castflow.db import queries
-from castflow.db.tables import utcnow
+from castflow.db.tables import VideoStatus, utcnow
 from castflow.pipeline import UserError
 from castflow.sheets import SheetRow
 
@@ -187,8 +187,21 @@ class _Follower:
         rt.db(
             lambda c: queries.fail_rows(c, campaign_id=cid, row_ids=left, error=reason), what="failing rows"
         )
+        started = rt.db(lambda c: queries.row_states(c, campaign_id=cid), what="reading the rows")
         for row_id in left:
             self.given_up[row_id] = reason
+            if row_id not in started:  # never started: recorded failed, so the manifest says why
+                request = self.rows[row_id].request
+                values = {
+                    "campaign_id": cid, "row_id": row_id, "actor_key": request.actor,
+                    "resolution": request.resolution, "status": VideoStatus.failed, "error": reason[:4000],
+                    "finished_at": utcnow(),
+                }  # fmt: skip
+                key = campaigns.request_key(cid, row_id)
+                rt.db(
+                    lambda c, k=key, v=values: queries.upsert_video(c, request_key=k, values=v),
+                    what="failing a row",
+                )
 
     def _tell_waiting(self) -> None:
         if not self.told_waiting:
@@ -307,7 +320,10 @@ def _global_limits(rt: Any) -> str:
 
     prefix = rt.settings.campaign.global_limit_prefix or DEFAULT_LIMIT_PREFIX
     with get_client(sync_client=True) as client:
+        shared = rt.settings.global_limit_providers()
         for provider, limit in sorted(rt.settings.provider_limits().items()):
+            if provider not in shared:
+                continue
             try:
                 client.read_global_concurrency_limit_by_name(f"{prefix}{provider}")
             except ObjectNotFound:

@@ -97,6 +97,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "CASTFLOW_DATA_DIR": str(work / "data"),
         # Provider slots shared by all workers through Prefect global concurrency limits.
         "CASTFLOW_CAMPAIGN__GLOBAL_LIMIT_PREFIX": "castflow-",
+        "CASTFLOW_CAMPAIGN__GLOBAL_LIMITS": '["local", "upload"]',  # the embedded renderers, shared too
     }
     serve_proc = None
     serve_log = open(work / "serve.log", "wb")  # noqa: SIM115 - closed below

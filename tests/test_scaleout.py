@@ -12,7 +12,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +25,8 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import pool_harness
+
+from castflow.db import queries
 
 ROWS = 200
 SCENES = ["in a sunny kitchen", "on a city street at dusk", "in a cozy living room", "at a beach cafe"]
@@ -120,3 +126,129 @@ def test_a_campaign_on_two_workers_finishes_every_row_after_one_is_killed(
         assert doomed.poll() is not None
         assert killed
         assert all(f"chunk {seq} lost" in said for seq in held), said[-3000:]
+
+
+# ---- the campaign's run and its chunks, in this process ----------------------------------------------
+
+
+class _Pool:
+    """Stands in for Prefect's deployment runs (the e2e test above uses the real ones): a dispatched
+    chunk runs the campaign-chunk flow in a thread, unless told to crash (its run ends Crashed without
+    running anything)."""
+
+    def __init__(self, crash: dict[int, int]) -> None:
+        self.crash = crash  # chunk -> how many of its first attempts crash
+        self.states: dict[str, str] = {}
+        self.dispatched: list[int] = []
+        self.threads: list[threading.Thread] = []
+
+    def dispatch(self, rt: object, deployment: str, campaign_id: object, name: str, seq: int,
+                 base: dict[str, object]) -> str:  # fmt: skip
+        from castflow.db import queries
+        from flows.campaign_chunk import campaign_chunk
+
+        run_id = str(uuid.uuid4())
+        self.dispatched.append(seq)
+        rt.db(lambda c: queries.dispatched_chunk(c, campaign_id=campaign_id, seq=seq, flow_run_id=run_id))  # type: ignore[attr-defined]
+        if self.crash.get(seq, 0) > 0:
+            self.crash[seq] -= 1
+            self.states[run_id] = "CRASHED"
+            return run_id
+        self.states[run_id] = "RUNNING"
+
+        def run() -> None:
+            try:
+                campaign_chunk(**{**base, "chunk": seq})  # type: ignore[arg-type]
+                self.states[run_id] = "COMPLETED"
+            except BaseException:
+                self.states[run_id] = "FAILED"
+
+        thread = threading.Thread(target=run, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return run_id
+
+    def read(self, ids: object) -> dict[str, tuple[str, str]]:
+        return {i: (self.states[i], "") for i in ids if i in self.states}  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def fake_pool(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[int, int]], _Pool]:
+    import flows.campaign_chunk
+    import flows.pool
+
+    def make(crash: dict[int, int]) -> _Pool:
+        pool = _Pool(crash)
+        monkeypatch.setattr(flows.pool, "_chunk_deployment", lambda deployment, pool_name: deployment)
+        monkeypatch.setattr(flows.pool, "_global_limits", lambda rt: "")
+        monkeypatch.setattr(flows.pool, "_dispatch", pool.dispatch)
+        monkeypatch.setattr(flows.pool, "_flow_run_states", pool.read)
+        monkeypatch.setattr(flows.pool, "_mark_crashed", lambda run_id, message: None)
+        monkeypatch.setattr(flows.campaign_chunk, "_flow_run_id", lambda: None)
+        return pool
+
+    return make
+
+
+SMALL = "row_id,actor,script,scene\n" + "".join(
+    f"s{i},{ACTORS[i % 3]},Line {i} of the small campaign.,{SCENES[i % 2]}\n" for i in range(6)
+)
+
+
+def test_a_chunk_whose_run_crashed_is_started_again_and_its_rows_finish(
+    rt: Any, tmp_path: Path, prefect_server: None, fake_pool: Callable[[dict[int, int]], _Pool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from castflow.actors import ensure_sample_actors
+    from castflow.settings import reset_settings
+    from flows.run_campaign import run_campaign
+
+    monkeypatch.setenv("CASTFLOW_CAMPAIGN__CHUNK_ROWS", "2")
+    monkeypatch.setenv("CASTFLOW_CAMPAIGN__FOLLOW_S", "0.2")
+    reset_settings()
+    ensure_sample_actors(rt)
+    pool = fake_pool({1: 1})
+    sheet = tmp_path / "small.csv"
+    sheet.write_text(SMALL, encoding="utf-8")
+    result = run_campaign(sheet=str(sheet), name="small", work_pool="test", budget_usd=5.0)
+    assert (result.succeeded, result.failed, result.skipped) == (6, 0, 0), result.results
+    assert sorted(pool.dispatched) == [0, 1, 1, 2]  # chunk 1's first run crashed: started once more
+    with rt.connection() as c:
+        chunks = {ch.seq: ch for ch in queries.read_chunks(c, campaign_id=uuid.UUID(result.campaign_id))}
+        assert queries.budget_holders(c, campaign_id=uuid.UUID(result.campaign_id)) == []
+    assert {s: (ch.status, ch.attempts) for s, ch in chunks.items()} == {
+        0: ("done", 1),
+        1: ("done", 2),
+        2: ("done", 1),
+    }
+    # The manifest and the result are read from the ledger, as an in-process run writes them.
+    with open(result.manifest_path or "", encoding="utf-8") as fh:
+        assert fh.read().count("succeeded") == 6
+    # A rerun resumes: every row finished, nothing dispatched.
+    again = run_campaign(sheet=str(sheet), name="small", work_pool="test")
+    assert (again.succeeded, again.resumed) == (6, True)
+    assert sorted(pool.dispatched) == [0, 1, 1, 2]
+
+
+def test_a_chunk_lost_every_time_ends_its_rows_failed_and_the_others_finish(
+    rt: Any, tmp_path: Path, prefect_server: None, fake_pool: Callable[[dict[int, int]], _Pool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from castflow.actors import ensure_sample_actors
+    from castflow.settings import reset_settings
+    from flows.run_campaign import run_campaign
+
+    monkeypatch.setenv("CASTFLOW_CAMPAIGN__CHUNK_ROWS", "3")
+    monkeypatch.setenv("CASTFLOW_CAMPAIGN__CHUNK_ATTEMPTS", "2")
+    monkeypatch.setenv("CASTFLOW_CAMPAIGN__FOLLOW_S", "0.2")
+    reset_settings()
+    ensure_sample_actors(rt)
+    pool = fake_pool({0: 5})
+    sheet = tmp_path / "small.csv"
+    sheet.write_text(SMALL, encoding="utf-8")
+    result = run_campaign(sheet=str(sheet), name="small-lost", work_pool="test")
+    assert (result.succeeded, result.failed) == (3, 3), result.results
+    failed = [r for r in result.results if r.status == "failed"]
+    assert {r.row_id for r in failed} == {"s0", "s1", "s2"}
+    assert all("chunk 0 was lost 2 time(s)" in (r.error or "") for r in failed), failed
+    assert sorted(pool.dispatched) == [0, 0, 1]

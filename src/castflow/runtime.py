@@ -142,7 +142,7 @@ class Runtime:
         and, with a global limit prefix, one of the Prefect global concurrency limit shared by all workers."""
         with contextlib.ExitStack() as stack:
             prefix = self.settings.campaign.global_limit_prefix
-            if prefix:
+            if prefix and provider in self.settings.global_limit_providers():
                 from prefect.concurrency.sync import concurrency
 
                 stack.enter_context(concurrency(f"{prefix}{provider}", occupy=1, strict=True))

@@ -246,6 +246,13 @@ class CampaignSettings(Section):
         description="With several workers: also hold a slot of the Prefect global concurrency limit "
         "'<prefix><provider>' (e.g. castflow-fal) around each provider job; the limit must exist.",
     )
+    global_limits: list[str] | None = Field(
+        default=None,
+        description="The providers whose jobs hold a slot of their Prefect global concurrency limit "
+        "(with global_limit_prefix). Default: the vendors (fal, wavespeed): an account's cap binds every "
+        "worker at once. local and upload are each machine's own (CPU, bandwidth): capped per process, "
+        "unless named here (each slot costs two Prefect API calls).",
+    )
     work_pool: str | None = Field(
         default=None,
         description="Run a campaign's rows on this Prefect work pool: the run splits them into chunks, "
@@ -374,6 +381,11 @@ class CoreSettings(BaseSettings):
         if not isinstance(group, VendorSection):
             raise KeyError(f"unknown vendor {name!r} (known: {', '.join(_providers.VENDORS)})")
         return group
+
+    def global_limit_providers(self) -> tuple[str, ...]:
+        """The providers held in a Prefect global concurrency limit when a prefix is set."""
+        chosen = self.campaign.global_limits
+        return tuple(chosen) if chosen is not None else tuple(_providers.VENDORS)
 
     def vendor_groups(self) -> dict[str, VendorSection]:
         return {name: self.vendor(name) for name in _providers.VENDORS}
