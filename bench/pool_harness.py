@@ -116,11 +116,14 @@ class Team:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
 
-    def start_worker(self, name: str, limit: int = 4) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, limit: int = 4, cpus: str | None = None) -> subprocess.Popen[bytes]:
+        """A ``prefect worker start`` process (with ``cpus``, it and its flow runs on those cores only:
+        one machine of that many cores)."""
         log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - closed by the team
         self.logs.append(log)
+        pin = ["taskset", "-c", cpus] if cpus else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--name", name,
+            [*pin, sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--name", name,
              "--limit", str(limit)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
         )  # fmt: skip

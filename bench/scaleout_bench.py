@@ -160,6 +160,7 @@ def run_one(
         "--lipsync-seconds-per-audio-second", str(LIPSYNC_S_PER_AUDIO_S),
     ]  # fmt: skip
     env = {
+        **({"CASTFLOW_CAMPAIGN__GLOBAL_LIMITS": "[]"} if args.no_global_limits else {}),
         "CASTFLOW_CAMPAIGN__PROVIDER_LIMITS": json.dumps(
             {"fal": FAL_CAP + 8, "wavespeed": 2 * WAVESPEED_CAP, "local": 4, "upload": 16}
         ),
@@ -171,8 +172,11 @@ def run_one(
         actors, sheet = write_inputs(work, rows, finish)
         done = team.castflow("actors", "import", str(actors))
         assert done.returncode == 0, done.stderr[-2000:]
+        cores = os.cpu_count() or 1
         procs = {
-            f"worker{i + 1}": team.start_worker(f"worker-{i + 1}", limit=args.worker_limit)
+            f"worker{i + 1}": team.start_worker(
+                f"worker-{i + 1}", limit=args.worker_limit, cpus=str(i % cores) if args.pin else None
+            )
             for i in range(workers)
         }
         if procs:  # the workers are polling before the clock starts
@@ -197,6 +201,8 @@ def run_one(
             cpu0["prefect_server"] = tree_cpu(server_pid)
         worker_cpu0 = {name: tree_cpu(p.pid) for name, p in procs.items()}
         cli = [sys.executable, "-m", "castflow", "campaign", "run", str(sheet), "--name", "bench"]
+        if args.pin and not workers:  # in-process on one core, as one worker is
+            cli = ["taskset", "-c", "0", *cli]
         if workers:
             cli += ["--pool", pool_harness.POOL]
         peaks = PeakRss({name: p.pid for name, p in procs.items()})
@@ -268,6 +274,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--chunk-rows", type=int, default=100, help="Rows per chunk.")
     parser.add_argument("--pg", default=os.environ.get("CASTFLOW_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
                         help="A PostgreSQL server's URL to make the runs' databases on.")  # fmt: skip
+    parser.add_argument("--pin", action="store_true",
+                        help="Each worker (and the in-process run) on one core of its own: one machine per worker.")  # fmt: skip
+    parser.add_argument("--no-global-limits", action="store_true",
+                        help="No Prefect global concurrency limits: each process caps its own provider jobs.")  # fmt: skip
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     runs: list[dict[str, Any]] = []
