@@ -149,6 +149,21 @@ class Team:
     def db(self) -> sa.Engine:
         return sa.create_engine(self.castflow_db)
 
+    def castflow_transactions(self) -> int:
+        """Transactions committed in castflow's database so far (pg_stat_database)."""
+        engine = self.db()
+        try:
+            with engine.connect() as c:
+                c.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+                return int(
+                    c.execute(
+                        sa.text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                    ).scalar()
+                    or 0
+                )
+        finally:
+            engine.dispose()
+
     def prefect_events(self, table: str = "events") -> int:
         """Events Prefect's server has stored (task and flow run states arrive as events, over a
         websocket: no HTTP request each); ``table="log"``: the log lines sent to it."""

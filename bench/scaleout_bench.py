@@ -187,6 +187,7 @@ def run_one(
             )  # fmt: skip
         server_log = work / "server.log"
         calls0, events0, logs0 = api_calls(server_log), team.prefect_events(), team.prefect_events("log")
+        tx0 = team.castflow_transactions()
         cpu0 = {"fakes": 0.0, "prefect_server": 0.0}
         server_pid = fakes_pid = None
         for pid in pool_harness.descendants(os.getpid()):
@@ -219,6 +220,7 @@ def run_one(
         time.sleep(3.0)  # the server's event persister flushes every 2 s
         calls, events = api_calls(server_log) - calls0, team.prefect_events() - events0
         logs = team.prefect_events("log") - logs0
+        transactions = team.castflow_transactions() - tx0
         engine = team.db()
         with engine.connect() as c:
             statuses = dict(c.execute(sa.text("SELECT status, count(*) FROM video GROUP BY status")).all())  # type: ignore[arg-type]
@@ -247,6 +249,7 @@ def run_one(
             "prefect_api_calls_per_row": round(calls / rows, 2),
             "prefect_events": events,
             "prefect_events_per_row": round(events / rows, 2),
+            "castflow_db_transactions_per_row": round(transactions / rows, 2),
             "prefect_logs": logs,
             "prefect_logs_per_row": round(logs / rows, 2),
             "peak_rss_mb": peak if procs else {"cli": round(usage.ru_maxrss / 1024, 1)},

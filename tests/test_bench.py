@@ -59,3 +59,23 @@ def test_reading_sheets_stays_within_300_mb(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert len(report["results"]) == 8
     assert all(r["peak_rss_mb"] > 50 for r in report["results"].values())  # a real measure, not zero
+
+
+@pytest.mark.timeout(600)
+def test_small_scaleout_benchmark_runs_on_one_worker(tmp_path: Path, pg_admin_url: str) -> None:
+    """bench/scaleout_bench.py in short: 20 rows on a work pool of one real worker (a Prefect server and
+    castflow on PostgreSQL); its figures come from the server's access log and event table."""
+    bench = BENCH.parent / "scaleout_bench.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CASTFLOW_", "PREFECT_"))}
+    done = subprocess.run(
+        [sys.executable, str(bench), "--rows", "20", "--finish-rows", "0", "--modes", "pool1",
+         "--pg", pg_admin_url],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=540, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = json.loads(done.stdout)["runs"]
+    assert (run["mode"], run["rows"], run["succeeded"], run["paid_twice"]) == ("pool1", 20, 20, 0)
+    assert run["prefect_api_calls"] > 0
+    assert run["prefect_events"] > 0
+    assert run["cpu_s"]["worker1"] > 0
+    assert run["peak_rss_mb"]["worker1"] > 50
