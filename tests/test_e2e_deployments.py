@@ -125,7 +125,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         def deployments() -> list[str] | None:
             found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
             names = sorted(d["name"] for d in found)
-            return names if len(names) == 5 else None
+            return names if len(names) == 6 else None
 
         wait_for(deployments, 180, "castflow serve to register its deployments")
         yield {
@@ -175,6 +175,7 @@ def test_deployments_forms_and_the_sweep_schedule(team: dict[str, Any]) -> None:
         "generate-video",
         "create-image-variant",
         "run-campaign",
+        "campaign-chunk",
         "campaign-report",
         "sweep-inbox",
     }
