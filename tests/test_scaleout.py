@@ -252,3 +252,46 @@ def test_a_chunk_lost_every_time_ends_its_rows_failed_and_the_others_finish(
     assert {r.row_id for r in failed} == {"s0", "s1", "s2"}
     assert all("chunk 0 was lost 2 time(s)" in (r.error or "") for r in failed), failed
     assert sorted(pool.dispatched) == [0, 0, 1]
+
+
+def test_ctrl_c_on_a_pool_run_cancels_its_chunk_runs_and_a_rerun_resumes(
+    rt: Any, tmp_path: Path, prefect_server: None, fake_pool: Callable[[dict[int, int]], _Pool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A stop request (Ctrl-C) while chunks wait for a worker: the run cancels their flow runs and ends
+    Cancelled with what is left; run again, it makes every row."""
+    import flows.pool
+    from castflow import interrupt
+    from castflow.actors import ensure_sample_actors
+    from castflow.settings import reset_settings
+    from flows.run_campaign import run_campaign
+
+    monkeypatch.setenv("CASTFLOW_CAMPAIGN__CHUNK_ROWS", "3")
+    monkeypatch.setenv("CASTFLOW_CAMPAIGN__FOLLOW_S", "0.2")
+    reset_settings()
+    ensure_sample_actors(rt)
+    pool = fake_pool({})
+    cancelled: list[str] = []
+
+    def waiting(rt_: object, deployment: str, campaign_id: object, name: str, seq: int,
+                base: dict[str, object]) -> str:  # fmt: skip
+        run_id = f"waiting-{seq}-{uuid.uuid4().hex[:6]}"
+        pool.states[run_id] = "SCHEDULED"  # no worker takes it
+        if seq == 1:
+            threading.Timer(1.0, interrupt.request_stop).start()
+        return run_id
+
+    monkeypatch.setattr(flows.pool, "_dispatch", waiting)
+    monkeypatch.setattr(flows.pool, "_cancel", cancelled.append)
+    sheet = tmp_path / "small.csv"
+    sheet.write_text(SMALL, encoding="utf-8")
+    try:
+        state = run_campaign(sheet=str(sheet), name="small-stop", work_pool="test", return_state=True)
+    finally:
+        interrupt.reset()
+    assert state.is_cancelled(), state
+    assert "interrupted: 0 row(s) finished, 6 left to run" in (state.message or ""), state.message
+    assert sorted(r.split("-")[1] for r in cancelled) == ["0", "1"]  # both chunk runs cancelled
+    monkeypatch.setattr(flows.pool, "_dispatch", pool.dispatch)
+    again = run_campaign(sheet=str(sheet), name="small-stop", work_pool="test")
+    assert (again.succeeded, again.failed) == (6, 0), again.results

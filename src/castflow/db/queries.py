@@ -527,12 +527,7 @@ def hold_budget(
         db.execute(sa.delete(_HOLDS).where(_HOLDS.c.campaign_id == campaign_id, _HOLDS.c.holder == holder))
     if limit is None:
         return True
-    held = db.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(_HOLDS.c.amount_usd), 0.0)).where(
-            _HOLDS.c.campaign_id == campaign_id
-        )
-    ).scalar_one()
-    if campaign_spend(db, campaign_id=campaign_id) + float(held) + amount > float(limit) + 1e-9:
+    if campaign_spend(db, campaign_id=campaign_id) + _held(db, campaign_id) + amount > float(limit) + 1e-9:
         return False
     ins = _insert(db, _HOLDS)
     db.execute(
@@ -577,12 +572,17 @@ def budget_state(db: Db, *, campaign_id: uuid.UUID) -> tuple[float | None, float
     limit = db.execute(
         sa.select(_CAMPAIGNS.c.budget_usd).where(_CAMPAIGNS.c.id == campaign_id)
     ).scalar_one_or_none()
-    held = db.execute(
+    return limit, campaign_spend(db, campaign_id=campaign_id), _held(db, campaign_id)
+
+
+def _held(db: Db, campaign_id: uuid.UUID) -> float:
+    """What the campaign's running rows hold, together."""
+    total = db.execute(
         sa.select(sa.func.coalesce(sa.func.sum(_HOLDS.c.amount_usd), 0.0)).where(
             _HOLDS.c.campaign_id == campaign_id
         )
     ).scalar_one()
-    return limit, campaign_spend(db, campaign_id=campaign_id), float(held)
+    return float(total)
 
 
 # ---- campaign chunks (a campaign's rows on a work pool) ------------------------------------------------
