@@ -15,6 +15,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,7 @@ class _Follower:
         self.logger = logger
         self.pool = ""
         self.ended: set[str] = set()
+        self.since: datetime | None = None  # the rows' states read since then (None: all)
         self.given_up: dict[str, str] = {}  # row -> why it ends failed without having run to its end
         self.waiting_since = time.monotonic()  # since when no chunk has run and no row has ended
         self.ended_before = 0
@@ -112,15 +114,20 @@ class _Follower:
             if interrupt.stopping():
                 self._cancel_all()
                 break
+            # Only the rows changed lately (a long campaign is not read whole every beat); the margin
+            # covers the workers' clocks, which write updated_at, and transactions still committing.
+            since = utcnow() - timedelta(seconds=60)
             states = self.rt.db(
-                lambda c: queries.row_states(c, campaign_id=self.campaign_id), what="following the rows"
+                lambda c: queries.row_states(c, campaign_id=self.campaign_id, since=self.since),
+                what="following the rows",
             )
+            self.since = since
             self._count(states)
             if len(self.ended) >= len(self.rows):
                 break
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + max(cfg.follow_s, 2.0)
-                self._check_chunks(states)
+                self._check_chunks()
             _sleep(cfg.follow_s)
         return self._results(), len(self.rows) - len(self.ended)
 
@@ -128,12 +135,12 @@ class _Follower:
         for row_id, row in self.rows.items():
             if row_id in self.ended:
                 continue
-            status = states.get(row_id)
-            if status in queries.TERMINAL or row_id in self.given_up:
+            status = "failed" if row_id in self.given_up else states.get(row_id)
+            if status in queries.TERMINAL:
                 self.ended.add(row_id)
                 self.progress.step(RowResult(row=row.row, row_id=row_id, status=status or "failed"))
 
-    def _check_chunks(self, states: dict[str, str]) -> None:
+    def _check_chunks(self) -> None:
         """A chunk whose lease lapsed, or whose flow run ended with rows of it not ended, is lost:
         started again (up to chunk_attempts times), else its rows end failed."""
         chunks = self.rt.db(
@@ -149,9 +156,7 @@ class _Follower:
         if time.monotonic() - self.waiting_since > 60:
             self._tell_waiting()
         for chunk in chunks:
-            left = [
-                r for r in chunk.row_ids if states.get(r) not in queries.TERMINAL and r not in self.given_up
-            ]
+            left = [r for r in chunk.row_ids if r not in self.ended]
             if chunk.status == "done" or not left:
                 continue
             state = flow_states.get(chunk.flow_run_id or "")

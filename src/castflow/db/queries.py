@@ -699,11 +699,12 @@ def fail_rows(db: Db, *, campaign_id: uuid.UUID, row_ids: list[str], error: str)
     )
 
 
-def row_states(db: Db, *, campaign_id: uuid.UUID) -> dict[str, str]:
-    """Each row's video status (rows never started have none)."""
-    rows = db.execute(
-        sa.select(_VIDEOS.c.row_id, _VIDEOS.c.status).where(_VIDEOS.c.campaign_id == campaign_id)
-    ).all()
+def row_states(db: Db, *, campaign_id: uuid.UUID, since: datetime | None = None) -> dict[str, str]:
+    """Each row's video status (rows never started have none); ``since``: only rows changed since then."""
+    query = sa.select(_VIDEOS.c.row_id, _VIDEOS.c.status).where(_VIDEOS.c.campaign_id == campaign_id)
+    if since is not None:
+        query = query.where(_VIDEOS.c.updated_at >= since)
+    rows = db.execute(query).all()
     return {r[0]: str(r[1].value if hasattr(r[1], "value") else r[1]) for r in rows if r[0]}
 
 
