@@ -86,16 +86,16 @@ def campaign_chunk(
     me = str(claims.me())
     flow_run_id = _flow_run_id()
     lease_s = rt.settings.pipeline.claim_lease_s
-    mine = rt.db(
+    row_ids = rt.db(
         lambda c: queries.start_chunk(
             c, campaign_id=cid, seq=chunk, owner=me, flow_run_id=flow_run_id, lease_s=lease_s
         ),
         what="starting the chunk",
     )
-    if mine is None:  # done already, or the campaign's run gave it to another flow run since
+    if row_ids is None:  # done already, or the campaign's run gave it to another flow run since
         return ChunkResult(campaign_id=campaign_id, chunk=chunk, rows=0)
     states = rt.db(lambda c: queries.row_states(c, campaign_id=cid), what="reading the rows")
-    wanted = set(mine.row_ids)
+    wanted = set(row_ids)
     rows = [r for r in loaded.rows if r.row_id in wanted and states.get(r.row_id) not in queries.TERMINAL]
     missing = wanted - {r.row_id for r in loaded.rows}
     if missing:  # the sheet reads differently here (a file beside it missing on this worker)
@@ -142,7 +142,7 @@ def campaign_chunk(
     return ChunkResult(
         campaign_id=campaign_id,
         chunk=chunk,
-        rows=len(mine.row_ids),
+        rows=len(row_ids),
         ran=len(results),
         succeeded=sum(r.status == "succeeded" for r in results),
         failed=sum(r.status == "failed" for r in results),
@@ -166,11 +166,12 @@ class _Still:
         if self.holds and time.monotonic() - self.checked > 5.0:
             self.checked = time.monotonic()
             try:
-                chunks = self.rt.db(lambda c: queries.read_chunks(c, campaign_id=self.campaign_id), retry_s=0)
+                found = self.rt.db(
+                    lambda c: queries.read_chunks(c, campaign_id=self.campaign_id, seq=self.seq), retry_s=0
+                )
             except Exception:
                 return True  # a blink: the rows' own writes retry; keep going
-            found = next((c for c in chunks if c.seq == self.seq), None)
-            self.holds = found is not None and found.owner == self.owner and found.status == "running"
+            self.holds = any(c.owner == self.owner and c.status == "running" for c in found)
         return self.holds
 
 

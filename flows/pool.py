@@ -70,8 +70,7 @@ def run_rows(
         "%s: %d row(s) in %d chunk(s) of up to %d on work pool %s (deployment %s)",
         name, len(rows), len(chunks), size, pool, deployment,
     )  # fmt: skip
-    follower = _Follower(rt, campaign_id, name, rows, progress, runs, deployment, base, logger)
-    follower.pool = pool
+    follower = _Follower(rt, campaign_id, name, rows, chunks, progress, runs, pool, deployment, base, logger)
     return follower.follow()
 
 
@@ -84,8 +83,10 @@ class _Follower:
         campaign_id: uuid.UUID,
         name: str,
         rows: list[SheetRow],
+        chunks: list[list[str]],
         progress: Any,
         runs: dict[int, str],
+        pool: str,
         deployment: str,
         base: dict[str, Any],
         logger: Any,
@@ -94,15 +95,15 @@ class _Follower:
         self.campaign_id = campaign_id
         self.name = name
         self.rows = {r.row_id: r for r in rows}
+        self.chunks = chunks  # each chunk's row ids, as planned
         self.progress = progress
         self.runs = runs
+        self.pool = pool
         self.deployment = deployment
         self.base = base
         self.logger = logger
-        self.pool = ""
         self.ended: set[str] = set()
         self.since: datetime | None = None  # the rows' states read since then (None: all)
-        self.given_up: dict[str, str] = {}  # row -> why it ends failed without having run to its end
         self.waiting_since = time.monotonic()  # since when no chunk has run and no row has ended
         self.ended_before = 0
         self.told_waiting = False
@@ -135,7 +136,7 @@ class _Follower:
         for row_id, row in self.rows.items():
             if row_id in self.ended:
                 continue
-            status = "failed" if row_id in self.given_up else states.get(row_id)
+            status = states.get(row_id)
             if status in queries.TERMINAL:
                 self.ended.add(row_id)
                 self.progress.step(RowResult(row=row.row, row_id=row_id, status=status or "failed"))
@@ -156,7 +157,7 @@ class _Follower:
         if time.monotonic() - self.waiting_since > 60:
             self._tell_waiting()
         for chunk in chunks:
-            left = [r for r in chunk.row_ids if r not in self.ended]
+            left = [r for r in self.chunks[chunk.seq] if r not in self.ended]
             if chunk.status == "done" or not left:
                 continue
             state = flow_states.get(chunk.flow_run_id or "")
@@ -189,24 +190,22 @@ class _Follower:
             return
         reason = f"chunk {chunk.seq} was lost {chunk.attempts} time(s), last: {why}; run the campaign again to resume"
         self.logger.error("%s: %s", self.name, redact.redact(reason)[:500])
-        rt.db(
-            lambda c: queries.fail_rows(c, campaign_id=cid, row_ids=left, error=reason), what="failing rows"
-        )
-        started = rt.db(lambda c: queries.row_states(c, campaign_id=cid), what="reading the rows")
-        for row_id in left:
-            self.given_up[row_id] = reason
-            if row_id not in started:  # never started: recorded failed, so the manifest says why
+
+        def fail(c: Any) -> None:
+            queries.fail_rows(c, campaign_id=cid, row_ids=left, error=reason)
+            started = queries.row_states(c, campaign_id=cid)
+            for row_id in left:
+                if row_id in started:
+                    continue  # a row never started gets a video row, failed, so the manifest says why
                 request = self.rows[row_id].request
                 values = {
                     "campaign_id": cid, "row_id": row_id, "actor_key": request.actor,
                     "resolution": request.resolution, "status": VideoStatus.failed, "error": reason[:4000],
                     "finished_at": utcnow(),
                 }  # fmt: skip
-                key = campaigns.request_key(cid, row_id)
-                rt.db(
-                    lambda c, k=key, v=values: queries.upsert_video(c, request_key=k, values=v),
-                    what="failing a row",
-                )
+                queries.upsert_video(c, request_key=campaigns.request_key(cid, row_id), values=values)
+
+        rt.db(fail, what="failing a lost chunk's rows")  # the next beat reads them as ended
 
     def _tell_waiting(self) -> None:
         if not self.told_waiting:
@@ -244,12 +243,6 @@ class _Follower:
                     warning="; ".join(v.warnings or []) or None,
                 )
             )  # fmt: skip
-        seen = {r.row_id for r in made}
-        for row_id, reason in self.given_up.items():  # never started: no video row to read
-            if row_id not in seen:
-                made.append(
-                    RowResult(row=self.rows[row_id].row, row_id=row_id, status="failed", error=reason)
-                )
         return made
 
 

@@ -590,8 +590,9 @@ def _held(db: Db, campaign_id: uuid.UUID) -> float:
 
 @dataclass(frozen=True)
 class Chunk:
+    """A chunk's state (its row ids, fixed when it is planned, are read only by who runs it)."""
+
     seq: int
-    row_ids: list[str]
     status: str  # pending | running | done | lost
     attempts: int
     flow_run_id: str | None
@@ -629,14 +630,15 @@ def plan_chunks(db: Db, *, campaign_id: uuid.UUID, chunks: list[list[str]]) -> N
         )
 
 
-def read_chunks(db: Db, *, campaign_id: uuid.UUID) -> list[Chunk]:
+def read_chunks(db: Db, *, campaign_id: uuid.UUID, seq: int | None = None) -> list[Chunk]:
+    """The campaign's chunks (``seq``: that one only), without their row ids."""
     c = _CHUNKS.c
-    rows = db.execute(
-        sa.select(c.seq, c.row_ids, c.status, c.attempts, c.flow_run_id, c.owner, c.lease_until)
-        .where(c.campaign_id == campaign_id)
-        .order_by(c.seq)
-    ).all()
-    return [Chunk(r[0], list(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
+    query = sa.select(c.seq, c.status, c.attempts, c.flow_run_id, c.owner, c.lease_until).where(
+        c.campaign_id == campaign_id
+    )
+    if seq is not None:
+        query = query.where(c.seq == seq)
+    return [Chunk(*r) for r in db.execute(query.order_by(c.seq)).all()]
 
 
 def dispatched_chunk(db: Db, *, campaign_id: uuid.UUID, seq: int, flow_run_id: str) -> None:
@@ -653,9 +655,10 @@ def dispatched_chunk(db: Db, *, campaign_id: uuid.UUID, seq: int, flow_run_id: s
 
 def start_chunk(
     db: Db, *, campaign_id: uuid.UUID, seq: int, owner: str, flow_run_id: str | None, lease_s: float
-) -> Chunk | None:
-    """This process runs the chunk now: its owner and lease. None: no such chunk, or it is done, or
-    the campaign's run started another attempt of it since (another flow run holds it)."""
+) -> list[str] | None:
+    """This process runs the chunk now (its owner and lease); returns the chunk's row ids. None: no such
+    chunk, or it is done, or the campaign's run started another attempt of it since (another flow run
+    holds it)."""
     c = _CHUNKS.c
     query = sa.update(_CHUNKS).where(c.campaign_id == campaign_id, c.seq == seq, c.status != "done")
     if flow_run_id is not None:
@@ -663,9 +666,9 @@ def start_chunk(
     found = db.execute(
         query.values(status="running", owner=owner, lease_until=utcnow() + timedelta(seconds=lease_s),
                      updated_at=utcnow())
-        .returning(c.seq, c.row_ids, c.status, c.attempts, c.flow_run_id, c.owner, c.lease_until)
+        .returning(c.row_ids)
     ).first()  # fmt: skip
-    return None if found is None else Chunk(found[0], list(found[1]), *found[2:])
+    return None if found is None else list(found[0])
 
 
 def renew_chunk(db: Db, *, campaign_id: uuid.UUID, seq: int, owner: str, lease_s: float) -> int:
