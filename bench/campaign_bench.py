@@ -164,18 +164,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def configure(work: Path, info: dict[str, Any], row_concurrency: int, tuned_server: bool = False) -> None:
-    """Environment for castflow and Prefect: set before either is imported."""
-    fal, ws = info["fal"], info["wavespeed"]
+    """Environment for castflow and Prefect: set before either reads its settings."""
+    from castflow.fakes.serve import client_env  # reads no settings (nor imports Prefect)
+
     env = {
         "CASTFLOW_DATA_DIR": str(work / "data"),
-        "CASTFLOW_PROVIDERS__IMAGE": "fal",
-        "CASTFLOW_PROVIDERS__LIPSYNC": "wavespeed",
-        "CASTFLOW_FAL__KEY": fal["key"],
-        "CASTFLOW_WAVESPEED__KEY": ws["key"],
-        "CASTFLOW_FAL__QUEUE_URL": fal["url"],
-        "CASTFLOW_FAL__REST_URL": fal["url"],
-        "CASTFLOW_FAL__CDN_URL": fal["url"],
-        "CASTFLOW_WAVESPEED__BASE_URL": ws["url"],
+        **client_env(info),
         # Polling at 1/100 of the defaults too (fal 1 s -> 16 s; WaveSpeed 5 s -> 30 s).
         "CASTFLOW_FAL__POLL_FIRST_S": "0.01",
         "CASTFLOW_FAL__POLL_CAP_S": "0.16",

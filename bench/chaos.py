@@ -309,19 +309,13 @@ def make_world(name: str, root: Path, seed: int, rows: int, *, fake_flags: tuple
     work.mkdir(parents=True)
     fakes = Fakes(work, seed, *fake_flags)
     data = data_dir or work / "data"
-    fal, ws = fakes.info["fal"], fakes.info["wavespeed"]
+    from castflow.fakes.serve import client_env
+
     base = {k: v for k, v in os.environ.items() if not k.startswith("CASTFLOW_")}
     base.update(
         {
             "CASTFLOW_DATA_DIR": str(data),
-            "CASTFLOW_PROVIDERS__IMAGE": "fal",
-            "CASTFLOW_PROVIDERS__LIPSYNC": "wavespeed",
-            "CASTFLOW_FAL__KEY": fal["key"],
-            "CASTFLOW_WAVESPEED__KEY": ws["key"],
-            "CASTFLOW_FAL__QUEUE_URL": fal["url"],
-            "CASTFLOW_FAL__REST_URL": fal["url"],
-            "CASTFLOW_FAL__CDN_URL": fal["url"],
-            "CASTFLOW_WAVESPEED__BASE_URL": ws["url"],
+            **client_env(fakes.info),
             "CASTFLOW_FAL__POLL_FIRST_S": "0.05",
             "CASTFLOW_FAL__POLL_CAP_S": "0.3",
             "CASTFLOW_WAVESPEED__POLL_FIRST_S": "0.05",

@@ -25,6 +25,8 @@ import httpx
 import psycopg
 import sqlalchemy as sa
 
+from castflow.fakes.serve import client_env as fakes_env
+
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "castflow"
 
@@ -231,7 +233,6 @@ def team(
             stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         procs.append(server)
-        fal, ws = info["fal"], info["wavespeed"]
         client_env = {
             **base,
             "PREFECT_API_URL": api,
@@ -240,14 +241,7 @@ def team(
             "CASTFLOW_PROJECT_DIR": str(ROOT),
             "CASTFLOW_DATA_DIR": str(work / "data"),
             "CASTFLOW_DATABASE__URL": castflow_url,
-            "CASTFLOW_PROVIDERS__IMAGE": "fal",
-            "CASTFLOW_PROVIDERS__LIPSYNC": "wavespeed",
-            "CASTFLOW_FAL__KEY": fal["key"],
-            "CASTFLOW_WAVESPEED__KEY": ws["key"],
-            "CASTFLOW_FAL__QUEUE_URL": fal["url"],
-            "CASTFLOW_FAL__REST_URL": fal["url"],
-            "CASTFLOW_FAL__CDN_URL": fal["url"],
-            "CASTFLOW_WAVESPEED__BASE_URL": ws["url"],
+            **fakes_env(info),
             "CASTFLOW_FAL__POLL_FIRST_S": "0.01",
             "CASTFLOW_FAL__POLL_CAP_S": "0.16",
             "CASTFLOW_WAVESPEED__POLL_FIRST_S": "0.05",

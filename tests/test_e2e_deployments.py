@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,10 @@ import pytest
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from pool_harness import free_port, wait_for  # noqa: E402 - the harness of the scale-out test and bench
+
 ARTIFACTS = Path(os.environ.get("CASTFLOW_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM_FLAGS = [
     "--headless",
@@ -33,25 +36,6 @@ CHROMIUM_FLAGS = [
 ]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (httpx.HTTPError, OSError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: float = 30) -> float:

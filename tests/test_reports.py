@@ -10,9 +10,8 @@ import polars as pl
 import pytest
 
 from castflow import reports
-from castflow.actors import ActorSpec, ensure_sample_actors, import_actors
+from castflow.actors import ensure_sample_actors
 from castflow.fakes import running_fakes
-from castflow.models import Voice
 from castflow.runtime import Runtime, get_runtime
 from castflow.settings import reset_settings
 
@@ -20,20 +19,13 @@ pytestmark = pytest.mark.flow
 
 
 @pytest.fixture
-def campaign(data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None) -> Runtime:
+def campaign(
+    fakes_rt: Runtime, data_dir: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None
+) -> Runtime:
     """A finished campaign on the fakes: 3 videos made, 1 failed (content policy), 1 invalid row."""
     from flows.run_campaign import run_campaign
 
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__FAKES", "true")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__IMAGE", "fal")
-    monkeypatch.setenv("CASTFLOW_PROVIDERS__LIPSYNC", "wavespeed")
-    reset_settings()
-    rt = get_runtime()
-    ensure_sample_actors(rt)
-    voice = Voice(provider="fal", model="fal-ai/elevenlabs/tts/multilingual-v2", voice_id="Aria")
-    import_actors(
-        rt, [ActorSpec(key="nia", name="Nia", portrait="drawn:ava", voice=voice)], base_dir=Path.cwd()
-    )
+    rt = fakes_rt
     sheet = data_dir.parent / "autumn.csv"
     sheet.write_text(
         "row_id,actor,script,scene,note\n"

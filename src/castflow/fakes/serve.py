@@ -20,6 +20,22 @@ from castflow.providers.wavespeed import fake as wavespeed
 from castflow.storage.supabase import fake as supabase
 
 
+def client_env(info: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The ``CASTFLOW_*`` variables that point castflow's image edits, speech and lip-sync at the fakes
+    this module serves (``info``: the JSON line it prints)."""
+    fal, ws = info["fal"], info["wavespeed"]
+    return {
+        "CASTFLOW_PROVIDERS__IMAGE": "fal",
+        "CASTFLOW_PROVIDERS__LIPSYNC": "wavespeed",
+        "CASTFLOW_FAL__KEY": fal["key"],
+        "CASTFLOW_WAVESPEED__KEY": ws["key"],
+        "CASTFLOW_FAL__QUEUE_URL": fal["url"],
+        "CASTFLOW_FAL__REST_URL": fal["url"],
+        "CASTFLOW_FAL__CDN_URL": fal["url"],
+        "CASTFLOW_WAVESPEED__BASE_URL": ws["url"],
+    }
+
+
 def _codes(text: str) -> list[int]:
     return [int(code) for code in text.split(",")]
 
