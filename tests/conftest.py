@@ -110,6 +110,21 @@ def pg_rt(pg_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Runti
     return get_runtime()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated castflow database on each backend, for the data-layer races (claims, budget holds)."""
+    from castflow.db import migrate
+    from castflow.db.session import get_engine
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'castflow.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    migrate.upgrade(get_engine(url))
+    yield url
+    dispose_engines()
+
+
 def make_runtime(tmp: Path, **overrides: object) -> Runtime:
     return build_runtime(Settings(data_dir=tmp, **overrides))  # type: ignore[arg-type]
 

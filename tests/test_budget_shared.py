@@ -6,31 +6,18 @@ from __future__ import annotations
 import multiprocessing
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from castflow import claims
-from castflow.db import migrate, queries
-from castflow.db.session import dispose_engines, get_engine, make_engine
+from castflow.db import queries
+from castflow.db.session import get_engine, make_engine
 from castflow.db.tables import StageStatus, utcnow
 
 CAP = 10.0
 SPENT_BEFORE = 7.0
 PRICE = 0.25  # one stage's cost: (CAP - SPENT_BEFORE) / PRICE = 12 stages fit
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'budget.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    migrate.upgrade(get_engine(url))
-    yield url
-    dispose_engines()
 
 
 def _campaign(url: str, cap: float | None = CAP, spent: float = SPENT_BEFORE) -> uuid.UUID:

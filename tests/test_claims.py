@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from castflow import claims
 from castflow.db import migrate, queries
 from castflow.db.retry import DatabaseUnavailable, is_transient, run_tx
-from castflow.db.session import dispose_engines, get_engine, make_engine
+from castflow.db.session import get_engine, make_engine
 from castflow.db.tables import StageStatus
 from castflow.journal import Journal, read_entries, reconcile
 
@@ -88,17 +88,6 @@ def _claim(url: str, owner: str, start_at: float, key: str) -> bool:
         )
     engine.dispose()
     return got is not None
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'claims.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    migrate.upgrade(get_engine(url))
-    yield url
-    dispose_engines()
 
 
 def test_processes_claiming_one_stage_at_the_same_instant_get_one_claim(db_url: str) -> None:
